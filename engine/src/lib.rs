@@ -1,0 +1,8 @@
+//! Tandem: keeps the data of an application's components identical on a primary and its
+//! secondaries. See docs/ARCHITECTURE.md for the code map and the invariants.
+
+#![deny(unsafe_code)]
+
+pub mod bundled;
+pub mod conformance;
+pub mod plugin;

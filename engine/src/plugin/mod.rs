@@ -1,0 +1,723 @@
+//! The plugin runtime: loads component plugins into a sandbox and calls them under limits.
+//!
+//! - [`Runtime`] owns the wasmtime engine (pooling allocator, fuel, epoch interruption, NaN
+//!   canonicalization, no threads) and the compile cache.
+//! - [`Runtime::load`] compiles (or fetches from the cache) a plugin, checks its contract version
+//!   and `describe`, and returns a [`LoadedPlugin`]: an `InstancePre` ready to instantiate.
+//! - [`LoadedPlugin::session`] makes a [`Session`]: one fresh instance that serves a batch of calls
+//!   and is then dropped. A call that traps, runs out of fuel or memory, overruns its deadline or
+//!   returns too much comes back as a [`PluginError`]; the instance is discarded and the next call
+//!   gets a fresh one. Consecutive failures quarantine the plugin.
+//!
+//! Plugin calls are synchronous and may take up to their deadline: callers on the async runtime
+//! go through [`pool::PluginPool`], never call them from a runtime worker.
+
+mod cache;
+pub mod host;
+pub mod pool;
+pub mod registry;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+pub use tandem_sdk::{Example, Info, Op, Retention, Stamp, Stored, Violation, WriteError};
+
+use host::{PluginPre, State};
+
+/// The contract version this engine speaks (the WIT package version in `sdk/wit`).
+pub const CONTRACT_VERSION: &str = tandem_sdk::CONTRACT_VERSION;
+/// The WIT package of the contract.
+pub const CONTRACT_PACKAGE: &str = "tandem:plugin";
+
+/// Milliseconds between epoch ticks: the resolution of the wall-clock deadline.
+const EPOCH_TICK_MS: u64 = 5;
+
+/// Read-only view of the node's records that `validate` may consult.
+pub trait Lookup: Send + Sync {
+    /// The JSON document of a live record, or `None`.
+    fn lookup(&self, component: &str, key: &str) -> Option<String>;
+}
+
+/// A [`Lookup`] that knows no records.
+pub struct NoLookup;
+
+impl Lookup for NoLookup {
+    fn lookup(&self, _component: &str, _key: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Resource limits of one plugin. They change results (a call out of fuel on one node and not on
+/// another), so they are part of a component's cluster-wide definition.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Fuel (roughly, WebAssembly instructions) per call.
+    pub fuel: u64,
+    /// Wall-clock backstop per call, in milliseconds.
+    pub deadline_ms: u64,
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Largest input (document, stored version) passed to a call, in bytes.
+    pub max_input_bytes: usize,
+    /// Largest output returned by a call, in bytes.
+    pub max_output_bytes: usize,
+    /// Consecutive failed calls after which the plugin is quarantined.
+    pub quarantine_after: u32,
+}
+
+/// Default fuel per call. Calibrated by `tandem plugin check` over the bundled plugins, whose
+/// costliest call used well under 1% of it (see docs/BENCHMARKS.md).
+pub const DEFAULT_FUEL: u64 = 200_000_000;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: DEFAULT_FUEL,
+            deadline_ms: 1_000,
+            memory_bytes: 16 << 20,
+            max_input_bytes: 1 << 20,
+            max_output_bytes: 4 << 20,
+            quarantine_after: 5,
+        }
+    }
+}
+
+/// Why a plugin call did not produce an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PluginError {
+    /// The plugin trapped (a panic, an unreachable, a stack overflow, a bad memory access).
+    Trap { plugin: String, call: &'static str, message: String },
+    /// The call used up its fuel.
+    OutOfFuel { plugin: String, call: &'static str, fuel: u64 },
+    /// The call ran past its wall-clock deadline.
+    Deadline { plugin: String, call: &'static str, ms: u64 },
+    /// The instance asked for more memory than its cap.
+    OutOfMemory { plugin: String, call: &'static str, limit: usize },
+    /// The plugin called an import the sandbox does not offer (files, network, ...).
+    Capability { plugin: String, call: &'static str, import: String },
+    /// An input was over the limit; the plugin was not called.
+    InputTooLarge { plugin: String, call: &'static str, size: usize, limit: usize },
+    /// The plugin returned more than the limit.
+    OutputTooLarge { plugin: String, call: &'static str, size: usize, limit: usize },
+    /// The plugin failed too often and is not called until it is reloaded or released.
+    Quarantined { plugin: String, failures: u32, last: String },
+    /// The plugin file could not be compiled or instantiated.
+    Load { plugin: String, message: String },
+    /// The plugin was built against a contract this engine does not speak.
+    Incompatible { plugin: String, found: String, expected: String },
+    /// A pinned plugin's file does not have the configured digest.
+    DigestMismatch { plugin: String, expected: String, found: String },
+}
+
+impl PluginError {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PluginError::Trap { .. } => "plugin_trap",
+            PluginError::OutOfFuel { .. } => "plugin_out_of_fuel",
+            PluginError::Deadline { .. } => "plugin_deadline",
+            PluginError::OutOfMemory { .. } => "plugin_out_of_memory",
+            PluginError::Capability { .. } => "plugin_capability",
+            PluginError::InputTooLarge { .. } => "plugin_input_too_large",
+            PluginError::OutputTooLarge { .. } => "plugin_output_too_large",
+            PluginError::Quarantined { .. } => "plugin_quarantined",
+            PluginError::Load { .. } => "plugin_load",
+            PluginError::Incompatible { .. } => "plugin_incompatible",
+            PluginError::DigestMismatch { .. } => "plugin_digest_mismatch",
+        }
+    }
+
+    /// Whether this error counts toward quarantine (the plugin misbehaved during a call).
+    fn is_call_failure(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Trap { .. }
+                | PluginError::OutOfFuel { .. }
+                | PluginError::Deadline { .. }
+                | PluginError::OutOfMemory { .. }
+                | PluginError::Capability { .. }
+                | PluginError::OutputTooLarge { .. }
+        )
+    }
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginError::Trap { plugin, call, message } => write!(f, "plugin {plugin}: {call} trapped: {message}"),
+            PluginError::OutOfFuel { plugin, call, fuel } => write!(f, "plugin {plugin}: {call} ran out of fuel ({fuel} units)"),
+            PluginError::Deadline { plugin, call, ms } => write!(f, "plugin {plugin}: {call} overran its {ms} ms deadline"),
+            PluginError::OutOfMemory { plugin, call, limit } => write!(f, "plugin {plugin}: {call} exceeded its memory cap of {limit} bytes"),
+            PluginError::Capability { plugin, call, import } => {
+                write!(f, "plugin {plugin}: {call} called {import}, which the sandbox does not offer (no files, network, environment or real clock)")
+            }
+            PluginError::InputTooLarge { plugin, call, size, limit } => write!(f, "plugin {plugin}: {call} input of {size} bytes is over the limit of {limit}"),
+            PluginError::OutputTooLarge { plugin, call, size, limit } => write!(f, "plugin {plugin}: {call} returned {size} bytes, over the limit of {limit}"),
+            PluginError::Quarantined { plugin, failures, last } => {
+                write!(f, "plugin {plugin} is quarantined after {failures} consecutive failures (last: {last}); reload a fixed plugin to release it")
+            }
+            PluginError::Load { plugin, message } => write!(f, "plugin {plugin} could not be loaded: {message}"),
+            PluginError::Incompatible { plugin, found, expected } => write!(
+                f,
+                "plugin {plugin} was built against contract {found}, this engine speaks {CONTRACT_PACKAGE}@{expected}: rebuild it with a compatible tandem-sdk"
+            ),
+            PluginError::DigestMismatch { plugin, expected, found } => {
+                write!(f, "plugin {plugin}: the file's digest is sha256:{found}, the configuration pins sha256:{expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// Settings of the runtime itself (not of one plugin).
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where compiled plugins are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances the pooling allocator keeps slots for (concurrent sessions across all plugins).
+    pub max_instances: u32,
+    /// Largest memory cap any plugin may be given.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { cache_dir: None, max_instances: 128, max_memory_bytes: 256 << 20 }
+    }
+}
+
+/// Resources used by one call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    pub fuel: u64,
+    pub memory_peak: usize,
+    pub micros: u64,
+}
+
+/// Shared wasmtime engine, linker and compile cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    cache: Option<cache::CompileCache>,
+    max_memory_bytes: usize,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// sha256 of a plugin file, as lower-case hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Runtime {
+    /// Builds the engine. Fails only if the host cannot provide what the sandbox needs.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
+            .max_wasm_stack(512 << 10)
+            .parallel_compilation(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances.saturating_mul(4))
+            .total_memories(config.max_instances.saturating_mul(2))
+            .total_tables(config.max_instances.saturating_mul(4))
+            .max_memory_size(config.max_memory_bytes);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("cannot create the WebAssembly engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("cannot set up the plugin host: {e}"))?;
+        let cache = config.cache_dir.map(|dir| cache::CompileCache::new(dir, &engine));
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let stop = ticker_stop.clone();
+        let ticking = engine.clone();
+        std::thread::Builder::new()
+            .name("tandem-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the epoch thread: {e}"))?;
+        Ok(Arc::new(Runtime { engine, linker, cache, max_memory_bytes: config.max_memory_bytes, ticker_stop }))
+    }
+
+    /// Compiles (or loads from the cache) a plugin, checks its contract version and `describe`.
+    /// `name` is used in messages until the plugin has told its component name.
+    pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8], limits: Limits) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let started = Instant::now();
+        let load_err = |message: String| PluginError::Load { plugin: name.to_owned(), message };
+        if limits.memory_bytes > self.max_memory_bytes {
+            return Err(load_err(format!("memory cap {} is over the runtime's maximum of {}", limits.memory_bytes, self.max_memory_bytes)));
+        }
+        let digest = digest(bytes);
+        let (component, from_cache) = match &self.cache {
+            Some(cache) => cache.get_or_compile(&self.engine, &digest, bytes).map_err(|e| load_err(format!("{e:#}")))?,
+            None => (Component::new(&self.engine, bytes).map_err(|e| load_err(format!("not a valid component: {e:#}")))?, false),
+        };
+        let contract = contract_version(&self.engine, &component)
+            .ok_or_else(|| load_err(format!("it does not export {CONTRACT_PACKAGE}/component: not a Tandem plugin")))?;
+        if !compatible(&contract, CONTRACT_VERSION) {
+            return Err(PluginError::Incompatible {
+                plugin: name.to_owned(),
+                found: format!("{CONTRACT_PACKAGE}@{contract}"),
+                expected: CONTRACT_VERSION.to_owned(),
+            });
+        }
+        let mut linker = self.linker.clone();
+        linker.define_unknown_imports_as_traps(&component).map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+        let mut plugin = LoadedPlugin {
+            name: name.to_owned(),
+            digest,
+            contract,
+            info: Info {
+                component: name.to_owned(),
+                plugin_version: String::new(),
+                schema_version: 0,
+                description: String::new(),
+                shape: String::new(),
+                examples: Vec::new(),
+                retention: None,
+            },
+            limits,
+            pre,
+            engine: self.engine.clone(),
+            from_cache,
+            load_micros: 0,
+            health: Health::default(),
+        };
+        let info = {
+            let plugin = Arc::new(plugin.clone_for_describe());
+            let mut session = plugin.session(Arc::new(NoLookup))?;
+            session.describe()?
+        };
+        if let Err(why) = check_info(&info) {
+            return Err(load_err(format!("describe() is not well-formed: {why}")));
+        }
+        plugin.name = info.component.clone();
+        plugin.info = info;
+        plugin.load_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Ok(Arc::new(plugin))
+    }
+
+    /// The wasmtime engine (for benchmarks and tests).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Checks the facts a plugin declares.
+pub fn check_info(info: &Info) -> Result<(), String> {
+    let name_ok = !info.component.is_empty()
+        && info.component.len() <= 64
+        && info.component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !info.component.starts_with('-');
+    if !name_ok {
+        return Err(format!("component name {:?} must be 1 to 64 of a-z, 0-9 and -", info.component));
+    }
+    let semver_ok = {
+        let parts: Vec<&str> = info.plugin_version.split(['-', '+']).next().unwrap_or("").split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    };
+    if !semver_ok {
+        return Err(format!("plugin version {:?} is not semver (MAJOR.MINOR.PATCH)", info.plugin_version));
+    }
+    for (i, ex) in info.examples.iter().enumerate() {
+        if ex.key.is_empty() {
+            return Err(format!("example {i} has an empty key"));
+        }
+        if serde_json::from_str::<serde_json::Value>(&ex.input).is_err() {
+            return Err(format!("example {i} ({}) is not JSON", ex.key));
+        }
+    }
+    Ok(())
+}
+
+/// The contract version a component exports, from its export names.
+fn contract_version(engine: &Engine, component: &Component) -> Option<String> {
+    let ty = component.component_type();
+    let prefix = format!("{CONTRACT_PACKAGE}/component@");
+    ty.exports(engine).find_map(|(name, _)| name.strip_prefix(&prefix).map(str::to_owned))
+}
+
+/// The compatibility rule (see sdk/wit/plugin.wit): same major version and a minor version no newer
+/// than the engine's (a newer minor may import host functions this engine lacks); for 0.x, the
+/// same minor version.
+pub fn compatible(plugin: &str, engine: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let mut it = v.split(['-', '+']).next()?.split('.').map(|p| p.parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next()??))
+    };
+    match (parse(plugin), parse(engine)) {
+        (Some((0, pm, _)), Some((0, em, _))) => pm == em,
+        (Some((pmaj, pmin, _)), Some((emaj, emin, _))) => pmaj == emaj && pmaj != 0 && pmin <= emin,
+        _ => false,
+    }
+}
+
+/// Failure bookkeeping of one loaded plugin.
+#[derive(Default)]
+struct Health {
+    consecutive: AtomicU32,
+    total_failures: AtomicU64,
+    calls: AtomicU64,
+    fuel: AtomicU64,
+    quarantined: AtomicBool,
+    last: Mutex<String>,
+}
+
+/// A compiled, checked plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    name: String,
+    digest: String,
+    contract: String,
+    info: Info,
+    limits: Limits,
+    pre: PluginPre<State>,
+    engine: Engine,
+    from_cache: bool,
+    load_micros: u64,
+    health: Health,
+}
+
+/// Counters of a loaded plugin, for status and metrics.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PluginHealth {
+    pub calls: u64,
+    pub failures: u64,
+    pub fuel: u64,
+    pub quarantined: bool,
+    pub last_failure: String,
+}
+
+impl LoadedPlugin {
+    fn clone_for_describe(&self) -> LoadedPlugin {
+        LoadedPlugin {
+            name: self.name.clone(),
+            digest: self.digest.clone(),
+            contract: self.contract.clone(),
+            info: self.info.clone(),
+            limits: self.limits.clone(),
+            pre: self.pre.clone(),
+            engine: self.engine.clone(),
+            from_cache: self.from_cache,
+            load_micros: 0,
+            health: Health::default(),
+        }
+    }
+
+    /// Component name, as the plugin describes itself.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// sha256 of the plugin file (hex).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// Contract version the plugin was built against.
+    pub fn contract(&self) -> &str {
+        &self.contract
+    }
+    /// What `describe` returned at load.
+    pub fn info(&self) -> &Info {
+        &self.info
+    }
+    /// The limits calls run under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    /// Whether the compiled code came from the cache.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+    /// Time spent loading (compile or cache read, instantiate, describe), in microseconds.
+    pub fn load_micros(&self) -> u64 {
+        self.load_micros
+    }
+
+    /// Counters since load.
+    pub fn health(&self) -> PluginHealth {
+        PluginHealth {
+            calls: self.health.calls.load(Ordering::Relaxed),
+            failures: self.health.total_failures.load(Ordering::Relaxed),
+            fuel: self.health.fuel.load(Ordering::Relaxed),
+            quarantined: self.health.quarantined.load(Ordering::Relaxed),
+            last_failure: self.health.last.lock().map(|s| s.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether the plugin is quarantined.
+    pub fn is_quarantined(&self) -> bool {
+        self.health.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Lets a quarantined plugin be called again.
+    pub fn release(&self) {
+        self.health.consecutive.store(0, Ordering::Relaxed);
+        self.health.quarantined.store(false, Ordering::Relaxed);
+    }
+
+    fn quarantine_error(&self) -> PluginError {
+        PluginError::Quarantined {
+            plugin: self.name.clone(),
+            failures: self.health.consecutive.load(Ordering::Relaxed),
+            last: self.health.last.lock().map(|s| s.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn record(&self, outcome: Result<u64, &PluginError>) {
+        self.health.calls.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(fuel) => {
+                self.health.fuel.fetch_add(fuel, Ordering::Relaxed);
+                self.health.consecutive.store(0, Ordering::Relaxed);
+            }
+            Err(e) if e.is_call_failure() => {
+                self.health.total_failures.fetch_add(1, Ordering::Relaxed);
+                let n = self.health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Ok(mut last) = self.health.last.lock() {
+                    *last = e.to_string();
+                }
+                if n >= self.limits.quarantine_after {
+                    if !self.health.quarantined.swap(true, Ordering::Relaxed) {
+                        tracing::error!(plugin = %self.name, failures = n, last = %e, "plugin quarantined");
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A session: a fresh instance for a batch of calls.
+    pub fn session(self: &Arc<Self>, lookup: Arc<dyn Lookup>) -> Result<Session, PluginError> {
+        if self.is_quarantined() {
+            return Err(self.quarantine_error());
+        }
+        let state = State { lookup, lookups: 0, memory_cap: self.limits.memory_bytes, memory_peak: 0, memory_refused: false };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+        store.epoch_deadline_trap();
+        Ok(Session { plugin: self.clone(), store, instance: None, last: CallStats::default() })
+    }
+}
+
+/// One instance serving a batch of calls. Dropped at the end of the batch.
+pub struct Session {
+    plugin: Arc<LoadedPlugin>,
+    store: Store<State>,
+    instance: Option<host::Plugin>,
+    last: CallStats,
+}
+
+impl Session {
+    /// The plugin this session calls.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    /// Resources used by the last call.
+    pub fn last_call(&self) -> CallStats {
+        self.last
+    }
+
+    fn check_input(&self, call: &'static str, size: usize) -> Result<(), PluginError> {
+        let limit = self.plugin.limits.max_input_bytes;
+        if size > limit {
+            return Err(PluginError::InputTooLarge { plugin: self.plugin.name.clone(), call, size, limit });
+        }
+        Ok(())
+    }
+
+    fn check_output(&self, call: &'static str, size: usize) -> Result<(), PluginError> {
+        let limit = self.plugin.limits.max_output_bytes;
+        if size > limit {
+            return Err(PluginError::OutputTooLarge { plugin: self.plugin.name.clone(), call, size, limit });
+        }
+        Ok(())
+    }
+
+    /// Runs one call with fresh fuel and deadline, classifying any failure.
+    fn call<R>(&mut self, call: &'static str, f: impl FnOnce(&host::Plugin, &mut Store<State>) -> wasmtime::Result<R>) -> Result<R, PluginError> {
+        if self.plugin.is_quarantined() {
+            return Err(self.plugin.quarantine_error());
+        }
+        let limits = self.plugin.limits.clone();
+        let started = Instant::now();
+        let prepare = |store: &mut Store<State>| -> wasmtime::Result<()> {
+            store.set_fuel(limits.fuel)?;
+            store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK_MS) + 1);
+            let state = store.data_mut();
+            state.lookups = 0;
+            state.memory_peak = 0;
+            state.memory_refused = false;
+            Ok(())
+        };
+        let result = (|| -> wasmtime::Result<R> {
+            prepare(&mut self.store)?;
+            if self.instance.is_none() {
+                self.instance = Some(self.plugin.pre.instantiate(&mut self.store)?);
+            }
+            let instance = self.instance.as_ref().ok_or_else(|| wasmtime::format_err!("no instance"))?;
+            f(instance, &mut self.store)
+        })();
+        let fuel_left = self.store.get_fuel().unwrap_or(0);
+        self.last = CallStats {
+            fuel: limits.fuel.saturating_sub(fuel_left),
+            memory_peak: self.store.data().memory_peak,
+            micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        let outcome = result.map_err(|e| {
+            // A failed instance is never reused.
+            self.instance = None;
+            self.classify(call, &e, &limits)
+        });
+        self.plugin.record(outcome.as_ref().map(|_| self.last.fuel));
+        outcome
+    }
+
+    fn classify(&self, call: &'static str, e: &wasmtime::Error, limits: &Limits) -> PluginError {
+        let plugin = self.plugin.name.clone();
+        if self.store.data().memory_refused {
+            return PluginError::OutOfMemory { plugin, call, limit: limits.memory_bytes };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => return PluginError::OutOfFuel { plugin, call, fuel: limits.fuel },
+            Some(Trap::Interrupt) => return PluginError::Deadline { plugin, call, ms: limits.deadline_ms },
+            _ => {}
+        }
+        let message = format!("{e:#}");
+        if let Some(rest) = message.split("unknown import: `").nth(1) {
+            let import = rest.split('`').next().unwrap_or(rest).to_owned();
+            return PluginError::Capability { plugin, call, import };
+        }
+        PluginError::Trap { plugin, call, message }
+    }
+
+    /// `describe()`.
+    pub fn describe(&mut self) -> Result<Info, PluginError> {
+        let info = self.call("describe", |p, s| p.tandem_plugin_component().call_describe(s))?;
+        let size: usize = info.examples.iter().map(|e| e.key.len() + e.input.len()).sum::<usize>() + info.description.len();
+        self.check_output("describe", size)?;
+        Ok(Info {
+            component: info.component,
+            plugin_version: info.plugin_version,
+            schema_version: info.schema_version,
+            description: info.description,
+            shape: info.shape,
+            examples: info.examples.into_iter().map(|e| Example { key: e.key, input: e.input }).collect(),
+            retention: info.retention.map(|r| Retention { max_age_ms: r.max_age_ms, max_count: r.max_count }),
+        })
+    }
+
+    /// `serialize(key, op, prior, stamp)`.
+    pub fn serialize(&mut self, key: &str, op: &Op, prior: Option<&[u8]>, stamp: &Stamp) -> Result<Result<Stored, WriteError>, PluginError> {
+        let input_size = key.len() + prior.map_or(0, <[u8]>::len) + if let Op::Put(doc) = op { doc.len() } else { 0 };
+        self.check_input("serialize", input_size)?;
+        let wit_op = match op {
+            Op::Put(doc) => host::tandem::plugin::types::Op::Put(doc.clone()),
+            Op::Delete => host::tandem::plugin::types::Op::Delete,
+        };
+        let wit_stamp = host::tandem::plugin::types::Stamp { physical: stamp.physical, logical: stamp.logical, node: stamp.node.clone() };
+        let out = self.call("serialize", |p, s| p.tandem_plugin_component().call_serialize(s, key, &wit_op, prior, &wit_stamp))?;
+        match out {
+            Ok(stored) => {
+                self.check_output("serialize", stored.data.len())?;
+                Ok(Ok(Stored { data: stored.data, tombstone: stored.tombstone }))
+            }
+            Err(host::tandem::plugin::types::WriteError::Invalid(v)) => {
+                self.check_output("serialize", violations_size(&v))?;
+                Ok(Err(WriteError::Invalid(v.into_iter().map(violation).collect())))
+            }
+            Err(host::tandem::plugin::types::WriteError::Malformed(m)) => {
+                self.check_output("serialize", m.len())?;
+                Ok(Err(WriteError::Malformed(m)))
+            }
+        }
+    }
+
+    /// `deserialize(key, data)`.
+    pub fn deserialize(&mut self, key: &str, data: &[u8]) -> Result<Result<Option<String>, String>, PluginError> {
+        self.check_input("deserialize", key.len() + data.len())?;
+        let out = self.call("deserialize", |p, s| p.tandem_plugin_component().call_deserialize(s, key, data))?;
+        let size = match &out {
+            Ok(doc) => doc.as_ref().map_or(0, String::len),
+            Err(m) => m.len(),
+        };
+        self.check_output("deserialize", size)?;
+        Ok(out)
+    }
+
+    /// `merge(key, a, b)`.
+    pub fn merge(&mut self, key: &str, a: &[u8], b: &[u8]) -> Result<Result<Stored, String>, PluginError> {
+        self.check_input("merge", key.len() + a.len() + b.len())?;
+        let out = self.call("merge", |p, s| p.tandem_plugin_component().call_merge(s, key, a, b))?;
+        match out {
+            Ok(stored) => {
+                self.check_output("merge", stored.data.len())?;
+                Ok(Ok(Stored { data: stored.data, tombstone: stored.tombstone }))
+            }
+            Err(m) => {
+                self.check_output("merge", m.len())?;
+                Ok(Err(m))
+            }
+        }
+    }
+
+    /// `validate(key, data)`.
+    pub fn validate(&mut self, key: &str, data: &[u8]) -> Result<Result<(), Vec<Violation>>, PluginError> {
+        self.check_input("validate", key.len() + data.len())?;
+        let out = self.call("validate", |p, s| p.tandem_plugin_component().call_validate(s, key, data))?;
+        match out {
+            Ok(()) => Ok(Ok(())),
+            Err(v) => {
+                self.check_output("validate", violations_size(&v))?;
+                Ok(Err(v.into_iter().map(violation).collect()))
+            }
+        }
+    }
+}
+
+fn violations_size(v: &[host::tandem::plugin::types::Violation]) -> usize {
+    v.iter().map(|x| x.field.len() + x.code.len() + x.message.len()).sum()
+}
+
+fn violation(v: host::tandem::plugin::types::Violation) -> Violation {
+    Violation { field: v.field, code: v.code, message: v.message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compatible;
+
+    #[test]
+    fn compatibility_rule() {
+        assert!(compatible("0.1.0", "0.1.0"));
+        assert!(compatible("0.1.3", "0.1.0"));
+        assert!(!compatible("0.2.0", "0.1.0"));
+        assert!(!compatible("9.0.0", "0.1.0"));
+        assert!(compatible("1.0.0", "1.4.0"));
+        assert!(!compatible("1.4.0", "1.0.0"));
+        assert!(!compatible("2.0.0", "1.9.0"));
+        assert!(!compatible("garbage", "0.1.0"));
+    }
+}

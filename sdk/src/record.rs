@@ -1,0 +1,493 @@
+//! Records whose fields merge one by one: the shape of settings, CRM contacts, requirements.
+//!
+//! A plugin declares a serde type for its documents ([`RecordSchema`]) and, for the fields that
+//! do not simply take the last writer's value, a [`FieldKind`]. [`RecordPlugin`] then implements
+//! the whole contract.
+//!
+//! # Stored form
+//! Canonical JSON: `{"v":1,"d":<delete stamp>?,"f":{field: cell}}`. Each cell carries the stamps
+//! it needs to merge. Serialization compares the input with the prior version: only fields whose
+//! value changed take the write's stamp, so two nodes editing different fields of one record both
+//! keep their change.
+//!
+//! # Deletes
+//! A delete records its stamp. Every field value stamped at or before the newest delete is hidden
+//! (and dropped at the next merge); a write stamped after it brings the record back with only
+//! what was written after the delete. So a delete and a concurrent update resolve by stamp order,
+//! the same way on every node. A record is a tombstone when no field value is newer than its delete.
+//!
+//! # Merge rules per kind
+//! - [`FieldKind::Lww`]: the value with the greater stamp wins (stamps tie only for equal writes;
+//!   a tie on different values goes to the greater canonical encoding).
+//! - [`FieldKind::Strict`]: a multi-value register. Concurrent writes are all kept; `validate`
+//!   reports a `conflict`; the next local write replaces exactly the values it saw.
+//! - [`FieldKind::Set`]: an add-wins set of JSON values (an element removed on one node and
+//!   re-added concurrently on another stays).
+//! - [`FieldKind::Append`]: an append-only list; writes add elements, never remove them.
+//! - [`FieldKind::Rank`]: a workflow state that only moves forward: the join is the highest rank.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::dots::{Context, Entry, join_entries, normalize_entries};
+use crate::{Host, Info, Op, Plugin, Stamp, Stored, Violation, WriteError, canonical_json, cmp_values};
+
+/// How one field merges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Last writer wins by stamp (the default for undeclared fields).
+    Lww,
+    /// Concurrent changes are kept side by side and reported as a conflict.
+    Strict,
+    /// Add-wins set; the field's JSON value is an array of distinct elements.
+    Set,
+    /// Append-only list; the field's JSON value is an array; elements are never removed.
+    Append,
+    /// A string from this list, which only moves forward (later in the list) under merge.
+    Rank(&'static [&'static str]),
+}
+
+/// What a plugin writes for a per-field record component.
+pub trait RecordSchema: Serialize + DeserializeOwned {
+    /// Static facts: component name, versions, description, examples.
+    fn info() -> Info;
+
+    /// Fields that do not merge as last-writer-wins.
+    fn fields() -> &'static [(&'static str, FieldKind)] {
+        &[]
+    }
+
+    /// The record's invariants. `host` looks up other records (for references and uniqueness).
+    fn validate(&self, key: &str, host: &dyn Host) -> Vec<Violation> {
+        let _ = (key, host);
+        Vec::new()
+    }
+
+    /// Rewrites an input before it is stored, e.g. to hash a secret. Deterministic: it may use the
+    /// key, the stamp and the prior document, never a clock or randomness.
+    fn before_store(input: Value, key: &str, stamp: &Stamp, prior: Option<&Value>) -> Result<Value, Vec<Violation>> {
+        let _ = (key, stamp, prior);
+        Ok(input)
+    }
+
+    /// Removes what readers must never see (e.g. credential hashes) from a document.
+    fn redact(doc: &mut Map<String, Value>) {
+        let _ = doc;
+    }
+}
+
+/// A [`Plugin`] for a [`RecordSchema`].
+pub struct RecordPlugin<T>(PhantomData<T>);
+
+/// Version of the stored form written by this module.
+const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "k")]
+enum Cell {
+    #[serde(rename = "w")]
+    Lww { s: Stamp, v: Value },
+    #[serde(rename = "m")]
+    Strict { e: Vec<Entry>, c: Context },
+    #[serde(rename = "s")]
+    Set { e: Vec<Entry>, c: Context },
+    #[serde(rename = "a")]
+    Append { e: Vec<Entry> },
+    #[serde(rename = "r")]
+    Rank { s: Stamp, v: Value, r: u32 },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<Stamp>,
+    f: BTreeMap<String, Cell>,
+}
+
+/// A field's value as readers see it, with the concurrent values of a strict field.
+struct View {
+    doc: Map<String, Value>,
+    conflicts: Map<String, Value>,
+    live: bool,
+}
+
+fn hidden(s: &Stamp, deleted: Option<&Stamp>) -> bool {
+    deleted.is_some_and(|d| s <= d)
+}
+
+impl Cell {
+    fn max_stamp(&self) -> Option<&Stamp> {
+        match self {
+            Cell::Lww { s, .. } | Cell::Rank { s, .. } => Some(s),
+            Cell::Strict { e, .. } | Cell::Set { e, .. } | Cell::Append { e } => e.iter().map(|x| &x.stamp).max(),
+        }
+    }
+
+    /// Drops what the delete stamp hides and restores canonical order. Returns None when nothing of
+    /// the cell is left and it carries no context worth keeping.
+    fn normalize(mut self, deleted: Option<&Stamp>) -> Option<Cell> {
+        match &mut self {
+            Cell::Lww { s, .. } | Cell::Rank { s, .. } => {
+                if hidden(s, deleted) {
+                    return None;
+                }
+            }
+            Cell::Strict { e, c } | Cell::Set { e, c } => {
+                for x in e.iter() {
+                    c.add(&x.stamp);
+                }
+                e.retain(|x| !hidden(&x.stamp, deleted));
+                normalize_entries(e);
+            }
+            Cell::Append { e } => {
+                e.retain(|x| !hidden(&x.stamp, deleted));
+                normalize_entries(e);
+                if e.is_empty() {
+                    return None;
+                }
+            }
+        }
+        Some(self)
+    }
+
+    fn join(a: &Cell, b: &Cell) -> Result<Cell, String> {
+        Ok(match (a, b) {
+            (Cell::Lww { s: sa, v: va }, Cell::Lww { s: sb, v: vb }) => {
+                let a_wins = (sa, canonical_json(va)) >= (sb, canonical_json(vb));
+                if a_wins { a.clone() } else { b.clone() }
+            }
+            (Cell::Rank { s: sa, v: va, r: ra }, Cell::Rank { s: sb, v: vb, r: rb }) => {
+                let a_wins = (ra, sa, canonical_json(va)) >= (rb, sb, canonical_json(vb));
+                if a_wins { a.clone() } else { b.clone() }
+            }
+            (Cell::Strict { e: ea, c: ca }, Cell::Strict { e: eb, c: cb }) => {
+                let mut c = ca.clone();
+                c.join(cb);
+                Cell::Strict { e: join_entries(ea, ca, eb, cb), c }
+            }
+            (Cell::Set { e: ea, c: ca }, Cell::Set { e: eb, c: cb }) => {
+                let mut c = ca.clone();
+                c.join(cb);
+                Cell::Set { e: join_entries(ea, ca, eb, cb), c }
+            }
+            (Cell::Append { e: ea }, Cell::Append { e: eb }) => {
+                let mut e = ea.clone();
+                e.extend(eb.iter().cloned());
+                normalize_entries(&mut e);
+                Cell::Append { e }
+            }
+            _ => return Err("the two versions store one field with different merge kinds".to_owned()),
+        })
+    }
+}
+
+fn decode(data: &[u8]) -> Result<Doc, String> {
+    let doc: Doc = serde_json::from_slice(data).map_err(|e| format!("stored record is not readable: {e}"))?;
+    if doc.v != FORMAT {
+        return Err(format!("stored record has format {}, this plugin reads format {FORMAT}", doc.v));
+    }
+    Ok(doc)
+}
+
+fn normalize(doc: Doc) -> Doc {
+    let deleted = doc.d.clone();
+    let f = doc.f.into_iter().filter_map(|(k, c)| c.normalize(deleted.as_ref()).map(|c| (k, c))).collect();
+    Doc { v: FORMAT, d: deleted, f }
+}
+
+fn encode(doc: &Doc) -> Stored {
+    let value = serde_json::to_value(doc).unwrap_or(Value::Null);
+    Stored { data: canonical_json(&value), tombstone: !is_live(doc) }
+}
+
+fn is_live(doc: &Doc) -> bool {
+    doc.f.values().any(|c| c.max_stamp().is_some_and(|s| !hidden(s, doc.d.as_ref())))
+}
+
+fn distinct_values(entries: &[Entry]) -> Vec<Value> {
+    let mut values: Vec<Value> = entries.iter().map(|e| e.value.clone()).collect();
+    values.sort_by(cmp_values);
+    values.dedup();
+    values
+}
+
+fn view(doc: &Doc) -> View {
+    let d = doc.d.as_ref();
+    let mut out = Map::new();
+    let mut conflicts = Map::new();
+    for (name, cell) in &doc.f {
+        let value = match cell {
+            Cell::Lww { s, v } | Cell::Rank { s, v, .. } => {
+                if hidden(s, d) {
+                    continue;
+                }
+                v.clone()
+            }
+            Cell::Strict { e, .. } => {
+                let visible: Vec<&Entry> = e.iter().filter(|x| !hidden(&x.stamp, d)).collect();
+                let Some(newest) = visible.iter().max_by(|a, b| a.stamp.cmp(&b.stamp)) else { continue };
+                let values = distinct_values(&visible.iter().map(|x| (*x).clone()).collect::<Vec<_>>());
+                if values.len() > 1 {
+                    conflicts.insert(name.clone(), Value::Array(values));
+                }
+                newest.value.clone()
+            }
+            Cell::Set { e, .. } => {
+                let visible: Vec<Entry> = e.iter().filter(|x| !hidden(&x.stamp, d)).cloned().collect();
+                Value::Array(distinct_values(&visible))
+            }
+            Cell::Append { e } => Value::Array(e.iter().filter(|x| !hidden(&x.stamp, d)).map(|x| x.value.clone()).collect()),
+        };
+        if !value.is_null() {
+            out.insert(name.clone(), value);
+        }
+    }
+    View { doc: out, conflicts, live: is_live(doc) }
+}
+
+impl<T: RecordSchema> RecordPlugin<T> {
+    fn kind_of(field: &str) -> FieldKind {
+        T::fields().iter().find(|(n, _)| *n == field).map(|(_, k)| *k).unwrap_or(FieldKind::Lww)
+    }
+
+    fn put(key: &str, input: &str, prior: Option<Doc>, stamp: &Stamp) -> Result<Stored, WriteError> {
+        let input: Value = serde_json::from_str(input).map_err(|e| WriteError::Malformed(format!("input is not JSON: {e}")))?;
+        if !input.is_object() {
+            return Err(WriteError::Malformed("input must be a JSON object".to_owned()));
+        }
+        let prior_view = prior.as_ref().filter(|p| is_live(p)).map(|p| Value::Object(view(p).doc));
+        let input = T::before_store(input, key, stamp, prior_view.as_ref()).map_err(WriteError::Invalid)?;
+        // The typed round trip checks the shape and fills in defaults.
+        let typed: T = serde_json::from_value(input).map_err(|e| WriteError::Malformed(format!("input does not match the {} schema: {e}", T::info().component)))?;
+        let Value::Object(new) = serde_json::to_value(&typed).map_err(|e| WriteError::Malformed(e.to_string()))? else {
+            return Err(WriteError::Malformed("the schema must serialize to a JSON object".to_owned()));
+        };
+
+        let mut doc = prior.unwrap_or(Doc { v: FORMAT, d: None, f: BTreeMap::new() });
+        let current = view(&doc);
+        let mut names: Vec<String> = new.keys().cloned().collect();
+        names.extend(doc.f.keys().cloned());
+        names.sort();
+        names.dedup();
+        let mut violations = Vec::new();
+        for name in names {
+            let wanted = new.get(&name).cloned().unwrap_or(Value::Null);
+            let seen = current.doc.get(&name).cloned().unwrap_or(Value::Null);
+            let in_conflict = current.conflicts.contains_key(&name);
+            let old = doc.f.remove(&name);
+            let cell = match Self::kind_of(&name) {
+                FieldKind::Lww => {
+                    if wanted == seen && old.is_some() {
+                        old
+                    } else if wanted.is_null() && old.is_none() {
+                        None
+                    } else {
+                        Some(Cell::Lww { s: stamp.clone(), v: wanted })
+                    }
+                }
+                FieldKind::Rank(order) => match wanted.as_str().and_then(|w| order.iter().position(|o| *o == w)) {
+                    None if wanted.is_null() => old,
+                    None => {
+                        violations.push(Violation::new(&name, "format", format!("must be one of: {}", order.join(", "))));
+                        old
+                    }
+                    Some(rank) => {
+                        let old_rank = match &old {
+                            Some(Cell::Rank { r, s, .. }) if !hidden(s, doc.d.as_ref()) => Some(*r),
+                            _ => None,
+                        };
+                        match old_rank {
+                            Some(r) if (rank as u32) < r => {
+                                violations.push(Violation::new(&name, "workflow", format!("cannot move back from {} to {}", seen, wanted)));
+                                old
+                            }
+                            Some(r) if rank as u32 == r => old,
+                            _ => Some(Cell::Rank { s: stamp.clone(), v: wanted, r: rank as u32 }),
+                        }
+                    }
+                },
+                FieldKind::Strict => {
+                    let (entries, mut ctx) = match old {
+                        Some(Cell::Strict { e, c }) => (e, c),
+                        _ => (Vec::new(), Context::default()),
+                    };
+                    if wanted == seen && !in_conflict {
+                        if entries.is_empty() && wanted.is_null() { None } else { Some(Cell::Strict { e: entries, c: ctx }) }
+                    } else {
+                        for x in &entries {
+                            ctx.add(&x.stamp);
+                        }
+                        ctx.add(stamp);
+                        let e = if wanted.is_null() { Vec::new() } else { vec![Entry { stamp: stamp.clone(), value: wanted }] };
+                        Some(Cell::Strict { e, c: ctx })
+                    }
+                }
+                FieldKind::Set => {
+                    let (mut entries, mut ctx) = match old {
+                        Some(Cell::Set { e, c }) => (e, c),
+                        _ => (Vec::new(), Context::default()),
+                    };
+                    let wanted_items = match &wanted {
+                        Value::Array(items) => items.clone(),
+                        Value::Null => Vec::new(),
+                        _ => {
+                            violations.push(Violation::new(&name, "format", "must be an array"));
+                            Vec::new()
+                        }
+                    };
+                    let seen_items = match &seen {
+                        Value::Array(items) => items.clone(),
+                        _ => Vec::new(),
+                    };
+                    let mut changed = false;
+                    for x in &entries {
+                        ctx.add(&x.stamp);
+                    }
+                    // Removed elements: drop every entry of them (their stamps stay in the context).
+                    let before = entries.len();
+                    entries.retain(|x| hidden(&x.stamp, doc.d.as_ref()) || wanted_items.contains(&x.value));
+                    changed |= entries.len() != before;
+                    for item in wanted_items {
+                        if !seen_items.contains(&item) {
+                            entries.push(Entry { stamp: stamp.clone(), value: item });
+                            changed = true;
+                        }
+                    }
+                    if changed {
+                        ctx.add(stamp);
+                    }
+                    if entries.is_empty() && ctx.0.is_empty() { None } else { Some(Cell::Set { e: entries, c: ctx }) }
+                }
+                FieldKind::Append => {
+                    let mut entries = match old {
+                        Some(Cell::Append { e }) => e,
+                        _ => Vec::new(),
+                    };
+                    match &wanted {
+                        Value::Array(items) => {
+                            let seen_items = match &seen {
+                                Value::Array(s) => s.clone(),
+                                _ => Vec::new(),
+                            };
+                            for item in items {
+                                if !seen_items.contains(item) {
+                                    entries.push(Entry { stamp: stamp.clone(), value: item.clone() });
+                                }
+                            }
+                        }
+                        Value::Null => {}
+                        _ => violations.push(Violation::new(&name, "format", "must be an array")),
+                    }
+                    if entries.is_empty() { None } else { Some(Cell::Append { e: entries }) }
+                }
+            };
+            if let Some(cell) = cell {
+                doc.f.insert(name, cell);
+            }
+        }
+        if !violations.is_empty() {
+            return Err(WriteError::Invalid(violations));
+        }
+        let doc = normalize(doc);
+        if !is_live(&doc) {
+            // An empty document after a delete: give it one visible mark so it reads as present.
+            return Err(WriteError::Invalid(vec![Violation::new("", "required", "the document has no fields")]));
+        }
+        Ok(encode(&doc))
+    }
+}
+
+impl<T: RecordSchema> Plugin for RecordPlugin<T> {
+    fn describe() -> Info {
+        let mut info = T::info();
+        if info.shape.is_empty() {
+            let strict = T::fields().iter().any(|(_, k)| *k == FieldKind::Strict);
+            info.shape = if strict { "strict" } else { "lww-record" }.to_owned();
+        }
+        info
+    }
+
+    fn serialize(key: &str, op: Op, prior: Option<&[u8]>, stamp: &Stamp) -> Result<Stored, WriteError> {
+        let prior = match prior {
+            Some(bytes) => Some(decode(bytes).map_err(WriteError::Malformed)?),
+            None => None,
+        };
+        match op {
+            Op::Put(input) => Self::put(key, &input, prior, stamp),
+            Op::Delete => {
+                let mut doc = prior.unwrap_or(Doc { v: FORMAT, d: None, f: BTreeMap::new() });
+                // The delete saw every value it hides.
+                for cell in doc.f.values_mut() {
+                    if let Cell::Strict { e, c } | Cell::Set { e, c } = cell {
+                        for x in e.iter() {
+                            c.add(&x.stamp);
+                        }
+                    }
+                }
+                if doc.d.as_ref().is_none_or(|d| d < stamp) {
+                    doc.d = Some(stamp.clone());
+                }
+                Ok(encode(&normalize(doc)))
+            }
+        }
+    }
+
+    fn deserialize(_key: &str, data: &[u8]) -> Result<Option<String>, String> {
+        let doc = decode(data)?;
+        let mut v = view(&doc);
+        if !v.live {
+            return Ok(None);
+        }
+        T::redact(&mut v.doc);
+        if !v.conflicts.is_empty() {
+            let mut conflicts = v.conflicts;
+            T::redact(&mut conflicts);
+            v.doc.insert("_conflicts".to_owned(), Value::Object(conflicts));
+        }
+        Ok(Some(String::from_utf8_lossy(&canonical_json(&Value::Object(v.doc))).into_owned()))
+    }
+
+    fn merge(_key: &str, a: &[u8], b: &[u8]) -> Result<Stored, String> {
+        let a = normalize(decode(a)?);
+        let b = normalize(decode(b)?);
+        let d = match (a.d, b.d) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        let mut f = a.f;
+        for (name, cb) in b.f {
+            let joined = match f.get(&name) {
+                Some(ca) => Cell::join(ca, &cb)?,
+                None => cb,
+            };
+            f.insert(name, joined);
+        }
+        Ok(encode(&normalize(Doc { v: FORMAT, d, f })))
+    }
+
+    fn validate(key: &str, data: &[u8], host: &dyn Host) -> Result<(), Vec<Violation>> {
+        let doc = decode(data).map_err(|e| vec![Violation::new("", "schema", e)])?;
+        let v = view(&doc);
+        if !v.live {
+            return Ok(());
+        }
+        let mut violations: Vec<Violation> = v
+            .conflicts
+            .iter()
+            .map(|(field, values)| {
+                Violation::new(field, "conflict", format!("concurrent changes need an operator's decision: {}", String::from_utf8_lossy(&canonical_json(values))))
+            })
+            .collect();
+        match serde_json::from_value::<T>(Value::Object(v.doc)) {
+            Ok(typed) => violations.extend(typed.validate(key, host)),
+            Err(e) => violations.push(Violation::new("", "schema", format!("the merged document does not match the schema: {e}"))),
+        }
+        if violations.is_empty() { Ok(()) } else { Err(violations) }
+    }
+}
