@@ -27,7 +27,8 @@ fn main() {
         })
         .unwrap_or_default();
     names.sort();
-    let mut out = String::from("/// The bundled plugins: (directory name, WebAssembly component).\npub static BUNDLED: &[(&str, &[u8])] = &[\n");
+    let mut out =
+        String::from("/// The bundled plugins: (directory name, WebAssembly component).\npub static BUNDLED: &[(&str, &[u8])] = &[\n");
     let mut missing = Vec::new();
     for name in &names {
         let file = wasm_dir.join(format!("tandem_plugin_{}.wasm", name.replace('-', "_")));

@@ -95,7 +95,8 @@ impl<T: ReportSchema> Plugin for AppendPlugin<T> {
             }
         };
         let value: Value = serde_json::from_str(&input).map_err(|e| WriteError::Malformed(format!("input is not JSON: {e}")))?;
-        let typed: T = serde_json::from_value(value).map_err(|e| WriteError::Malformed(format!("input does not match the {} schema: {e}", T::info().component)))?;
+        let typed: T = serde_json::from_value(value)
+            .map_err(|e| WriteError::Malformed(format!("input does not match the {} schema: {e}", T::info().component)))?;
         let value = serde_json::to_value(&typed).map_err(|e| WriteError::Malformed(e.to_string()))?;
         let mut log = match prior {
             Some(bytes) => decode(bytes).map_err(WriteError::Malformed)?,

@@ -106,11 +106,7 @@ pub struct Violation {
 impl Violation {
     /// A violation of `field` (give it without the leading slash; "" for the whole record).
     pub fn new(field: &str, code: &str, message: impl Into<String>) -> Self {
-        let field = if field.is_empty() || field.starts_with('/') {
-            field.to_owned()
-        } else {
-            format!("/{field}")
-        };
+        let field = if field.is_empty() || field.starts_with('/') { field.to_owned() } else { format!("/{field}") };
         Violation { field, code: code.to_owned(), message: message.into() }
     }
 }
@@ -205,7 +201,7 @@ macro_rules! export_plugin {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type TandemExportedPlugin = $crate::Exporter<$plugin>;
-            $crate::bindings::export!(TandemExportedPlugin with_types_in $crate::bindings);
+    $crate::bindings::export!(TandemExportedPlugin with_types_in $crate::bindings);
         };
     };
 }

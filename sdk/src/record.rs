@@ -264,7 +264,8 @@ impl<T: RecordSchema> RecordPlugin<T> {
         let prior_view = prior.as_ref().filter(|p| is_live(p)).map(|p| Value::Object(view(p).doc));
         let input = T::before_store(input, key, stamp, prior_view.as_ref()).map_err(WriteError::Invalid)?;
         // The typed round trip checks the shape and fills in defaults.
-        let typed: T = serde_json::from_value(input).map_err(|e| WriteError::Malformed(format!("input does not match the {} schema: {e}", T::info().component)))?;
+        let typed: T = serde_json::from_value(input)
+            .map_err(|e| WriteError::Malformed(format!("input does not match the {} schema: {e}", T::info().component)))?;
         let Value::Object(new) = serde_json::to_value(&typed).map_err(|e| WriteError::Malformed(e.to_string()))? else {
             return Err(WriteError::Malformed("the schema must serialize to a JSON object".to_owned()));
         };
@@ -481,7 +482,11 @@ impl<T: RecordSchema> Plugin for RecordPlugin<T> {
             .conflicts
             .iter()
             .map(|(field, values)| {
-                Violation::new(field, "conflict", format!("concurrent changes need an operator's decision: {}", String::from_utf8_lossy(&canonical_json(values))))
+                Violation::new(
+                    field,
+                    "conflict",
+                    format!("concurrent changes need an operator's decision: {}", String::from_utf8_lossy(&canonical_json(values))),
+                )
             })
             .collect();
         match serde_json::from_value::<T>(Value::Object(v.doc)) {

@@ -155,14 +155,26 @@ impl fmt::Display for PluginError {
             PluginError::Trap { plugin, call, message } => write!(f, "plugin {plugin}: {call} trapped: {message}"),
             PluginError::OutOfFuel { plugin, call, fuel } => write!(f, "plugin {plugin}: {call} ran out of fuel ({fuel} units)"),
             PluginError::Deadline { plugin, call, ms } => write!(f, "plugin {plugin}: {call} overran its {ms} ms deadline"),
-            PluginError::OutOfMemory { plugin, call, limit } => write!(f, "plugin {plugin}: {call} exceeded its memory cap of {limit} bytes"),
-            PluginError::Capability { plugin, call, import } => {
-                write!(f, "plugin {plugin}: {call} called {import}, which the sandbox does not offer (no files, network, environment or real clock)")
+            PluginError::OutOfMemory { plugin, call, limit } => {
+                write!(f, "plugin {plugin}: {call} exceeded its memory cap of {limit} bytes")
             }
-            PluginError::InputTooLarge { plugin, call, size, limit } => write!(f, "plugin {plugin}: {call} input of {size} bytes is over the limit of {limit}"),
-            PluginError::OutputTooLarge { plugin, call, size, limit } => write!(f, "plugin {plugin}: {call} returned {size} bytes, over the limit of {limit}"),
+            PluginError::Capability { plugin, call, import } => {
+                write!(
+                    f,
+                    "plugin {plugin}: {call} called {import}, which the sandbox does not offer (no files, network, environment or real clock)"
+                )
+            }
+            PluginError::InputTooLarge { plugin, call, size, limit } => {
+                write!(f, "plugin {plugin}: {call} input of {size} bytes is over the limit of {limit}")
+            }
+            PluginError::OutputTooLarge { plugin, call, size, limit } => {
+                write!(f, "plugin {plugin}: {call} returned {size} bytes, over the limit of {limit}")
+            }
             PluginError::Quarantined { plugin, failures, last } => {
-                write!(f, "plugin {plugin} is quarantined after {failures} consecutive failures (last: {last}); reload a fixed plugin to release it")
+                write!(
+                    f,
+                    "plugin {plugin} is quarantined after {failures} consecutive failures (last: {last}); reload a fixed plugin to release it"
+                )
             }
             PluginError::Load { plugin, message } => write!(f, "plugin {plugin} could not be loaded: {message}"),
             PluginError::Incompatible { plugin, found, expected } => write!(
@@ -557,7 +569,11 @@ impl Session {
     }
 
     /// Runs one call with fresh fuel and deadline, classifying any failure.
-    fn call<R>(&mut self, call: &'static str, f: impl FnOnce(&host::Plugin, &mut Store<State>) -> wasmtime::Result<R>) -> Result<R, PluginError> {
+    fn call<R>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce(&host::Plugin, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
         if self.plugin.is_quarantined() {
             return Err(self.plugin.quarantine_error());
         }
@@ -630,7 +646,13 @@ impl Session {
     }
 
     /// `serialize(key, op, prior, stamp)`.
-    pub fn serialize(&mut self, key: &str, op: &Op, prior: Option<&[u8]>, stamp: &Stamp) -> Result<Result<Stored, WriteError>, PluginError> {
+    pub fn serialize(
+        &mut self,
+        key: &str,
+        op: &Op,
+        prior: Option<&[u8]>,
+        stamp: &Stamp,
+    ) -> Result<Result<Stored, WriteError>, PluginError> {
         let input_size = key.len() + prior.map_or(0, <[u8]>::len) + if let Op::Put(doc) = op { doc.len() } else { 0 };
         self.check_input("serialize", input_size)?;
         let wit_op = match op {

@@ -90,7 +90,12 @@ impl Registry {
         if plugin.name() != spec.component {
             return Err(PluginError::Load {
                 plugin: spec.component.clone(),
-                message: format!("{} declares component {:?}, but is configured for {:?}", spec.path.display(), plugin.name(), spec.component),
+                message: format!(
+                    "{} declares component {:?}, but is configured for {:?}",
+                    spec.path.display(),
+                    plugin.name(),
+                    spec.component
+                ),
             });
         }
         Ok(plugin)

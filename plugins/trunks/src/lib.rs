@@ -107,8 +107,14 @@ impl RecordSchema for Trunk {
             description: "SIP trunks to carriers and peer PBXs".to_owned(),
             shape: String::new(),
             examples: vec![
-                Example::new("carrier-main", json!({"host": "sip.carrier.example", "port": 5060, "transport": "udp", "username": "acme", "registration": {"server_uri": "sip:sip.carrier.example", "client_uri": "sip:acme@sip.carrier.example"}, "codecs": ["alaw", "g722"], "max_channels": 60})),
-                Example::new("carrier-backup", json!({"host": "203.0.113.10", "port": 5061, "transport": "tls", "codecs": ["ulaw"], "max_channels": 30, "enabled": false})),
+                Example::new(
+                    "carrier-main",
+                    json!({"host": "sip.carrier.example", "port": 5060, "transport": "udp", "username": "acme", "registration": {"server_uri": "sip:sip.carrier.example", "client_uri": "sip:acme@sip.carrier.example"}, "codecs": ["alaw", "g722"], "max_channels": 60}),
+                ),
+                Example::new(
+                    "carrier-backup",
+                    json!({"host": "203.0.113.10", "port": 5061, "transport": "tls", "codecs": ["ulaw"], "max_channels": 30, "enabled": false}),
+                ),
                 Example::new("branch-office", json!({"host": "pbx.branch.example", "transport": "tcp"})),
             ],
             retention: None,
