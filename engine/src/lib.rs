@@ -4,5 +4,6 @@
 #![deny(unsafe_code)]
 
 pub mod bundled;
+pub mod cli;
 pub mod conformance;
 pub mod plugin;

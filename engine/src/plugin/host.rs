@@ -22,7 +22,7 @@ pub struct State {
     pub lookup: Arc<dyn Lookup>,
     pub lookups: u32,
     pub memory_cap: usize,
-    /// Largest linear memory size asked for during the current call.
+    /// Largest linear memory size of the instance so far.
     pub memory_peak: usize,
     /// Set when the memory cap refused a growth.
     pub memory_refused: bool,

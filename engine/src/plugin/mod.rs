@@ -525,19 +525,25 @@ impl LoadedPlugin {
         if self.is_quarantined() {
             return Err(self.quarantine_error());
         }
+        Ok(Session { plugin: self.clone(), lookup, live: None, last: CallStats::default() })
+    }
+
+    fn new_store(&self, lookup: Arc<dyn Lookup>) -> Store<State> {
         let state = State { lookup, lookups: 0, memory_cap: self.limits.memory_bytes, memory_peak: 0, memory_refused: false };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         store.epoch_deadline_trap();
-        Ok(Session { plugin: self.clone(), store, instance: None, last: CallStats::default() })
+        store
     }
 }
 
 /// One instance serving a batch of calls. Dropped at the end of the batch.
 pub struct Session {
     plugin: Arc<LoadedPlugin>,
-    store: Store<State>,
-    instance: Option<host::Plugin>,
+    lookup: Arc<dyn Lookup>,
+    /// The store and its one instance; replaced whole after a failed call, so that nothing of a
+    /// failed instance (memory, pool slot, state) survives it.
+    live: Option<(Store<State>, host::Plugin)>,
     last: CallStats,
 }
 
@@ -579,41 +585,51 @@ impl Session {
         }
         let limits = self.plugin.limits.clone();
         let started = Instant::now();
-        let prepare = |store: &mut Store<State>| -> wasmtime::Result<()> {
+        let mut failed_state = None;
+        let result = (|| -> wasmtime::Result<R> {
+            if self.live.is_none() {
+                let mut store = self.plugin.new_store(self.lookup.clone());
+                store.set_fuel(limits.fuel)?;
+                store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK_MS) + 1);
+                let instance = self.plugin.pre.instantiate(&mut store);
+                match instance {
+                    Ok(instance) => self.live = Some((store, instance)),
+                    Err(e) => {
+                        failed_state = Some(store.data().memory_refused);
+                        return Err(e);
+                    }
+                }
+            }
+            let (store, instance) = self.live.as_mut().ok_or_else(|| wasmtime::format_err!("no instance"))?;
             store.set_fuel(limits.fuel)?;
             store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK_MS) + 1);
             let state = store.data_mut();
             state.lookups = 0;
-            state.memory_peak = 0;
             state.memory_refused = false;
-            Ok(())
-        };
-        let result = (|| -> wasmtime::Result<R> {
-            prepare(&mut self.store)?;
-            if self.instance.is_none() {
-                self.instance = Some(self.plugin.pre.instantiate(&mut self.store)?);
-            }
-            let instance = self.instance.as_ref().ok_or_else(|| wasmtime::format_err!("no instance"))?;
-            f(instance, &mut self.store)
+            f(instance, store)
         })();
-        let fuel_left = self.store.get_fuel().unwrap_or(0);
+        let (fuel_left, memory, refused) = match (&self.live, failed_state) {
+            (Some((store, _)), _) => (store.get_fuel().unwrap_or(0), store.data().memory_peak, store.data().memory_refused),
+            (None, Some(refused)) => (0, 0, refused),
+            (None, None) => (0, 0, false),
+        };
         self.last = CallStats {
             fuel: limits.fuel.saturating_sub(fuel_left),
-            memory_peak: self.store.data().memory_peak,
+            memory_peak: memory,
             micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
         let outcome = result.map_err(|e| {
-            // A failed instance is never reused.
-            self.instance = None;
-            self.classify(call, &e, &limits)
+            // A failed instance is never reused: drop its whole store.
+            self.live = None;
+            self.classify(call, &e, &limits, refused)
         });
         self.plugin.record(outcome.as_ref().map(|_| self.last.fuel));
         outcome
     }
 
-    fn classify(&self, call: &'static str, e: &wasmtime::Error, limits: &Limits) -> PluginError {
+    fn classify(&self, call: &'static str, e: &wasmtime::Error, limits: &Limits, memory_refused: bool) -> PluginError {
         let plugin = self.plugin.name.clone();
-        if self.store.data().memory_refused {
+        if memory_refused {
             return PluginError::OutOfMemory { plugin, call, limit: limits.memory_bytes };
         }
         match e.downcast_ref::<Trap>() {
