@@ -10,7 +10,9 @@
 //!     stamp, strict (concurrent changes kept side by side and reported as a conflict), add-wins
 //!     sets, append-only lists, and monotonic "max by rank" fields (workflows);
 //!   - [`append`]: append-only records (reports): written once, a different second version of the
-//!     same key is a conflict, never an overwrite.
+//!     same key is a conflict, never an overwrite;
+//! - [`check`]: small validators plugins share (hosts, SIP URIs, CIDRs, phone numbers, e-mail
+//!   addresses, Asterisk dial patterns, ranges, references to other records).
 //!
 //! ```ignore
 //! use serde::{Deserialize, Serialize};
@@ -31,6 +33,7 @@
 //! Plugins never read clocks or randomness: every write's [`Stamp`] comes from the engine.
 
 pub mod append;
+pub mod check;
 pub mod dots;
 mod glue;
 pub mod record;
