@@ -112,6 +112,14 @@ pub fn name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
+/// A prompts language as Asterisk names its sound folders: `en`, `de`, `pt_BR`.
+pub fn language(s: &str) -> bool {
+    let (lang, country) = s.split_once('_').unwrap_or((s, ""));
+    lang.len() == 2
+        && lang.chars().all(|c| c.is_ascii_lowercase())
+        && (country.is_empty() || (country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase())))
+}
+
 /// A ULID: 26 characters of Crockford base32 (upper case), the first not above `7`. Applications
 /// make them from the time and randomness, so two nodes never pick the same one.
 pub fn ulid(s: &str) -> bool {
@@ -263,6 +271,8 @@ mod tests {
 
     #[test]
     fn names_and_ids() {
+        assert!(language("en") && language("pt_BR"));
+        assert!(!language("english") && !language("EN") && !language("pt_br") && !language(""));
         assert!(name("carrier-main_2"));
         assert!(!name("Carrier"));
         assert!(!name("-x"));

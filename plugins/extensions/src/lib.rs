@@ -127,14 +127,6 @@ fn default_language() -> String {
     "en".to_owned()
 }
 
-/// `en`, `de`, `pt_BR`: a language and an optional country, as Asterisk names sound folders.
-fn valid_language(s: &str) -> bool {
-    let (lang, country) = s.split_once('_').unwrap_or((s, ""));
-    lang.len() == 2
-        && lang.chars().all(|c| c.is_ascii_lowercase())
-        && (country.is_empty() || (country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase())))
-}
-
 impl Extension {
     fn check_forward(&self, v: &mut Vec<Violation>) {
         let Some(forward) = &self.forward else { return };
@@ -253,7 +245,7 @@ impl RecordSchema for Extension {
                 v.push(Violation::new(&format!("codecs/{i}"), "format", format!("unknown codec {c:?}")));
             }
         }
-        if !valid_language(&self.language) {
+        if !check::language(&self.language) {
             v.push(Violation::new("language", "format", format!("{:?} is not a language like en or pt_BR", self.language)));
         }
         v
