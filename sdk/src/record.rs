@@ -478,15 +478,20 @@ impl<T: RecordSchema> Plugin for RecordPlugin<T> {
         if !v.live {
             return Ok(());
         }
+        // Violations reach operators and logs: they show the values only as readers may see them.
+        let mut shown = v.conflicts.clone();
+        T::redact(&mut shown);
         let mut violations: Vec<Violation> = v
             .conflicts
-            .iter()
-            .map(|(field, values)| {
-                Violation::new(
-                    field,
-                    "conflict",
-                    format!("concurrent changes need an operator's decision: {}", String::from_utf8_lossy(&canonical_json(values))),
-                )
+            .keys()
+            .map(|field| {
+                let message = match shown.get(field) {
+                    Some(values) => {
+                        format!("concurrent changes need an operator's decision: {}", String::from_utf8_lossy(&canonical_json(values)))
+                    }
+                    None => "concurrent changes need an operator's decision (the values are not shown)".to_owned(),
+                };
+                Violation::new(field, "conflict", message)
             })
             .collect();
         match serde_json::from_value::<T>(Value::Object(v.doc)) {
@@ -494,5 +499,54 @@ impl<T: RecordSchema> Plugin for RecordPlugin<T> {
             Err(e) => violations.push(Violation::new("", "schema", format!("the merged document does not match the schema: {e}"))),
         }
         if violations.is_empty() { Ok(()) } else { Err(violations) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{NoHost, merge, put, stamp};
+
+    #[derive(Serialize, Deserialize)]
+    struct Account {
+        name: String,
+        secret: String,
+    }
+
+    impl RecordSchema for Account {
+        fn info() -> Info {
+            Info {
+                component: "accounts".to_owned(),
+                plugin_version: "0.1.0".to_owned(),
+                schema_version: 1,
+                description: String::new(),
+                shape: String::new(),
+                examples: Vec::new(),
+                retention: None,
+            }
+        }
+
+        fn fields() -> &'static [(&'static str, FieldKind)] {
+            &[("name", FieldKind::Strict), ("secret", FieldKind::Strict)]
+        }
+
+        fn redact(doc: &mut Map<String, Value>) {
+            doc.remove("secret");
+        }
+    }
+
+    #[test]
+    fn conflict_violations_do_not_show_redacted_values() {
+        type P = RecordPlugin<Account>;
+        let base = put::<P>("k", serde_json::json!({"name": "n0", "secret": "s0"}), None, &stamp(1, "a"));
+        let a = put::<P>("k", serde_json::json!({"name": "n1", "secret": "s1-hidden"}), Some(&base), &stamp(2, "a"));
+        let b = put::<P>("k", serde_json::json!({"name": "n2", "secret": "s2-hidden"}), Some(&base), &stamp(2, "b"));
+        let violations = P::validate("k", &merge::<P>("k", &a, &b).data, &NoHost).err().unwrap_or_default();
+        assert_eq!(
+            violations.iter().map(|v| (v.field.as_str(), v.code.as_str())).collect::<Vec<_>>(),
+            [("/name", "conflict"), ("/secret", "conflict")]
+        );
+        assert!(violations[0].message.contains("n1") && violations[0].message.contains("n2"));
+        assert!(!violations[1].message.contains("hidden"), "{}", violations[1].message);
     }
 }
