@@ -24,7 +24,8 @@
 //! - [`FieldKind::Set`]: an add-wins set of JSON values (an element removed on one node and
 //!   re-added concurrently on another stays).
 //! - [`FieldKind::Append`]: an append-only list; writes add elements, never remove them.
-//! - [`FieldKind::Rank`]: a workflow state that only moves forward: the join is the highest rank.
+//! - [`FieldKind::Rank`]: a workflow state that only moves forward: the join is the highest rank
+//!   that no delete hides.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -97,8 +98,34 @@ enum Cell {
     Set { e: Vec<Entry>, c: Context },
     #[serde(rename = "a")]
     Append { e: Vec<Entry> },
+    /// Besides the highest rank, keeps each lower rank written after every higher one: a delete
+    /// that hides the higher ones brings it back, whatever the order of delivery.
     #[serde(rename = "r")]
-    Rank { s: Stamp, v: Value, r: u32 },
+    Rank { e: Vec<Ranked> },
+}
+
+/// A value of a rank field with its rank and stamp.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Ranked {
+    r: u32,
+    s: Stamp,
+    v: Value,
+}
+
+/// Drops the rank entries that the delete hides or that a higher (or equal) rank at least as new
+/// dominates (a delete hiding that one hides them too), leaving the canonical "staircase": ranks
+/// ascending, stamps descending.
+fn staircase(mut e: Vec<Ranked>, deleted: Option<&Stamp>) -> Vec<Ranked> {
+    e.retain(|x| !hidden(&x.s, deleted));
+    e.sort_by(|a, b| (b.r, &b.s, canonical_json(&b.v)).cmp(&(a.r, &a.s, canonical_json(&a.v))));
+    let mut kept: Vec<Ranked> = Vec::with_capacity(e.len());
+    for x in e {
+        if kept.last().is_none_or(|newest_above| x.s > newest_above.s) {
+            kept.push(x);
+        }
+    }
+    kept.reverse();
+    kept
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -124,7 +151,8 @@ fn hidden(s: &Stamp, deleted: Option<&Stamp>) -> bool {
 impl Cell {
     fn max_stamp(&self) -> Option<&Stamp> {
         match self {
-            Cell::Lww { s, .. } | Cell::Rank { s, .. } => Some(s),
+            Cell::Lww { s, .. } => Some(s),
+            Cell::Rank { e } => e.iter().map(|x| &x.s).max(),
             Cell::Strict { e, .. } | Cell::Set { e, .. } | Cell::Append { e } => e.iter().map(|x| &x.stamp).max(),
         }
     }
@@ -133,8 +161,14 @@ impl Cell {
     /// the cell is left and it carries no context worth keeping.
     fn normalize(mut self, deleted: Option<&Stamp>) -> Option<Cell> {
         match &mut self {
-            Cell::Lww { s, .. } | Cell::Rank { s, .. } => {
+            Cell::Lww { s, .. } => {
                 if hidden(s, deleted) {
+                    return None;
+                }
+            }
+            Cell::Rank { e } => {
+                *e = staircase(std::mem::take(e), deleted);
+                if e.is_empty() {
                     return None;
                 }
             }
@@ -162,10 +196,7 @@ impl Cell {
                 let a_wins = (sa, canonical_json(va)) >= (sb, canonical_json(vb));
                 if a_wins { a.clone() } else { b.clone() }
             }
-            (Cell::Rank { s: sa, v: va, r: ra }, Cell::Rank { s: sb, v: vb, r: rb }) => {
-                let a_wins = (ra, sa, canonical_json(va)) >= (rb, sb, canonical_json(vb));
-                if a_wins { a.clone() } else { b.clone() }
-            }
+            (Cell::Rank { e: ea }, Cell::Rank { e: eb }) => Cell::Rank { e: staircase([ea.as_slice(), eb].concat(), None) },
             (Cell::Strict { e: ea, c: ca }, Cell::Strict { e: eb, c: cb }) => {
                 let mut c = ca.clone();
                 c.join(cb);
@@ -223,11 +254,15 @@ fn view(doc: &Doc) -> View {
     let mut conflicts = Map::new();
     for (name, cell) in &doc.f {
         let value = match cell {
-            Cell::Lww { s, v } | Cell::Rank { s, v, .. } => {
+            Cell::Lww { s, v } => {
                 if hidden(s, d) {
                     continue;
                 }
                 v.clone()
+            }
+            Cell::Rank { e } => {
+                let Some(top) = e.iter().filter(|x| !hidden(&x.s, d)).max_by_key(|x| x.r) else { continue };
+                top.v.clone()
             }
             Cell::Strict { e, .. } => {
                 let visible: Vec<&Entry> = e.iter().filter(|x| !hidden(&x.stamp, d)).collect();
@@ -299,17 +334,21 @@ impl<T: RecordSchema> RecordPlugin<T> {
                         old
                     }
                     Some(rank) => {
-                        let old_rank = match &old {
-                            Some(Cell::Rank { r, s, .. }) if !hidden(s, doc.d.as_ref()) => Some(*r),
-                            _ => None,
+                        let old_entries = match &old {
+                            Some(Cell::Rank { e }) => staircase(e.clone(), doc.d.as_ref()),
+                            _ => Vec::new(),
                         };
+                        let old_rank = old_entries.iter().map(|x| x.r).max();
                         match old_rank {
                             Some(r) if (rank as u32) < r => {
                                 violations.push(Violation::new(&name, "workflow", format!("cannot move back from {} to {}", seen, wanted)));
                                 old
                             }
                             Some(r) if rank as u32 == r => old,
-                            _ => Some(Cell::Rank { s: stamp.clone(), v: wanted, r: rank as u32 }),
+                            _ => {
+                                let new = Ranked { r: rank as u32, s: stamp.clone(), v: wanted };
+                                Some(Cell::Rank { e: staircase([old_entries, vec![new]].concat(), None) })
+                            }
                         }
                     }
                 },
@@ -533,6 +572,42 @@ mod tests {
         fn redact(doc: &mut Map<String, Value>) {
             doc.remove("secret");
         }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Item {
+        status: String,
+    }
+
+    impl RecordSchema for Item {
+        fn info() -> Info {
+            Account::info()
+        }
+
+        fn fields() -> &'static [(&'static str, FieldKind)] {
+            &[("status", FieldKind::Rank(&["draft", "approved", "done"]))]
+        }
+    }
+
+    #[test]
+    fn rank_merge_is_associative_across_deletes() {
+        type P = RecordPlugin<Item>;
+        // "approved" written early, a delete after it, "draft" written after the delete: the
+        // draft is what survives, whichever two versions meet first.
+        let approved = put::<P>("k", serde_json::json!({"status": "approved"}), None, &stamp(22, "c"));
+        let deleted = match P::serialize("k", Op::Delete, None, &stamp(57, "b")) {
+            Ok(s) => s,
+            Err(e) => panic!("{e:?}"),
+        };
+        let draft = put::<P>("k", serde_json::json!({"status": "draft"}), None, &stamp(149, "a"));
+        let left = merge::<P>("k", &merge::<P>("k", &draft, &deleted), &approved);
+        let right = merge::<P>("k", &draft, &merge::<P>("k", &deleted, &approved));
+        assert_eq!(left, right);
+        assert_eq!(crate::testing::read::<P>("k", &left), Some(serde_json::json!({"status": "draft"})));
+        // Without the delete the higher rank wins.
+        let both = merge::<P>("k", &draft, &approved);
+        assert_eq!(crate::testing::read::<P>("k", &both), Some(serde_json::json!({"status": "approved"})));
+        assert_eq!(merge::<P>("k", &approved, &draft), both);
     }
 
     #[test]

@@ -224,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn a_status_written_after_a_delete_survives_in_any_delivery_order() {
+        // Found by the conformance kit: an early "approved", a delete, then a re-created draft.
+        let approved = put::<RequirementsPlugin>("r", req(json!({"status": "approved"})), None, &stamp(22, "c"));
+        let deleted = RequirementsPlugin::serialize("r", tandem_sdk::Op::Delete, None, &stamp(57, "b")).expect("delete");
+        let draft = put::<RequirementsPlugin>("r", json!({"title": "Failover"}), None, &stamp(149, "a"));
+        let left = merge::<RequirementsPlugin>("r", &merge::<RequirementsPlugin>("r", &draft, &deleted), &approved);
+        let right = merge::<RequirementsPlugin>("r", &draft, &merge::<RequirementsPlugin>("r", &deleted, &approved));
+        assert_eq!(left, right);
+        assert_eq!(read::<RequirementsPlugin>("r", &left).expect("live")["status"], "draft");
+    }
+
+    #[test]
     fn a_local_write_cannot_move_the_status_back() {
         let s = put::<RequirementsPlugin>("r", req(json!({"status": "approved"})), None, &stamp(1, "a"));
         match put_err::<RequirementsPlugin>("r", req(json!({"status": "draft"})), Some(&s), &stamp(2, "a")) {
