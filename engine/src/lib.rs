@@ -6,4 +6,5 @@
 pub mod bundled;
 pub mod cli;
 pub mod conformance;
+pub mod node;
 pub mod plugin;

@@ -2,6 +2,7 @@
 //! module.
 
 mod demo;
+mod node;
 mod plugin;
 
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Work with component plugins: check, describe, new.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// A node: init, run, and the client verbs.
+    #[command(flatten)]
+    Node(node::NodeCommand),
 }
 
 /// Sets up tracing to stderr.
@@ -56,5 +60,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Node(cmd) => node::run(cmd),
     }
 }

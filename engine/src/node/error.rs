@@ -1,0 +1,144 @@
+//! Why a node refused a request: one enum, each case with a stable code and an HTTP status.
+
+use crate::plugin::{PluginError, Violation};
+
+use super::admission::Shed;
+use super::hlc::ClockAhead;
+use super::store::StoreError;
+
+/// A refusal or failure of a node operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("unknown component {0:?}: see `tandem status` for this node's components")]
+    UnknownComponent(String),
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("no record {key:?} in {component}")]
+    NotFound { component: String, key: String },
+    #[error("the write breaks {} rule(s) of the component", .0.len())]
+    Invalid(Vec<Violation>),
+    #[error("not a document of this component: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Plugin(PluginError),
+    #[error("{0}")]
+    QueueFull(Shed),
+    #[error("{0}")]
+    Shed(Shed),
+    #[error("the plugin workers are saturated; retry shortly")]
+    Busy,
+    #[error("the node is read-only: {0}")]
+    DiskFull(String),
+    #[error("the node's store failed and it no longer takes writes: {0}")]
+    StoreFailed(String),
+    #[error("store error: {0}")]
+    Store(String),
+    #[error("idempotency key {0:?} was already used for a different request")]
+    IdempotencyReused(String),
+    #[error("{0}")]
+    ClockAhead(ClockAhead),
+    #[error("no conflict {0:?}")]
+    ConflictNotFound(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Refused(String),
+    #[error("a witness holds no data")]
+    Witness,
+}
+
+impl NodeError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NodeError::UnknownComponent(_) => "unknown_component",
+            NodeError::InvalidKey(_) => "invalid_key",
+            NodeError::NotFound { .. } => "not_found",
+            NodeError::Invalid(_) => "invalid",
+            NodeError::Malformed(_) => "malformed",
+            NodeError::Plugin(e) => e.code(),
+            NodeError::QueueFull(_) => "overloaded",
+            NodeError::Shed(_) => "overloaded",
+            NodeError::Busy => "busy",
+            NodeError::DiskFull(_) => "disk_full",
+            NodeError::StoreFailed(_) => "store_failed",
+            NodeError::Store(_) => "store_error",
+            NodeError::IdempotencyReused(_) => "idempotency_key_reused",
+            NodeError::ClockAhead(_) => "clock_ahead",
+            NodeError::ConflictNotFound(_) => "not_found",
+            NodeError::ShuttingDown => "shutting_down",
+            NodeError::Refused(_) => "refused",
+            NodeError::Witness => "witness",
+        }
+    }
+
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            NodeError::UnknownComponent(_) | NodeError::NotFound { .. } | NodeError::ConflictNotFound(_) | NodeError::Witness => 404,
+            NodeError::InvalidKey(_) | NodeError::Malformed(_) => 400,
+            NodeError::Invalid(_) | NodeError::ClockAhead(_) | NodeError::Refused(_) => 422,
+            NodeError::Plugin(PluginError::Quarantined { .. }) => 503,
+            NodeError::Plugin(PluginError::InputTooLarge { .. }) => 413,
+            NodeError::Plugin(_) => 500,
+            NodeError::QueueFull(_) => 429,
+            NodeError::Shed(_) | NodeError::Busy | NodeError::ShuttingDown | NodeError::StoreFailed(_) => 503,
+            NodeError::DiskFull(_) => 507,
+            NodeError::Store(_) => 500,
+            NodeError::IdempotencyReused(_) => 409,
+        }
+    }
+
+    /// Whether the request certainly was not applied (a client may retry it without an
+    /// idempotency key). Every refusal here happens before the commit, or the commit failed
+    /// as a whole, except a store I/O failure, whose outcome is unknown.
+    pub fn outcome_known(&self) -> bool {
+        !matches!(self, NodeError::StoreFailed(_))
+    }
+
+    /// The violations, for 422 answers.
+    pub fn violations(&self) -> Option<&[Violation]> {
+        match self {
+            NodeError::Invalid(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::DiskFull(m) => NodeError::DiskFull(m),
+            StoreError::Io(m) => NodeError::StoreFailed(m),
+            StoreError::Refused(m) => NodeError::Refused(m),
+            other => NodeError::Store(other.to_string()),
+        }
+    }
+}
+
+impl From<PluginError> for NodeError {
+    fn from(e: PluginError) -> Self {
+        NodeError::Plugin(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes() {
+        assert_eq!(NodeError::Invalid(vec![]).status(), 422);
+        assert_eq!(NodeError::DiskFull("x".into()).status(), 507);
+        assert_eq!(NodeError::DiskFull("x".into()).code(), "disk_full");
+        let q = PluginError::Quarantined { plugin: "p".into(), failures: 5, last: "trap".into() };
+        assert_eq!(NodeError::Plugin(q).status(), 503);
+        assert_eq!(
+            NodeError::Plugin(PluginError::Quarantined { plugin: "p".into(), failures: 5, last: String::new() }).code(),
+            "plugin_quarantined"
+        );
+        assert_eq!(NodeError::QueueFull(Shed::QueueFull { depth: 1, capacity: 1 }).status(), 429);
+        assert_eq!(NodeError::from(StoreError::Io("eio".into())).code(), "store_failed");
+        assert!(!NodeError::StoreFailed("x".into()).outcome_known());
+    }
+}
