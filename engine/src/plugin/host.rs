@@ -55,8 +55,13 @@ impl ResourceLimiter for State {
     }
 }
 
-/// Fixed answers for the clock: the Unix epoch. Plugins get stamps from the engine.
-type Datetime = (u64, u32);
+/// `wasi:clocks/wall-clock.datetime`. Plugins read the Unix epoch; stamps come from the engine.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower, wasmtime::component::Lift, Clone, Copy)]
+#[component(record)]
+struct Datetime {
+    seconds: u64,
+    nanoseconds: u32,
+}
 
 /// Adds the host lookup and the inert WASI stand-ins to `linker`.
 pub fn add_to_linker(linker: &mut Linker<State>) -> WtResult<()> {
@@ -66,8 +71,8 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> WtResult<()> {
     // a plugin whose language runtime seeds a hash map or reads the time still runs
     // deterministically.
     let mut wall = linker.instance("wasi:clocks/wall-clock@0.2.6")?;
-    wall.func_wrap("now", |_, (): ()| -> WtResult<(Datetime,)> { Ok(((0, 0),)) })?;
-    wall.func_wrap("resolution", |_, (): ()| -> WtResult<(Datetime,)> { Ok(((0, 1),)) })?;
+    wall.func_wrap("now", |_, (): ()| -> WtResult<(Datetime,)> { Ok((Datetime { seconds: 0, nanoseconds: 0 },)) })?;
+    wall.func_wrap("resolution", |_, (): ()| -> WtResult<(Datetime,)> { Ok((Datetime { seconds: 0, nanoseconds: 1 },)) })?;
     let mut mono = linker.instance("wasi:clocks/monotonic-clock@0.2.6")?;
     mono.func_wrap("now", |_, (): ()| -> WtResult<(u64,)> { Ok((0,)) })?;
     mono.func_wrap("resolution", |_, (): ()| -> WtResult<(u64,)> { Ok((1,)) })?;

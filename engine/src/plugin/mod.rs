@@ -313,7 +313,7 @@ impl Runtime {
             },
             limits,
             pre,
-            engine: self.engine.clone(),
+            runtime: self.clone(),
             from_cache,
             load_micros: 0,
             health: Health::default(),
@@ -406,10 +406,28 @@ pub struct LoadedPlugin {
     info: Info,
     limits: Limits,
     pre: PluginPre<State>,
-    engine: Engine,
+    /// Keeps the engine and its epoch ticker alive while the plugin can be called.
+    runtime: Arc<Runtime>,
     from_cache: bool,
     load_micros: u64,
     health: Health,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("version", &self.info.plugin_version)
+            .field("digest", &self.digest)
+            .field("contract", &self.contract)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("plugin", &self.plugin.name).field("live", &self.live.is_some()).finish_non_exhaustive()
+    }
 }
 
 /// Counters of a loaded plugin, for status and metrics.
@@ -431,7 +449,7 @@ impl LoadedPlugin {
             info: self.info.clone(),
             limits: self.limits.clone(),
             pre: self.pre.clone(),
-            engine: self.engine.clone(),
+            runtime: self.runtime.clone(),
             from_cache: self.from_cache,
             load_micros: 0,
             health: Health::default(),
@@ -530,7 +548,7 @@ impl LoadedPlugin {
 
     fn new_store(&self, lookup: Arc<dyn Lookup>) -> Store<State> {
         let state = State { lookup, lookups: 0, memory_cap: self.limits.memory_bytes, memory_peak: 0, memory_refused: false };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         store.epoch_deadline_trap();
         store
@@ -635,13 +653,26 @@ impl Session {
         match e.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => return PluginError::OutOfFuel { plugin, call, fuel: limits.fuel },
             Some(Trap::Interrupt) => return PluginError::Deadline { plugin, call, ms: limits.deadline_ms },
-            _ => {}
+            Some(Trap::StackOverflow) => return PluginError::Trap { plugin, call, message: "stack overflow".to_owned() },
+            Some(trap) => return PluginError::Trap { plugin, call, message: trap.to_string() },
+            None => {}
         }
-        let message = format!("{e:#}");
-        if let Some(rest) = message.split("unknown import: `").nth(1) {
+        let full = format!("{e:#}");
+        tracing::debug!(plugin = %plugin, call, error = %full, "plugin call failed");
+        if let Some(rest) = full.split("unknown import: `").nth(1) {
             let import = rest.split('`').next().unwrap_or(rest).to_owned();
+            // A Rust guest reaches for stderr when it panics, and for exit when it aborts.
+            if import.starts_with("wasi:cli/stderr") || import.starts_with("wasi:cli/stdout") || import.starts_with("wasi:cli/exit") {
+                return PluginError::Trap {
+                    plugin,
+                    call,
+                    message: format!("the plugin panicked or aborted (it called {import}; output is not available to plugins)"),
+                };
+            }
             return PluginError::Capability { plugin, call, import };
         }
+        // The first line names the failure; the wasm backtrace after it goes to the debug log.
+        let message = full.lines().next().unwrap_or("trap").to_owned();
         PluginError::Trap { plugin, call, message }
     }
 

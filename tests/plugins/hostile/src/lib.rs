@@ -13,6 +13,9 @@
 //! | `random` | returns 16 "random" bytes it sees (serialize only)  |
 //! | `slow`   | burns about 20 million fuel, then answers normally  |
 //! | other    | behaves                                             |
+//!
+//! Version 2.0.0 (the `hostile-v2` crate, built from this file) has a merge that keeps its first
+//! argument: not commutative, which the conformance kit must catch.
 
 use tandem_sdk::{Example, Host, Info, Op, Plugin, Stamp, Stored, Violation, WriteError};
 
@@ -111,7 +114,8 @@ impl Plugin for Hostile {
         for x in [a, b] {
             Self::deserialize(key, x)?;
         }
-        let winner = if a >= b { a } else { b };
+        let left_biased = env!("CARGO_PKG_VERSION") == "2.0.0";
+        let winner = if left_biased || a >= b { a } else { b };
         let tombstone = Self::deserialize(key, winner)?.is_none();
         Ok(Stored { data: winner.to_vec(), tombstone })
     }
