@@ -218,6 +218,22 @@ pub fn exists(host: &dyn Host, field: &str, component: &str, key: &str, what: &s
     }
 }
 
+/// `unique` violations for each of `places` that already holds `key`. A place is
+/// (component, key prefix, what it is for the message): a number of the numbering plan, say, must
+/// not also be a key of the other components that take dialled numbers:
+/// `check::not_taken(host, "1001", &[("conference-settings", "", "a conference room"),
+/// ("contact-center-settings", "queue:", "a queue")])`.
+///
+/// Checked on the node that takes a write; in hot mode two nodes can each take one half of a
+/// clash, which is only noticed when the merged versions are validated.
+pub fn not_taken(host: &dyn Host, key: &str, places: &[(&str, &str, &str)]) -> Vec<Violation> {
+    places
+        .iter()
+        .filter(|(component, prefix, _)| host.lookup(component, &format!("{prefix}{key}")).is_some())
+        .map(|(_, _, what)| Violation::new("", "unique", format!("{key} is already {what}")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +320,11 @@ mod tests {
         assert!(exists(&NoHost, "trunk", "trunks", "carrier-main", "trunk").is_some());
         let host = MapHost::default().with("trunks", "carrier-main", serde_json::json!({}));
         assert!(exists(&host, "trunk", "trunks", "carrier-main", "trunk").is_none());
+        let plan = [("trunks", "", "a trunk"), ("queues", "queue:", "a queue")];
+        assert_eq!(not_taken(&host, "6000", &plan), vec![]);
+        let host = host.with("queues", "queue:6000", serde_json::json!({}));
+        let found = not_taken(&host, "6000", &plan);
+        assert_eq!(found.iter().map(|v| (v.field.as_str(), v.code.as_str())).collect::<Vec<_>>(), [("", "unique")]);
+        assert!(found[0].message.contains("a queue"));
     }
 }

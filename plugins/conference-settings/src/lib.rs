@@ -11,7 +11,8 @@ use serde_json::json;
 use tandem_sdk::record::{RecordPlugin, RecordSchema};
 use tandem_sdk::{Example, Host, Info, Violation, check};
 
-/// The other places a dialled number can lead to: (component, key prefix, what it is).
+/// The other places a dialled number can lead to (component, key prefix, what it is): a number
+/// leads to one place only.
 const NUMBERING_PLAN: &[(&str, &str, &str)] =
     &[("extensions", "", "an extension"), ("ivr-settings", "", "an IVR menu"), ("contact-center-settings", "queue:", "a queue")];
 
@@ -100,11 +101,7 @@ impl RecordSchema for Room {
         if !check::digits(key, 2..=8) {
             v.push(Violation::new("", "key", "a room number is 2 to 8 digits"));
         }
-        for (component, prefix, what) in NUMBERING_PLAN {
-            if host.lookup(component, &format!("{prefix}{key}")).is_some() {
-                v.push(Violation::new("", "unique", format!("{key} is already {what}; a number leads to one place only")));
-            }
-        }
+        v.extend(check::not_taken(host, key, NUMBERING_PLAN));
         if self.name.trim().is_empty() {
             v.push(Violation::new("name", "required", "a room needs a name"));
         }

@@ -16,7 +16,8 @@ use tandem_sdk::{Example, Host, Info, Violation, check};
 
 const COMPONENT: &str = "contact-center-settings";
 
-/// The other places a dialled number can lead to: (component, key prefix, what it is).
+/// The other places a dialled number can lead to (component, key prefix, what it is): a number
+/// leads to one place only.
 const NUMBERING_PLAN: &[(&str, &str, &str)] =
     &[("extensions", "", "an extension"), ("conference-settings", "", "a conference room"), ("ivr-settings", "", "an IVR menu")];
 
@@ -187,11 +188,7 @@ impl Queue {
         if !check::digits(number, 2..=8) {
             v.push(Violation::new("", "key", "a queue number is 2 to 8 digits: queue:6000"));
         }
-        for (component, prefix, what) in NUMBERING_PLAN {
-            if host.lookup(component, &format!("{prefix}{number}")).is_some() {
-                v.push(Violation::new("", "unique", format!("{number} is already {what}; a number leads to one place only")));
-            }
-        }
+        v.extend(check::not_taken(host, number, NUMBERING_PLAN));
         if self.name.trim().is_empty() {
             v.push(Violation::new("name", "required", "a queue needs a name"));
         }

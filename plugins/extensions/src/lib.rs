@@ -12,7 +12,8 @@ use serde_json::json;
 use tandem_sdk::record::{RecordPlugin, RecordSchema};
 use tandem_sdk::{Example, Host, Info, Violation, check};
 
-/// The other places a dialled number can lead to: (component, key prefix, what it is).
+/// The other places a dialled number can lead to (component, key prefix, what it is): a number
+/// leads to one place only.
 const NUMBERING_PLAN: &[(&str, &str, &str)] = &[
     ("conference-settings", "", "a conference room"),
     ("ivr-settings", "", "an IVR menu"),
@@ -210,11 +211,7 @@ impl RecordSchema for Extension {
         if !check::digits(key, 2..=8) {
             v.push(Violation::new("", "key", "an extension number is 2 to 8 digits"));
         }
-        for (component, prefix, what) in NUMBERING_PLAN {
-            if host.lookup(component, &format!("{prefix}{key}")).is_some() {
-                v.push(Violation::new("", "unique", format!("{key} is already {what}; a number leads to one place only")));
-            }
-        }
+        v.extend(check::not_taken(host, key, NUMBERING_PLAN));
         if self.name.trim().is_empty() {
             v.push(Violation::new("name", "required", "an extension needs a name"));
         }
