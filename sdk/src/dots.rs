@@ -108,7 +108,7 @@ mod tests {
         let ca = ctx(std::slice::from_ref(&old));
         let mut cb = ctx(std::slice::from_ref(&old));
         cb.add(&new.stamp);
-        let joined = join_entries(&[old.clone()], &ca, &[new.clone()], &cb);
+        let joined = join_entries(std::slice::from_ref(&old), &ca, std::slice::from_ref(&new), &cb);
         assert_eq!(joined, vec![new]);
     }
 
@@ -116,7 +116,8 @@ mod tests {
     fn concurrent_entries_are_both_kept() {
         let x = e(5, "a", json!("x"));
         let y = e(5, "b", json!("y"));
-        let j = join_entries(&[x.clone()], &ctx(&[x.clone()]), &[y.clone()], &ctx(&[y.clone()]));
+        let (one_x, one_y) = (std::slice::from_ref(&x), std::slice::from_ref(&y));
+        let j = join_entries(one_x, &ctx(one_x), one_y, &ctx(one_y));
         assert_eq!(j, vec![x, y]);
     }
 }

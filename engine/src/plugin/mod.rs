@@ -73,8 +73,9 @@ pub struct Limits {
     pub quarantine_after: u32,
 }
 
-/// Default fuel per call. Calibrated by `tandem plugin check` over the bundled plugins, whose
-/// costliest call used well under 1% of it (see docs/BENCHMARKS.md).
+/// Default fuel per call. Calibrated by `tandem plugin check` over the bundled plugins: the
+/// costliest call (a security-settings write that hashes a password, about 10 M units) uses 5% of
+/// it; ordinary record calls use well under 1% (see docs/BENCHMARKS.md).
 pub const DEFAULT_FUEL: u64 = 200_000_000;
 
 impl Default for Limits {
