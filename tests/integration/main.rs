@@ -1,5 +1,9 @@
 //! All integration tests, in one binary (each test binary links wasmtime: one link, not many).
 
+mod node_api;
+mod node_cli;
+mod node_durability;
+mod node_feed;
 mod plugins_conformance;
 mod plugins_reload;
 mod plugins_sandbox;

@@ -107,7 +107,10 @@ impl Target {
             (Some(_), Some(_)) => bail!("give either --dir or --api, not both"),
             (Some(dir), None) => Client::from_dir(dir),
             (None, Some(api)) => {
-                let token = self.token.as_deref().context("--api needs --token (or TANDEM_TOKEN): the token is in the node's tandem.toml, [api] token")?;
+                let token = self
+                    .token
+                    .as_deref()
+                    .context("--api needs --token (or TANDEM_TOKEN): the token is in the node's tandem.toml, [api] token")?;
                 check_host_port(api).map_err(|p| anyhow::anyhow!("--api: {p}"))?;
                 Ok(Client::new(api, token))
             }
@@ -286,7 +289,11 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         a.mode
     ));
     for (name, addr) in &peers {
-        text.push_str(&format!("\n[[peer]]\nname = {}\naddress = {}\n# local (same data center) or geo (another one)\nprofile = \"local\"\n", toml_str(name), toml_str(addr)));
+        text.push_str(&format!(
+            "\n[[peer]]\nname = {}\naddress = {}\n# local (same data center) or geo (another one)\nprofile = \"local\"\n",
+            toml_str(name),
+            toml_str(addr)
+        ));
     }
     if let Some((name, addr)) = &witness {
         text.push_str(&format!("\n[witness]\nname = {}\naddress = {}\n", toml_str(name), toml_str(addr)));
@@ -295,7 +302,8 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let mut count = 0;
     if a.role == RoleArg::Data {
         let plugins_dir = a.dir.join("plugins");
-        let written = crate::bundled::write_all(&plugins_dir).with_context(|| format!("cannot write the bundled plugins to {}", plugins_dir.display()))?;
+        let written = crate::bundled::write_all(&plugins_dir)
+            .with_context(|| format!("cannot write the bundled plugins to {}", plugins_dir.display()))?;
         // Loading each plugin checks it, tells its shape (reports get a recent-window preload)
         // and fills the compile cache for the first `tandem run`.
         let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(a.dir.join("cache")), ..RuntimeConfig::default() })?;
@@ -456,7 +464,10 @@ fn print_ack(ack: &crate::node::types::WriteAck, json: bool) -> anyhow::Result<(
         } else {
             ""
         };
-        println!("{what} {}/{} at seq {} (stamp {}.{}@{}){note}", ack.component, ack.key, ack.seq, ack.stamp.physical, ack.stamp.logical, ack.stamp.node);
+        println!(
+            "{what} {}/{} at seq {} (stamp {}.{}@{}){note}",
+            ack.component, ack.key, ack.seq, ack.stamp.physical, ack.stamp.logical, ack.stamp.node
+        );
     }
     Ok(())
 }
@@ -566,7 +577,16 @@ pub fn render_status(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     let n = &s.node;
-    let _ = writeln!(o, "node {} ({}; id {}; epoch {}; tandem {}; up {})", n.name, n.role, n.id, n.epoch, n.version, human_duration(n.uptime_s));
+    let _ = writeln!(
+        o,
+        "node {} ({}; id {}; epoch {}; tandem {}; up {})",
+        n.name,
+        n.role,
+        n.id,
+        n.epoch,
+        n.version,
+        human_duration(n.uptime_s)
+    );
     let _ = writeln!(o, "  api {}   peer listen {}   default mode {}", n.api, n.listen, n.mode);
     let serving = match (n.reads, n.writes) {
         (true, true) => "reads and writes".to_owned(),
@@ -598,7 +618,21 @@ pub fn render_status(s: &Status) -> String {
         let _ = writeln!(o, "  READ-ONLY: {}", st.read_only_reason.as_deref().unwrap_or("no reason recorded"));
     }
     if !s.components.is_empty() {
-        let headers = ["COMPONENT", "MODE", "PRELOAD", "RECORDS", "LIVE", "IN MEMORY", "MEMORY", "LOAD", "WRITES", "READS", "REFUSED", "QUEUE", "PLUGIN"];
+        let headers = [
+            "COMPONENT",
+            "MODE",
+            "PRELOAD",
+            "RECORDS",
+            "LIVE",
+            "IN MEMORY",
+            "MEMORY",
+            "LOAD",
+            "WRITES",
+            "READS",
+            "REFUSED",
+            "QUEUE",
+            "PLUGIN",
+        ];
         let rows: Vec<Vec<String>> = s
             .components
             .iter()
@@ -699,8 +733,19 @@ fn conflicts(c: ConflictsCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{:<24}  {:<6}  {:<20}  {:<24}  VIOLATIONS", "ID", "STATE", "COMPONENT", "KEY");
                 for c in list {
-                    let v: Vec<String> = c.violations.iter().map(|v| format!("{} {}", if v.field.is_empty() { "(record)" } else { &v.field }, v.code)).collect();
-                    println!("{:<24}  {:<6}  {:<20}  {:<24}  {}", c.id, if c.open { "open" } else { "closed" }, c.component, c.key, v.join(", "));
+                    let v: Vec<String> = c
+                        .violations
+                        .iter()
+                        .map(|v| format!("{} {}", if v.field.is_empty() { "(record)" } else { &v.field }, v.code))
+                        .collect();
+                    println!(
+                        "{:<24}  {:<6}  {:<20}  {:<24}  {}",
+                        c.id,
+                        if c.open { "open" } else { "closed" },
+                        c.component,
+                        c.key,
+                        v.join(", ")
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

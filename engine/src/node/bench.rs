@@ -53,7 +53,9 @@ fn sqlite_baseline(path: &Path, component: &str, records: &[(String, Vec<u8>)], 
     let mut conn = rusqlite::Connection::open(path)?;
     conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch("CREATE TABLE kv (component TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (component, key)) WITHOUT ROWID")?;
+    conn.execute_batch(
+        "CREATE TABLE kv (component TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (component, key)) WITHOUT ROWID",
+    )?;
     let started = Instant::now();
     for chunk in records.chunks(batch.max(1)) {
         let tx = conn.transaction()?;
@@ -111,7 +113,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let stored_of = |ks: &[String]| ks.iter().map(|k| (k.clone(), stored.data.clone())).collect::<Vec<_>>();
     let mut results: Vec<Measured> = Vec::new();
 
-    println!("node-bench: {n} records of {} ({} bytes stored, {} bytes JSON) per run, in {}", args.component, stored.data.len(), example.input.len(), dir.display());
+    println!(
+        "node-bench: {n} records of {} ({} bytes stored, {} bytes JSON) per run, in {}",
+        args.component,
+        stored.data.len(),
+        example.input.len(),
+        dir.display()
+    );
 
     // Internal write path vs SQLite, batch B.
     let base_b = sqlite_baseline(&dir.join("plain-b.db"), &args.component, &stored_of(&keys("s")), args.batch)?;
@@ -133,7 +141,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let internal = started.elapsed().as_secs_f64();
-    results.push(Measured { label: format!("node internal path, batch {}", args.batch), records: n, secs: internal, batch: args.batch as f64 });
+    results.push(Measured {
+        label: format!("node internal path, batch {}", args.batch),
+        records: n,
+        secs: internal,
+        batch: args.batch as f64,
+    });
 
     // Single writes, one at a time: fsync-bound on both sides.
     let singles = (n / 10).clamp(100, 2_000);
@@ -144,7 +157,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for k in &single_keys {
         server.block_on(node.put(&args.component, k, &example.input, None)).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    results.push(Measured { label: "node internal path, batch 1".into(), records: singles, secs: started.elapsed().as_secs_f64(), batch: 1.0 });
+    results.push(Measured {
+        label: "node internal path, batch 1".into(),
+        records: singles,
+        secs: started.elapsed().as_secs_f64(),
+        batch: 1.0,
+    });
 
     // The HTTP API: C clients, one PUT per request; the node batches concurrent writes into
     // shared commits (group commit).
@@ -175,7 +193,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     results.push(Measured { label: format!("node HTTP API, {clients} clients"), records: n, secs: api_secs, batch: mean_batch });
     let same_batch = (mean_batch.round() as usize).max(1);
     let base_api = sqlite_baseline(&dir.join("plain-api.db"), &args.component, &stored_of(&keys("s")), same_batch)?;
-    results.push(Measured { label: format!("plain SQLite, batch {same_batch} (the API run's mean)"), records: n, secs: base_api, batch: same_batch as f64 });
+    results.push(Measured {
+        label: format!("plain SQLite, batch {same_batch} (the API run's mean)"),
+        records: n,
+        secs: base_api,
+        batch: same_batch as f64,
+    });
     server.shutdown();
 
     println!();

@@ -384,6 +384,14 @@ impl Lookup for NodeLookup {
 }
 
 impl Ctx {
+    /// Whether the key has an open conflict (a store read, only when some conflict is open).
+    fn has_open_conflict(&self, component: &str, key: &str) -> Result<bool, NodeError> {
+        if self.conflicts_open.load(Ordering::Relaxed) == 0 {
+            return Ok(false);
+        }
+        Ok(self.readers.with(|c| store::has_open_conflict(c, component, key))?)
+    }
+
     fn component(&self, name: &str) -> Result<&Arc<ComponentState>, NodeError> {
         self.components.get(name).ok_or_else(|| NodeError::UnknownComponent(name.to_owned()))
     }
@@ -508,10 +516,17 @@ fn prepare_local(
         Err(crate::plugin::WriteError::Invalid(v)) => return Err(NodeError::Invalid(v)),
         Err(crate::plugin::WriteError::Malformed(m)) => return Err(NodeError::Malformed(m)),
     };
+    if !stored.tombstone
+        && let Err(v) = timed(comp, || session.validate(&key, &stored.data))?
+    {
+        return Err(NodeError::Invalid(v));
+    }
+    // A write that changes nothing is not committed, unless it settles an open conflict.
     if let Some(p) = &prior
         && let Some(seq) = p.seq
         && p.tombstone == stored.tombstone
         && p.data[..] == stored.data[..]
+        && !ctx.has_open_conflict(comp.name(), &key)?
     {
         comp.metrics.unchanged.fetch_add(1, Ordering::Relaxed);
         return Ok(Step::Done(WriteOutcome::Local(WriteAck {
@@ -523,11 +538,6 @@ fn prepare_local(
             changed: false,
             replayed: false,
         })));
-    }
-    if !stored.tombstone
-        && let Err(v) = timed(comp, || session.validate(&key, &stored.data))?
-    {
-        return Err(NodeError::Invalid(v));
     }
     let doc = decode(session, comp, &key, &stored.data, stored.tombstone)?;
     let data: Arc<[u8]> = Arc::from(stored.data);

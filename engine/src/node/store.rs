@@ -783,6 +783,12 @@ pub fn conflict(conn: &Connection, id: &str) -> Result<Option<ConflictRow>, Stor
     Ok(q.query_row([id], row_to_conflict).optional()?)
 }
 
+/// Whether a record has an open conflict.
+pub fn has_open_conflict(conn: &Connection, component: &str, key: &str) -> Result<bool, StoreError> {
+    let mut q = conn.prepare_cached("SELECT 1 FROM conflicts WHERE component = ?1 AND key = ?2 AND resolved_seq IS NULL LIMIT 1")?;
+    Ok(q.exists(params![component, key])?)
+}
+
 /// Number of open conflicts.
 pub fn open_conflicts(conn: &Connection) -> Result<u64, StoreError> {
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM conflicts WHERE resolved_seq IS NULL", [], |r| r.get(0))?;
