@@ -3,6 +3,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod backup;
 pub mod bundled;
 pub mod cli;
 pub mod conformance;

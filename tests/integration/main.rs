@@ -7,3 +7,4 @@ mod node_feed;
 mod plugins_conformance;
 mod plugins_reload;
 mod plugins_sandbox;
+mod replication;

@@ -226,3 +226,5 @@ impl Drop for NodeProcess {
         }
     }
 }
+pub mod cluster;
+pub mod fault_proxy;

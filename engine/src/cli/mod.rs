@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch. Each verb group lives in its own
 //! module.
 
+mod backup;
 mod demo;
 mod node;
 mod plugin;
@@ -41,6 +42,11 @@ pub enum Command {
     /// A node: init, run, and the client verbs.
     #[command(flatten)]
     Node(node::NodeCommand),
+    /// Cold backup: take, list, verify and prune snapshots of a node's store.
+    #[command(subcommand)]
+    Snapshot(backup::SnapshotCommand),
+    /// Rebuild a node's store from a snapshot and the log archive, up to now or to a point in time.
+    Restore(backup::RestoreArgs),
 }
 
 /// Sets up tracing to stderr.
@@ -61,5 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Node(cmd) => node::run(cmd),
+        Command::Snapshot(cmd) => backup::run(cmd),
+        Command::Restore(args) => backup::restore(args),
     }
 }

@@ -378,6 +378,8 @@ fn run_node(a: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&file)?;
     let name = config.node_name().to_owned();
     let server = Server::start(config, NodeOptions::default())?;
+    // Cold backup: the log archive and scheduled snapshots, when `[backup] target` is set.
+    let backup = crate::backup::service::start(server.node())?;
     let status = server.node().status();
     let records: u64 = status.components.iter().map(|c| c.live).sum();
     println!(
@@ -389,6 +391,9 @@ fn run_node(a: RunArgs) -> anyhow::Result<ExitCode> {
     server.wait_for_signal()?;
     println!("node {name} stopping");
     server.shutdown();
+    if let Some(b) = backup {
+        b.stop();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -205,6 +205,28 @@ impl Default for ApiSection {
 pub struct ClusterSection {
     /// Default mode of every component.
     pub mode: Mode,
+    /// The node that takes warm writes (replication; failover will elect it instead). Default:
+    /// this node when it has no peers.
+    pub primary: Option<String>,
+    /// Cluster credentials (PEM, relative to this file), written by `tandem init`: the cluster
+    /// CA's certificate, this node's certificate and its private key. Without them, no peer
+    /// link is made.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// How long a `standby`-ack write waits for a standby before answering "outcome unknown".
+    pub ack_timeout_ms: Option<u64>,
+}
+
+/// When a warm write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    /// When this node has it on disk (async replication).
+    #[default]
+    Local,
+    /// When a standby of the synchronous set has it on disk too.
+    Standby,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -322,6 +344,12 @@ pub struct ComponentSection {
     pub preload_window: Option<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Warm acknowledgement (replication).
+    #[serde(default)]
+    pub ack: Ack,
+    /// Replication lag over which the component's lag alarm is raised (ms; default 1000).
+    #[serde(default)]
+    pub lag_budget_ms: Option<u64>,
 }
 
 /// A whole node configuration file.

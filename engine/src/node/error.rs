@@ -45,6 +45,15 @@ pub enum NodeError {
     Refused(String),
     #[error("a witness holds no data")]
     Witness,
+    /// This node is a warm standby for the component: write to the primary.
+    #[error("this node is a warm standby for {component}: write to the primary, {primary}{}", .api.as_deref().map(|a| format!(" (API {a})")).unwrap_or_default())]
+    NotPrimary { component: String, primary: String, api: Option<String> },
+    /// A `standby`-ack write committed here but no standby confirmed it in time: it may still
+    /// reach them. Retry with the same idempotency key.
+    #[error(
+        "outcome unknown: committed on this node, but no standby of the synchronous set confirmed it within {0} ms; retry with the same idempotency key"
+    )]
+    OutcomeUnknown(u64),
 }
 
 impl NodeError {
@@ -69,6 +78,8 @@ impl NodeError {
             NodeError::ShuttingDown => "shutting_down",
             NodeError::Refused(_) => "refused",
             NodeError::Witness => "witness",
+            NodeError::NotPrimary { .. } => "not_primary",
+            NodeError::OutcomeUnknown(_) => "outcome_unknown",
         }
     }
 
@@ -86,6 +97,8 @@ impl NodeError {
             NodeError::DiskFull(_) => 507,
             NodeError::Store(_) => 500,
             NodeError::IdempotencyReused(_) => 409,
+            NodeError::NotPrimary { .. } => 421,
+            NodeError::OutcomeUnknown(_) => 504,
         }
     }
 
@@ -93,7 +106,7 @@ impl NodeError {
     /// idempotency key). Every refusal here happens before the commit, or the commit failed
     /// as a whole, except a store I/O failure, whose outcome is unknown.
     pub fn outcome_known(&self) -> bool {
-        !matches!(self, NodeError::StoreFailed(_))
+        !matches!(self, NodeError::StoreFailed(_) | NodeError::OutcomeUnknown(_))
     }
 
     /// The violations, for 422 answers.

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod hlc;
 pub mod memory;
 pub mod metrics;

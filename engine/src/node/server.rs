@@ -19,6 +19,8 @@ pub struct Server {
     stop: Option<oneshot::Sender<()>>,
     http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     addr_file: std::path::PathBuf,
+    /// Replication, when the node has peers and cluster credentials.
+    replication: Option<Arc<crate::replication::Replication>>,
 }
 
 impl Server {
@@ -46,13 +48,14 @@ impl Server {
             anyhow::Ok((Arc::new(node), listener))
         })?;
         let addr = listener.local_addr().context("reading the bound API address")?;
+        let replication = rt.block_on(crate::replication::start(node.clone(), Some(addr)))?;
         write_atomically(&addr_file, &addr.to_string()).with_context(|| format!("writing {}", addr_file.display()))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let http = rt.spawn(super::api::serve(listener, node.clone(), async move {
             let _ = stop_rx.await;
         }));
         tracing::info!(node = %node.name(), api = %addr, components = node.components().len(), "node serving");
-        Ok(Server { rt: Some(rt), node, addr, stop: Some(stop_tx), http: Some(http), addr_file })
+        Ok(Server { rt: Some(rt), node, addr, stop: Some(stop_tx), http: Some(http), addr_file, replication })
     }
 
     /// The address the API listens on.
@@ -63,6 +66,11 @@ impl Server {
     /// The API's base URL.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Replication (None without peers or credentials).
+    pub fn replication(&self) -> Option<&Arc<crate::replication::Replication>> {
+        self.replication.as_ref()
     }
 
     /// The node.
@@ -104,6 +112,9 @@ impl Server {
         let Some(rt) = self.rt.take() else { return };
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(r) = &self.replication {
+            r.stop();
         }
         let http = self.http.take();
         let node = self.node.clone();

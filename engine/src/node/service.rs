@@ -279,6 +279,8 @@ pub struct Node {
     stop_tx: watch::Sender<bool>,
     started: Instant,
     seq_rx: watch::Receiver<u64>,
+    /// Replication's say on local writes (see [`super::gate`]).
+    gate: super::gate::GateCell,
 }
 
 fn micros_since(t: Instant) -> u64 {
@@ -1329,6 +1331,7 @@ impl Node {
             stop_tx,
             started: Instant::now(),
             seq_rx,
+            gate: Default::default(),
             config,
         };
         node.spawn_maintenance(stop_rx);
@@ -1431,6 +1434,13 @@ impl Node {
             return Err(NodeError::Witness);
         }
         let comp = self.ctx.component(component)?;
+        if let Some(gate) = self.gate.get()
+            && items.iter().any(|i| matches!(i, WriteItem::Local { .. }))
+            && let Some(e) = gate.refuse(component)
+        {
+            comp.metrics.refuse(e.code());
+            return Err(e);
+        }
         if let Some(e) = self.write_refusal() {
             comp.metrics.refuse(e.code());
             return Err(e);
@@ -1479,8 +1489,24 @@ impl Node {
             comp.metrics.write_latency.observe(started.elapsed().as_secs_f64());
         }
         match result? {
-            WriteOutcome::Local(ack) => Ok(ack),
+            WriteOutcome::Local(ack) => {
+                self.await_gate(component, ack.seq).await?;
+                Ok(ack)
+            }
             WriteOutcome::Remote(_) => Err(NodeError::Busy),
+        }
+    }
+
+    /// Installs replication's write gate (once).
+    pub fn set_gate(&self, gate: Arc<dyn super::gate::WriteGate>) -> bool {
+        self.gate.set(gate)
+    }
+
+    /// Waits for what the gate requires of a write committed at `seq` (a `standby` ack).
+    async fn await_gate(&self, component: &str, seq: u64) -> Result<(), NodeError> {
+        match self.gate.get().and_then(|g| g.after_commit(component, seq)) {
+            Some(wait) => wait.await,
+            None => Ok(()),
         }
     }
 
@@ -1502,6 +1528,16 @@ impl Node {
         }
         let items = writes.into_iter().map(|(key, op)| WriteItem::Local { key, op, idem: None }).collect();
         let results = self.submit(component, items).await?;
+        if let Some(seq) = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(WriteOutcome::Local(ack)) => Some(ack.seq),
+                _ => None,
+            })
+            .max()
+        {
+            self.await_gate(component, seq).await?;
+        }
         Ok(results
             .into_iter()
             .map(|r| match r? {

@@ -1,0 +1,249 @@
+//! The backup thread of a running node: tails the change feed into the log archive, takes the
+//! scheduled snapshots and applies retention. It reads the store through its own connection, so
+//! it never waits on, or holds up, the node's writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::archive::{self, Archiver, ArchiverOptions};
+use super::config::Plan;
+use super::policy::{self, Snap};
+use super::snapshot::{self, CreateOptions, PluginManifest};
+use super::time;
+use crate::node::{Config, Node};
+use crate::plugin::registry::Registry;
+
+/// The running backup thread; dropping it stops the thread after a last archive flush.
+pub struct BackupService {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BackupService {
+    /// Stops the thread, flushing what the archive has pending.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BackupService {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Plugin lines of a manifest from the serving plugins.
+pub fn plugins_from_registry(registry: &Registry) -> Vec<PluginManifest> {
+    registry
+        .status()
+        .into_iter()
+        .map(|s| PluginManifest {
+            component: s.component,
+            path: s.path.display().to_string(),
+            digest: Some(if s.digest.starts_with("sha256:") { s.digest } else { format!("sha256:{}", s.digest) }),
+            version: Some(s.plugin_version),
+            schema_version: Some(s.schema_version),
+        })
+        .collect()
+}
+
+/// Plugin lines of a manifest from the configured files (when no node is at hand).
+pub fn plugins_from_config(config: &Config) -> Vec<PluginManifest> {
+    use sha2::Digest as _;
+    config
+        .components
+        .iter()
+        .map(|c| PluginManifest {
+            component: c.name.clone(),
+            path: c.plugin.display().to_string(),
+            digest: std::fs::read(&c.plugin).ok().map(|b| format!("sha256:{}", hex::encode(sha2::Sha256::digest(&b)))),
+            version: None,
+            schema_version: None,
+        })
+        .collect()
+}
+
+/// Starts the backup thread of a node if its configuration names a backup target.
+pub fn start(node: &Arc<Node>) -> anyhow::Result<Option<BackupService>> {
+    let config = node.config();
+    let Some(target) = config.raw.backup.target_dir(&config.file) else { return Ok(None) };
+    let plugins = plugins_from_registry(node.registry());
+    spawn(config, &target, plugins, Some(node.watch_seq())).map(Some)
+}
+
+/// Starts the backup thread for the store of `config` (tests call this with no node).
+pub fn spawn(
+    config: &Config,
+    target: &Path,
+    plugins: Vec<PluginManifest>,
+    seq: Option<watch::Receiver<u64>>,
+) -> anyhow::Result<BackupService> {
+    let section = config.raw.backup.clone();
+    let plans = section.plans().map_err(|p| anyhow::anyhow!("backup.schedule in {}: {p}", config.file.display()))?;
+    let store_path = config.store_path();
+    let archiver = if section.archive {
+        let opts = ArchiverOptions {
+            segment_bytes: usize::try_from(section.segment_mb << 20).unwrap_or(usize::MAX),
+            segment_age: section.segment_age(),
+        };
+        Some(Archiver::open(&store_path, target, opts)?)
+    } else {
+        None
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut worker = Worker {
+        store_path,
+        target: target.to_path_buf(),
+        plans,
+        retention: section.retention(),
+        level: section.level,
+        plugins,
+        archiver,
+        seq,
+        stop: stop.clone(),
+    };
+    let thread = std::thread::Builder::new().name("tandem-backup".into()).spawn(move || worker.run())?;
+    tracing::info!(target = %target.display(), "backup: archive and schedules running");
+    Ok(BackupService { stop, thread: Some(thread) })
+}
+
+struct Worker {
+    store_path: PathBuf,
+    target: PathBuf,
+    plans: Vec<Plan>,
+    retention: policy::Retention,
+    level: i32,
+    plugins: Vec<PluginManifest>,
+    archiver: Option<Archiver>,
+    seq: Option<watch::Receiver<u64>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut last_schedule_check: Option<Instant> = None;
+        let mut first = true;
+        loop {
+            let stopping = self.stop.load(Ordering::SeqCst);
+            let changed = first || stopping || self.seq.as_mut().is_none_or(|rx| rx.has_changed().unwrap_or(true));
+            first = false;
+            if let Some(a) = self.archiver.as_mut() {
+                if changed {
+                    if let Some(rx) = self.seq.as_mut() {
+                        rx.borrow_and_update();
+                    }
+                    if let Err(e) = a.poll() {
+                        tracing::warn!(error = %format!("{e:#}"), "backup: reading the change feed for the archive failed; retrying");
+                    }
+                } else if let Err(e) = a.poll_idle() {
+                    tracing::warn!(error = %format!("{e:#}"), "backup: writing an archive segment failed; retrying");
+                }
+            }
+            if stopping {
+                if let Some(a) = self.archiver.as_mut()
+                    && let Err(e) = a.flush()
+                {
+                    tracing::error!(error = %format!("{e:#}"), "backup: the last archive segment could not be written");
+                }
+                return;
+            }
+            if last_schedule_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_schedule_check = Some(Instant::now());
+                self.run_schedules(time::now_ms());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn run_schedules(&mut self, now: u64) {
+        if self.plans.is_empty() {
+            return;
+        }
+        let existing = snapshot::list(&self.target);
+        let mut took = false;
+        for plan in &self.plans {
+            let label = plan.scope_label();
+            let last =
+                existing.iter().filter_map(|(_, m)| m.as_ref().ok()).filter(|m| m.scope_label() == label).map(|m| m.created_ms).max();
+            if !plan.schedule.due(last, now) {
+                continue;
+            }
+            let opts = CreateOptions {
+                components: plan.components.clone(),
+                level: self.level,
+                plugins: self.plugins.clone(),
+                ..Default::default()
+            };
+            match snapshot::create(&self.store_path, &self.target, &opts) {
+                Ok((path, m)) => {
+                    took = true;
+                    tracing::info!(file = %path.display(), records = m.records(), seq = m.last_seq, "backup: snapshot taken");
+                }
+                Err(e) => tracing::error!(scope = %label, error = %format!("{e:#}"), "backup: scheduled snapshot failed"),
+            }
+        }
+        if took {
+            apply_retention(&self.target, now, self.retention);
+        }
+    }
+}
+
+impl Archiver {
+    /// A poll when nothing was committed: writes the pending segment once it is old enough.
+    pub fn poll_idle(&mut self) -> anyhow::Result<()> {
+        if self.due() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes expired snapshots, then archive segments older than the oldest kept full snapshot.
+/// Returns the files deleted.
+pub fn apply_retention(target: &Path, now: u64, retention: policy::Retention) -> Vec<PathBuf> {
+    let listed = snapshot::list(target);
+    let snaps: Vec<Snap> = listed
+        .iter()
+        .filter_map(|(p, m)| {
+            m.as_ref().ok().map(|m| Snap { id: p.display().to_string(), created_ms: m.created_ms, scope: m.scope_label() })
+        })
+        .collect();
+    let gone = policy::expired(now, &snaps, retention);
+    let mut deleted = Vec::new();
+    for id in &gone {
+        let p = PathBuf::from(id);
+        match std::fs::remove_file(&p) {
+            Ok(()) => deleted.push(p),
+            Err(e) => tracing::warn!(file = %id, error = %e, "backup: cannot delete an expired snapshot"),
+        }
+    }
+    let oldest_full = listed
+        .iter()
+        .filter(|(p, _)| !gone.contains(&p.display().to_string()))
+        .filter_map(|(_, m)| m.as_ref().ok())
+        .filter(|m| m.is_full())
+        .map(|m| m.last_seq)
+        .min();
+    let segs: Vec<(String, u64)> =
+        archive::list(target).into_iter().filter_map(|(p, m)| m.ok().map(|m| (p.display().to_string(), m.last_seq))).collect();
+    for id in policy::expired_segments(&segs, oldest_full) {
+        let p = PathBuf::from(&id);
+        match std::fs::remove_file(&p) {
+            Ok(()) => deleted.push(p),
+            Err(e) => tracing::warn!(file = %id, error = %e, "backup: cannot delete an expired archive segment"),
+        }
+    }
+    deleted
+}

@@ -1,0 +1,33 @@
+//! A hook through which replication takes part in local writes: it refuses writes on a warm
+//! standby (naming the primary), and holds a `standby`-ack write until a member of the
+//! synchronous set has it on disk. A node without replication has no gate.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use super::error::NodeError;
+
+/// A future a write waits on after its commit.
+pub type AckWait = Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>;
+
+/// What replication decides about local writes.
+pub trait WriteGate: Send + Sync {
+    /// Refuses a local write to `component` (e.g. this node is a warm standby for it).
+    fn refuse(&self, component: &str) -> Option<NodeError>;
+    /// After a local write committed at `seq`: what to wait for before acknowledging it.
+    fn after_commit(&self, component: &str, seq: u64) -> Option<AckWait>;
+}
+
+/// The node's gate, set once by replication at start.
+#[derive(Default)]
+pub struct GateCell(OnceLock<Arc<dyn WriteGate>>);
+
+impl GateCell {
+    pub fn set(&self, gate: Arc<dyn WriteGate>) -> bool {
+        self.0.set(gate).is_ok()
+    }
+    pub fn get(&self) -> Option<&Arc<dyn WriteGate>> {
+        self.0.get()
+    }
+}

@@ -1,0 +1,186 @@
+//! The preamble and the messages of the peer protocol.
+//!
+//! After TLS, the dialer sends a preamble frame `TANDEM-PEER | version: u32 BE`; the listener
+//! answers with its own preamble followed by a status byte (0: accepted, 1: refused) and, when
+//! refused, a UTF-8 reason naming both versions. The preamble's layout never changes, so any two
+//! versions can tell each other apart. Then each side sends [`Msg::Hello`] (postcard-encoded from
+//! here on).
+
+use serde::{Deserialize, Serialize};
+
+use super::PROTOCOL_VERSION;
+use super::frame::FrameError;
+
+const MAGIC: &[u8; 11] = b"TANDEM-PEER";
+
+/// The dialer's preamble.
+pub fn preamble(version: u32) -> Vec<u8> {
+    let mut v = MAGIC.to_vec();
+    v.extend_from_slice(&version.to_be_bytes());
+    v
+}
+
+/// Parses a preamble: the version it announces.
+pub fn parse_preamble(bytes: &[u8]) -> Result<u32, String> {
+    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a Tandem peer (no protocol preamble)".into());
+    }
+    let v = &bytes[MAGIC.len()..MAGIC.len() + 4];
+    Ok(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+}
+
+/// The listener's answer: its preamble, then accepted or the reason of the refusal.
+pub fn answer(version: u32, refusal: Option<&str>) -> Vec<u8> {
+    let mut v = preamble(version);
+    match refusal {
+        None => v.push(0),
+        Some(r) => {
+            v.push(1);
+            v.extend_from_slice(r.as_bytes());
+        }
+    }
+    v
+}
+
+/// Parses the listener's answer: `Ok(version)` when accepted, `Err(reason)` otherwise.
+pub fn parse_answer(bytes: &[u8]) -> Result<u32, String> {
+    let version = parse_preamble(bytes)?;
+    match bytes.get(MAGIC.len() + 4) {
+        Some(0) => Ok(version),
+        Some(_) => Err(String::from_utf8_lossy(&bytes[MAGIC.len() + 5..]).into_owned()),
+        None => Err("truncated preamble answer".into()),
+    }
+}
+
+/// The refusal of a peer that speaks another version.
+pub fn version_refusal(us: &str, ours: u32, theirs: u32) -> String {
+    format!("incompatible peer protocol: node {us} speaks tandem peer protocol {ours}, the peer speaks version {theirs}")
+}
+
+/// Whether two versions can talk (only equal versions, for now).
+pub fn compatible(a: u32, b: u32) -> bool {
+    a == b && a == PROTOCOL_VERSION
+}
+
+/// What a node says about one of its components.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentInfo {
+    pub name: String,
+    /// `warm` or `hot` (cold components are not replicated over links).
+    pub mode: String,
+    /// sha256 of the plugin's code.
+    pub digest: String,
+    pub plugin_version: String,
+    pub schema_version: u32,
+    /// The plugin's limits, rendered: they are part of the component's definition.
+    pub limits: String,
+}
+
+/// The handshake message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node: String,
+    pub epoch: u64,
+    /// The node's HTTP API address (where a standby sends writers).
+    pub api: Option<String>,
+    /// Who this node thinks is the warm primary.
+    pub primary: Option<String>,
+    /// The last seq of its change feed.
+    pub last_seq: u64,
+    pub components: Vec<ComponentInfo>,
+}
+
+/// One version of a record on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChange {
+    /// Its position in the sender's feed.
+    pub seq: u64,
+    pub component: String,
+    pub key: String,
+    pub data: Vec<u8>,
+    pub tombstone: bool,
+    pub physical: u64,
+    pub logical: u32,
+    pub stamp_node: String,
+    pub origin: String,
+}
+
+/// A batch of changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The sender's epoch (fencing: a warm receiver refuses batches of an older epoch).
+    pub epoch: u64,
+    /// The sender's feed position this batch brings the receiver to (changes of components it
+    /// does not send are skipped, so this may be past the last change).
+    pub up_to: u64,
+    pub changes: Vec<WireChange>,
+}
+
+/// Messages after the preamble.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    Hello(Hello),
+    /// The dialer asks for the feed after its last applied position.
+    Subscribe {
+        after_seq: u64,
+        components: Vec<String>,
+    },
+    Batch(Batch),
+    /// The receiver has applied (on disk) everything up to `seq`.
+    Ack {
+        seq: u64,
+        epoch: u64,
+    },
+    Heartbeat {
+        last_seq: u64,
+        epoch: u64,
+    },
+    /// The sender refuses to go on (reason for the log and status).
+    Refuse {
+        reason: String,
+    },
+}
+
+impl Msg {
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        postcard::to_allocvec(self).map_err(|e| FrameError::Decode(format!("encoding: {e}")))
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Msg, FrameError> {
+        postcard::from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_and_refusal_name_both_versions() {
+        assert_eq!(parse_preamble(&preamble(7)), Ok(7));
+        assert!(parse_preamble(b"GET / HTTP/1.1").is_err());
+        let r = version_refusal("a", 1, 2);
+        assert_eq!(parse_answer(&answer(1, Some(&r))), Err(r.clone()));
+        assert!(r.contains("protocol 1") && r.contains("version 2"));
+        assert_eq!(parse_answer(&answer(1, None)), Ok(1));
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let m = Msg::Batch(Batch {
+            epoch: 3,
+            up_to: 9,
+            changes: vec![WireChange {
+                seq: 9,
+                component: "trunks".into(),
+                key: "k".into(),
+                data: vec![1, 2, 3],
+                tombstone: false,
+                physical: 5,
+                logical: 1,
+                stamp_node: "a".into(),
+                origin: "a".into(),
+            }],
+        });
+        assert_eq!(Msg::decode(&m.encode().expect("encode")).expect("decode"), m);
+    }
+}

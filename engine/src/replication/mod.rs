@@ -1,0 +1,748 @@
+//! Replication between nodes: the link I/O around the pure decisions of [`state`].
+//!
+//! Each node listens on `node.listen` and dials every peer to *pull* from it: the dialer says
+//! from which feed position it wants the peer's changes (its last applied position, persisted
+//! in `DATA_DIR/replication/positions.json` after each applied batch), the peer streams batches
+//! of its change feed (warm components only when it is the primary, hot ones always), and the
+//! dialer applies them (warm: replace by stamp; hot: the plugin's merge) and acknowledges.
+//! Applying is idempotent and a position is saved only after its batch is on disk, so a
+//! disconnect or restart resumes without loss or duplication.
+
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use self::state::{ComponentPolicy, Lag, LinkProfile, SendWindow};
+use crate::node::config::{Ack, Mode, PeerSection, Priority, Profile};
+use crate::node::error::NodeError;
+use crate::node::gate::{AckWait, WriteGate};
+use crate::node::service::{ApplyMode, Node, RemoteVersion};
+use crate::peer::proto::{Batch, ComponentInfo, Hello, Msg, WireChange};
+use crate::peer::tls::Credentials;
+use crate::peer::{self, LinkError, PROTOCOL_VERSION};
+use crate::plugin::{Stamp, Stored};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A persisted position: how far this node applied a peer's feed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub seq: u64,
+    /// The newest warm epoch received from that peer (fencing).
+    pub epoch: u64,
+}
+
+/// What status shows of one peer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub address: String,
+    pub profile: String,
+    /// The link on which this node pulls from the peer is up.
+    pub following: bool,
+    /// The peer pulls from this node.
+    pub subscribed: bool,
+    /// Position applied from the peer's feed, and the peer's last seq when last heard.
+    pub applied_seq: u64,
+    pub peer_last_seq: u64,
+    /// What the peer acknowledged of this node's feed.
+    pub acked_by_peer: u64,
+    pub components: Vec<String>,
+    pub paused: Vec<String>,
+    pub last_error: Option<String>,
+    pub link_resets: u64,
+    pub corrupt_frames: u64,
+}
+
+/// What status shows of one component.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub mode: String,
+    pub ack: String,
+    pub priority: String,
+    pub lag_ms: u64,
+    pub max_lag_ms: u64,
+    pub applied: u64,
+    pub lag_alarm: bool,
+}
+
+/// The replication part of a node's status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub primary: Option<String>,
+    pub listen: String,
+    pub peers: Vec<PeerStatus>,
+    pub components: Vec<ComponentStatus>,
+    /// Active alarms (plugin mismatches, lag over budget, fenced batches).
+    pub alarms: Vec<String>,
+}
+
+/// What the write gate needs, shared with the links.
+struct GateState {
+    us: String,
+    primary: Option<String>,
+    primary_api: Mutex<Option<String>>,
+    policies: BTreeMap<String, ComponentPolicy>,
+    /// The highest feed position a standby of the synchronous set has on disk.
+    sync_acked: watch::Sender<u64>,
+    ack_timeout: Duration,
+}
+
+impl GateState {
+    fn is_primary(&self) -> bool {
+        self.primary.as_deref() == Some(self.us.as_str())
+    }
+}
+
+struct Gate(Arc<GateState>);
+
+impl WriteGate for Gate {
+    fn refuse(&self, component: &str) -> Option<NodeError> {
+        let g = &self.0;
+        let policy = g.policies.get(component)?;
+        if policy.mode != Mode::Warm || g.is_primary() {
+            return None;
+        }
+        let primary = g.primary.clone()?;
+        let api = g.primary_api.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(NodeError::NotPrimary { component: component.to_owned(), primary, api })
+    }
+
+    fn after_commit(&self, component: &str, seq: u64) -> Option<AckWait> {
+        let g = &self.0;
+        let policy = g.policies.get(component)?;
+        if policy.mode != Mode::Warm || policy.ack != Ack::Standby || !g.is_primary() {
+            return None;
+        }
+        let mut rx = g.sync_acked.subscribe();
+        let timeout = g.ack_timeout;
+        Some(Box::pin(async move {
+            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            match tokio::time::timeout(timeout, rx.wait_for(|&acked| acked >= seq)).await {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(NodeError::OutcomeUnknown(ms)),
+            }
+        }))
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    peers: BTreeMap<String, PeerStatus>,
+    lag: BTreeMap<String, Lag>,
+    alarms: BTreeMap<String, String>,
+    positions: BTreeMap<String, Position>,
+}
+
+/// Replication of one node.
+pub struct Replication {
+    node: Arc<Node>,
+    gate: Arc<GateState>,
+    creds: Credentials,
+    peers: Vec<PeerSection>,
+    api: Option<String>,
+    listen: SocketAddr,
+    positions_file: PathBuf,
+    shared: Mutex<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn policies(node: &Node) -> BTreeMap<String, ComponentPolicy> {
+    let raw = &node.config().raw;
+    node.config()
+        .components
+        .iter()
+        .map(|c| {
+            let section = raw.components.get(&c.name);
+            let policy = ComponentPolicy {
+                mode: c.mode,
+                ack: section.map(|s| s.ack).unwrap_or_default(),
+                priority: c.priority,
+                lag_budget_ms: section.and_then(|s| s.lag_budget_ms).unwrap_or(1_000),
+            };
+            (c.name.clone(), policy)
+        })
+        .collect()
+}
+
+fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::High => "high",
+        Priority::Normal => "normal",
+        Priority::Low => "low",
+    }
+}
+
+/// Starts replication for a running node, if it has peers and cluster credentials: binds
+/// `node.listen`, installs the write gate, dials every peer. `api` is the node's bound API
+/// address (standbys send writers there).
+pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<Option<Arc<Replication>>> {
+    let config = node.config().clone();
+    let cluster = &config.raw.cluster;
+    let peers = config.raw.peers.clone();
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    let base = config.file.parent().map(PathBuf::from).unwrap_or_default();
+    let (Some(ca), Some(cert), Some(key)) = (&cluster.ca, &cluster.cert, &cluster.key) else {
+        tracing::warn!(
+            "peers are configured but no cluster credentials (cluster.ca, cluster.cert, cluster.key): replication is off; `tandem init` writes them"
+        );
+        return Ok(None);
+    };
+    let creds = crate::peer::tls::load(&base.join(ca), &base.join(cert), &base.join(key)).context("loading the cluster credentials")?;
+    let us = config.raw.node.name.clone();
+    let primary = cluster.primary.clone().or_else(|| {
+        let mut names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).chain([us.as_str()]).collect();
+        names.sort_unstable();
+        names.first().map(|s| (*s).to_owned())
+    });
+    let listen: SocketAddr = tokio::net::lookup_host(&config.raw.node.listen)
+        .await
+        .with_context(|| format!("resolving node.listen {}", config.raw.node.listen))?
+        .next()
+        .with_context(|| format!("node.listen {} resolves to no address", config.raw.node.listen))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen for peers on {listen} (node.listen)"))?;
+    let listen = listener.local_addr().context("reading the peer address")?;
+    let (sync_acked, _) = watch::channel(0u64);
+    let gate = Arc::new(GateState {
+        us: us.clone(),
+        primary: primary.clone(),
+        primary_api: Mutex::new(None),
+        policies: policies(&node),
+        sync_acked,
+        ack_timeout: Duration::from_millis(cluster.ack_timeout_ms.unwrap_or(2_000)),
+    });
+    node.set_gate(Arc::new(Gate(gate.clone())));
+    let positions_file = config.data_dir.join("replication").join("positions.json");
+    let positions: BTreeMap<String, Position> = match std::fs::read(&positions_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", positions_file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", positions_file.display())),
+    };
+    let mut shared = Shared { positions, ..Default::default() };
+    for p in &peers {
+        let applied = shared.positions.get(&p.name).map(|p| p.seq).unwrap_or(0);
+        shared.peers.insert(
+            p.name.clone(),
+            PeerStatus {
+                name: p.name.clone(),
+                address: p.address.clone(),
+                profile: format!("{:?}", p.profile).to_lowercase(),
+                applied_seq: applied,
+                ..Default::default()
+            },
+        );
+    }
+    let (stop, _) = watch::channel(false);
+    let repl = Arc::new(Replication {
+        node,
+        gate,
+        creds,
+        peers: peers.clone(),
+        api: api.map(|a| a.to_string()),
+        listen,
+        positions_file,
+        shared: Mutex::new(shared),
+        stop,
+        tasks: Mutex::new(Vec::new()),
+    });
+    tracing::info!(node = %us, listen = %listen, primary = ?primary, peers = peers.len(), "replication started");
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(repl.clone().accept_loop(listener)));
+    for p in peers {
+        tasks.push(tokio::spawn(repl.clone().follow(p)));
+    }
+    repl.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
+    Ok(Some(repl))
+}
+
+impl Replication {
+    /// The address peers reach this node on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Stops every link.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn peer_status(&self, name: &str, f: impl FnOnce(&mut PeerStatus)) {
+        if let Some(p) = self.shared().peers.get_mut(name) {
+            f(p);
+        }
+    }
+
+    /// Replication status: links, positions, lag, alarms.
+    pub fn status(&self) -> Status {
+        let s = self.shared();
+        let components = self
+            .gate
+            .policies
+            .iter()
+            .map(|(name, p)| {
+                let lag = s.lag.get(name).cloned().unwrap_or_default();
+                ComponentStatus {
+                    name: name.clone(),
+                    mode: p.mode.to_string(),
+                    ack: format!("{:?}", p.ack).to_lowercase(),
+                    priority: priority_name(p.priority).to_owned(),
+                    lag_ms: lag.last_ms,
+                    max_lag_ms: lag.max_ms,
+                    applied: lag.applied,
+                    lag_alarm: lag.over_budget,
+                }
+            })
+            .collect();
+        Status {
+            node: self.gate.us.clone(),
+            primary: self.gate.primary.clone(),
+            listen: self.listen.to_string(),
+            peers: s.peers.values().cloned().collect(),
+            components,
+            alarms: s.alarms.values().cloned().collect(),
+        }
+    }
+
+    /// Prometheus lines for replication.
+    pub fn metrics(&self) -> String {
+        let st = self.status();
+        let mut out = String::new();
+        for c in &st.components {
+            out.push_str(&format!("tandem_replication_lag_ms{{component=\"{}\"}} {}\n", c.name, c.lag_ms));
+            out.push_str(&format!("tandem_replication_lag_alarm{{component=\"{}\"}} {}\n", c.name, u8::from(c.lag_alarm)));
+        }
+        for p in &st.peers {
+            out.push_str(&format!("tandem_replication_peer_up{{peer=\"{}\"}} {}\n", p.name, u8::from(p.following)));
+            out.push_str(&format!("tandem_replication_applied_seq{{peer=\"{}\"}} {}\n", p.name, p.applied_seq));
+            out.push_str(&format!("tandem_replication_link_resets_total{{peer=\"{}\"}} {}\n", p.name, p.link_resets));
+            out.push_str(&format!("tandem_replication_corrupt_frames_total{{peer=\"{}\"}} {}\n", p.name, p.corrupt_frames));
+        }
+        out.push_str(&format!("tandem_replication_alarms {}\n", st.alarms.len()));
+        out
+    }
+
+    fn hello(&self) -> Hello {
+        let components = self
+            .gate
+            .policies
+            .iter()
+            .filter(|(_, p)| p.mode != Mode::Cold)
+            .filter_map(|(name, p)| {
+                let plugin = self.node.registry().get(name)?;
+                Some(ComponentInfo {
+                    name: name.clone(),
+                    mode: p.mode.to_string(),
+                    digest: plugin.digest().to_owned(),
+                    plugin_version: plugin.info().plugin_version.clone(),
+                    schema_version: plugin.info().schema_version,
+                    limits: serde_json::to_string(plugin.limits()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        Hello {
+            node: self.gate.us.clone(),
+            epoch: self.node.epoch(),
+            api: self.api.clone(),
+            primary: self.gate.primary.clone(),
+            last_seq: self.node.last_seq(),
+            components,
+        }
+    }
+
+    fn note_error(&self, peer: &str, e: &LinkError) {
+        self.peer_status(peer, |p| {
+            p.last_error = Some(e.to_string());
+            p.link_resets += 1;
+            if matches!(e, LinkError::Frame(peer::frame::FrameError::Checksum { .. })) {
+                p.corrupt_frames += 1;
+            }
+        });
+    }
+
+    /// Raises or clears the digest-mismatch alarms of a peer.
+    fn note_mismatches(&self, peer: &str, mismatches: &[state::Mismatch]) {
+        let mut s = self.shared();
+        s.alarms.retain(|k, _| !k.starts_with(&format!("plugin:{peer}:")));
+        for m in mismatches {
+            let msg = m.message(peer);
+            tracing::error!(peer, component = %m.component, "{msg}");
+            s.alarms.insert(format!("plugin:{peer}:{}", m.component), msg);
+        }
+        if let Some(p) = s.peers.get_mut(peer) {
+            p.paused = mismatches.iter().map(|m| m.component.clone()).collect();
+        }
+    }
+
+    // ---- the listening side: peers pull from this node ----
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                r = listener.accept() => match r {
+                    Ok((tcp, from)) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = me.serve(tcp).await {
+                                tracing::warn!(from = %from, code = e.code(), "peer link closed: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accepting a peer: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve(self: Arc<Self>, tcp: TcpStream) -> Result<(), LinkError> {
+        let tls = peer::accept(tcp, &self.creds, &self.gate.us, HANDSHAKE_TIMEOUT).await?;
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer::recv(&mut rd)).await {
+            Ok(Ok(Msg::Hello(h))) => h,
+            Ok(Ok(other)) => return Err(LinkError::Protocol(format!("expected hello, got {other:?}"))),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(LinkError::Timeout("waiting for the peer's hello".into())),
+        };
+        let Some(peer_cfg) = self.peers.iter().find(|p| p.name == theirs.node).cloned() else {
+            let reason = format!("node {:?} is not a peer of {} (add it to [[peer]] in tandem.toml)", theirs.node, self.gate.us);
+            peer::send(&mut wr, &Msg::Refuse { reason: reason.clone() }, false).await?;
+            return Err(LinkError::Refused(reason));
+        };
+        let name = peer_cfg.name.clone();
+        let profile = LinkProfile::of(peer_cfg.profile);
+        peer::send(&mut wr, &Msg::Hello(self.hello()), false).await?;
+        let (after, wanted) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer::recv(&mut rd)).await {
+            Ok(Ok(Msg::Subscribe { after_seq, components })) => (after_seq, components),
+            Ok(Ok(other)) => return Err(LinkError::Protocol(format!("expected subscribe, got {other:?}"))),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(LinkError::Timeout("waiting for the peer's subscription".into())),
+        };
+        let (same, _) = state::compare(&self.hello().components, &theirs.components);
+        let allowed: std::collections::BTreeSet<String> = wanted
+            .into_iter()
+            .filter(|c| same.contains(c))
+            .filter(|c| self.gate.policies.get(c).is_some_and(|p| state::sends(p, self.gate.is_primary())))
+            .collect();
+        self.peer_status(&name, |p| p.subscribed = true);
+        let r = self.stream(&name, profile, after, allowed, &mut rd, &mut wr).await;
+        self.peer_status(&name, |p| p.subscribed = false);
+        if let Err(e) = &r {
+            self.note_error(&name, e);
+        }
+        r
+    }
+
+    async fn stream<R, W>(
+        &self,
+        peer: &str,
+        profile: LinkProfile,
+        after: u64,
+        allowed: std::collections::BTreeSet<String>,
+        rd: &mut R,
+        wr: &mut W,
+    ) -> Result<(), LinkError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send,
+        W: tokio::io::AsyncWrite + Unpin + Send,
+    {
+        // Acks come in on their own task, so a slow reader never blocks the sender.
+        let (ack_tx, mut ack_rx) = mpsc::channel::<Result<Msg, LinkError>>(64);
+        let reader = async {
+            loop {
+                let m = tokio::time::timeout(Duration::from_millis(profile.timeout_ms), peer::recv(rd))
+                    .await
+                    .unwrap_or_else(|_| Err(LinkError::Timeout(format!("no word from {peer} for {} ms", profile.timeout_ms))));
+                let end = m.is_err();
+                if ack_tx.send(m).await.is_err() || end {
+                    return;
+                }
+            }
+        };
+        let sync_member = self.peers.iter().any(|p| p.name == peer && p.profile == Profile::Local);
+        let writer = async {
+            let mut window = SendWindow::new(after);
+            let mut seq_rx = self.node.watch_seq();
+            let mut stop = self.stop.subscribe();
+            let mut last_sent = Instant::now();
+            loop {
+                while window.can_send(profile.window) && self.node.last_seq() > window.sent_up_to {
+                    if profile.batch_window_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(profile.batch_window_ms)).await;
+                    }
+                    let before = self.node.last_seq();
+                    let changes = self
+                        .node
+                        .changes(window.sent_up_to, profile.max_batch)
+                        .await
+                        .map_err(|e| LinkError::Apply(format!("reading the feed: {e}")))?;
+                    let full = changes.len() >= profile.max_batch;
+                    let last = changes.last().map_or(0, |c| c.seq);
+                    let up_to = if full { last } else { last.max(before) };
+                    let mut wire: Vec<WireChange> = changes
+                        .into_iter()
+                        .filter(|c| allowed.contains(&c.component))
+                        .map(|c| WireChange {
+                            seq: c.seq,
+                            component: c.component,
+                            key: c.key,
+                            data: c.stored.data.to_vec(),
+                            tombstone: c.stored.tombstone,
+                            physical: c.stamp.physical,
+                            logical: c.stamp.logical,
+                            stamp_node: c.stamp.node.to_string(),
+                            origin: c.origin,
+                        })
+                        .collect();
+                    state::order_by_priority(&mut wire, |c| self.gate.policies.get(c).map_or(Priority::Normal, |p| p.priority));
+                    let batch = Batch { epoch: self.node.epoch(), up_to, changes: wire };
+                    peer::send(wr, &Msg::Batch(batch), profile.compress).await?;
+                    window.sent(up_to);
+                    last_sent = Instant::now();
+                }
+                let hb = Duration::from_millis(profile.heartbeat_ms).saturating_sub(last_sent.elapsed());
+                tokio::select! {
+                    _ = stop.changed() => return Ok(()),
+                    m = ack_rx.recv() => match m {
+                        Some(Ok(Msg::Ack { seq, .. })) => {
+                            if !window.acked(seq) {
+                                return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent ({})", window.sent_up_to)));
+                            }
+                            if sync_member {
+                                self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
+                            }
+                            self.peer_status(peer, |p| p.acked_by_peer = seq);
+                        }
+                        Some(Ok(Msg::Heartbeat { .. })) => {}
+                        Some(Ok(Msg::Refuse { reason })) => return Err(LinkError::Refused(reason)),
+                        Some(Ok(other)) => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(LinkError::Protocol("reader ended".into())),
+                    },
+                    _ = seq_rx.changed() => {}
+                    _ = tokio::time::sleep(hb) => {
+                        peer::send(wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch() }, false).await?;
+                        last_sent = Instant::now();
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            r = writer => r,
+            () = reader => {
+                // The reader ended with an error that the writer has not consumed yet.
+                match ack_rx.try_recv() {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(LinkError::Protocol("link reader ended".into())),
+                }
+            }
+        }
+    }
+
+    // ---- the dialing side: this node pulls from each peer ----
+
+    async fn follow(self: Arc<Self>, peer_cfg: PeerSection) {
+        let mut failures = 0u32;
+        let mut stop = self.stop.subscribe();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            let r = self.follow_once(&peer_cfg).await;
+            self.peer_status(&peer_cfg.name, |p| p.following = false);
+            if let Err(e) = r {
+                tracing::warn!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
+                self.note_error(&peer_cfg.name, &e);
+                failures = if started.elapsed() > Duration::from_secs(5) { 1 } else { failures.saturating_add(1) };
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(state::backoff_ms(failures))) => {}
+            }
+        }
+    }
+
+    async fn follow_once(&self, cfg: &PeerSection) -> Result<(), LinkError> {
+        let profile = LinkProfile::of(cfg.profile);
+        let tls = peer::dial(&cfg.address, &self.creds, PROTOCOL_VERSION, HANDSHAKE_TIMEOUT).await?;
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let ours = self.hello();
+        peer::send(&mut wr, &Msg::Hello(ours.clone()), false).await?;
+        let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer::recv(&mut rd)).await {
+            Ok(Ok(Msg::Hello(h))) => h,
+            Ok(Ok(Msg::Refuse { reason })) => return Err(LinkError::Refused(reason)),
+            Ok(Ok(other)) => return Err(LinkError::Protocol(format!("expected hello, got {other:?}"))),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(LinkError::Timeout("waiting for the peer's hello".into())),
+        };
+        if theirs.node != cfg.name {
+            return Err(LinkError::Protocol(format!("{} answered as {:?}, not {:?}", cfg.address, theirs.node, cfg.name)));
+        }
+        if self.gate.primary.as_deref() == Some(theirs.node.as_str()) {
+            *self.gate.primary_api.lock().unwrap_or_else(|e| e.into_inner()) = theirs.api.clone();
+        }
+        let (same, mismatches) = state::compare(&ours.components, &theirs.components);
+        self.note_mismatches(&cfg.name, &mismatches);
+        let modes: BTreeMap<String, ApplyMode> = same
+            .iter()
+            .filter_map(|c| {
+                let p = self.gate.policies.get(c)?;
+                Some((c.clone(), state::apply_mode(p, &theirs.node, self.gate.primary.as_deref(), &self.gate.us)?))
+            })
+            .collect();
+        let after = self.shared().positions.get(&cfg.name).copied().unwrap_or_default();
+        peer::send(&mut wr, &Msg::Subscribe { after_seq: after.seq, components: modes.keys().cloned().collect() }, false).await?;
+        self.peer_status(&cfg.name, |p| {
+            p.following = true;
+            p.components = modes.keys().cloned().collect();
+            p.peer_last_seq = theirs.last_seq;
+        });
+        tracing::info!(peer = %cfg.name, after = after.seq, components = modes.len(), paused = mismatches.len(), "following peer");
+        let mut newest_epoch = after.epoch;
+        let mut last_sent = Instant::now();
+        let mut stop = self.stop.subscribe();
+        loop {
+            let hb = Duration::from_millis(profile.heartbeat_ms).saturating_sub(last_sent.elapsed());
+            let msg = tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                m = tokio::time::timeout(Duration::from_millis(profile.timeout_ms), peer::recv(&mut rd)) => {
+                    m.map_err(|_| LinkError::Timeout(format!("no word from {} for {} ms", cfg.name, profile.timeout_ms)))??
+                }
+                _ = tokio::time::sleep(hb) => {
+                    peer::send(&mut wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch() }, false).await?;
+                    last_sent = Instant::now();
+                    continue;
+                }
+            };
+            match msg {
+                Msg::Batch(batch) => {
+                    let up_to = batch.up_to;
+                    let warm = batch.changes.iter().any(|c| modes.get(&c.component) == Some(&ApplyMode::Replace));
+                    if warm {
+                        newest_epoch = state::fence(batch.epoch, newest_epoch).map_err(|reason| {
+                            self.shared().alarms.insert(format!("fenced:{}", cfg.name), reason.clone());
+                            LinkError::Refused(reason)
+                        })?;
+                        if batch.epoch > self.node.epoch() {
+                            self.node
+                                .set_epoch(batch.epoch)
+                                .await
+                                .map_err(|e| LinkError::Apply(format!("moving to epoch {}: {e}", batch.epoch)))?;
+                        }
+                    }
+                    self.apply(&cfg.name, batch, &modes).await?;
+                    self.save_position(&cfg.name, Position { seq: up_to, epoch: newest_epoch }).await?;
+                    peer::send(&mut wr, &Msg::Ack { seq: up_to, epoch: self.node.epoch() }, false).await?;
+                    last_sent = Instant::now();
+                    self.peer_status(&cfg.name, |p| {
+                        p.applied_seq = up_to;
+                        p.peer_last_seq = p.peer_last_seq.max(up_to);
+                        p.last_error = None;
+                    });
+                }
+                Msg::Heartbeat { last_seq, .. } => self.peer_status(&cfg.name, |p| p.peer_last_seq = last_seq),
+                Msg::Refuse { reason } => return Err(LinkError::Refused(reason)),
+                other => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
+            }
+        }
+    }
+
+    /// Applies a batch, one component at a time in the order received (highest priority
+    /// first). Any refused version fails the batch: its position is not saved and the link is
+    /// reset, so it is received again.
+    async fn apply(&self, peer: &str, batch: Batch, modes: &BTreeMap<String, ApplyMode>) -> Result<(), LinkError> {
+        let mut groups: Vec<(String, Vec<RemoteVersion>, Vec<u64>)> = Vec::new();
+        for c in batch.changes {
+            let Some(_) = modes.get(&c.component) else {
+                return Err(LinkError::Protocol(format!("{peer} sent {} which this node did not subscribe to", c.component)));
+            };
+            let version = RemoteVersion {
+                key: c.key,
+                stored: Stored { data: c.data, tombstone: c.tombstone },
+                stamp: Stamp::new(c.physical, c.logical, &c.stamp_node),
+                origin: c.origin,
+            };
+            match groups.last_mut() {
+                Some((comp, v, s)) if *comp == c.component => {
+                    v.push(version);
+                    s.push(c.physical);
+                }
+                _ => groups.push((c.component, vec![version], vec![c.physical])),
+            }
+        }
+        for (component, versions, stamps) in groups {
+            let mode = modes.get(&component).copied().unwrap_or(ApplyMode::Merge);
+            let results =
+                self.node.apply_remote(&component, versions, mode).await.map_err(|e| LinkError::Apply(format!("{component}: {e}")))?;
+            for r in results {
+                if let Err(e) = r {
+                    return Err(LinkError::Apply(format!("{component}: {e}")));
+                }
+            }
+            let now = self.node.clock().wall_ms();
+            let budget = self.gate.policies.get(&component).map_or(1_000, |p| p.lag_budget_ms);
+            let mut s = self.shared();
+            let lag = s.lag.entry(component.clone()).or_default();
+            let mut raised = false;
+            for st in stamps {
+                raised |= lag.observe(st, now, budget);
+            }
+            let (over, last) = (lag.over_budget, lag.last_ms);
+            if raised {
+                tracing::warn!(component = %component, lag_ms = last, budget_ms = budget, "replication lag over budget");
+            }
+            if over {
+                s.alarms
+                    .insert(format!("lag:{component}"), format!("{component}: replication lag {last} ms over its budget of {budget} ms"));
+            } else {
+                s.alarms.remove(&format!("lag:{component}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_position(&self, peer: &str, pos: Position) -> Result<(), LinkError> {
+        let text = {
+            let mut s = self.shared();
+            s.positions.insert(peer.to_owned(), pos);
+            serde_json::to_vec_pretty(&s.positions).map_err(|e| LinkError::Apply(e.to_string()))?
+        };
+        let file = self.positions_file.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &file)
+        })
+        .await
+        .map_err(|e| LinkError::Apply(format!("saving the position: {e}")))?
+        .map_err(|e| LinkError::Apply(format!("saving the position in {}: {e}", self.positions_file.display())))
+    }
+}

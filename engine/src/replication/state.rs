@@ -1,0 +1,282 @@
+//! Replication decisions as pure logic: which components flow over a link and how they are
+//! applied, plugin digest comparison, batch ordering by priority, send windows, lag accounting.
+//! No I/O and no clock reads: callers pass events and times, so this is unit-tested here and
+//! can be driven by a simulator.
+
+use std::collections::BTreeMap;
+
+use crate::node::config::{Ack, Mode, Priority, Profile};
+use crate::node::service::ApplyMode;
+use crate::peer::proto::{ComponentInfo, WireChange};
+
+/// A component's replication policy on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentPolicy {
+    pub mode: Mode,
+    pub ack: Ack,
+    pub priority: Priority,
+    pub lag_budget_ms: u64,
+}
+
+/// Link timings and handling of a peer's profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkProfile {
+    pub heartbeat_ms: u64,
+    /// A link silent this long is reset.
+    pub timeout_ms: u64,
+    /// How long the sender waits to fill a batch once a change is there.
+    pub batch_window_ms: u64,
+    pub compress: bool,
+    /// Batches sent and not yet acknowledged (bounded queue toward the peer).
+    pub window: usize,
+    pub max_batch: usize,
+}
+
+impl LinkProfile {
+    pub fn of(p: Profile) -> LinkProfile {
+        match p {
+            Profile::Local => {
+                LinkProfile { heartbeat_ms: 500, timeout_ms: 5_000, batch_window_ms: 0, compress: false, window: 16, max_batch: 1024 }
+            }
+            Profile::Geo => {
+                LinkProfile { heartbeat_ms: 2_000, timeout_ms: 20_000, batch_window_ms: 20, compress: true, window: 32, max_batch: 4096 }
+            }
+        }
+    }
+}
+
+/// Whether this node sends `component` to a subscriber: hot components flow both ways; warm
+/// ones only from the primary.
+pub fn sends(policy: &ComponentPolicy, we_are_primary: bool) -> bool {
+    match policy.mode {
+        Mode::Hot => true,
+        Mode::Warm => we_are_primary,
+        Mode::Cold => false,
+    }
+}
+
+/// How a received version of `component` is applied, if it is accepted from `sender` at all.
+pub fn apply_mode(policy: &ComponentPolicy, sender: &str, primary: Option<&str>, us: &str) -> Option<ApplyMode> {
+    match policy.mode {
+        Mode::Hot => Some(ApplyMode::Merge),
+        Mode::Warm if primary == Some(sender) && primary != Some(us) => Some(ApplyMode::Replace),
+        _ => None,
+    }
+}
+
+/// A component whose definitions differ between two nodes: its replication pauses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub component: String,
+    pub ours: String,
+    pub theirs: String,
+}
+
+impl Mismatch {
+    pub fn message(&self, peer: &str) -> String {
+        format!(
+            "replication of {} with {peer} is paused: the plugin differs (this node: {}; {peer}: {}); install the same plugin on every node (see docs/operations.md, \"Upgrading a plugin\")",
+            self.component, self.ours, self.theirs
+        )
+    }
+}
+
+fn describe(c: &ComponentInfo) -> String {
+    format!("{} {} schema {} digest {} limits {}", c.name, c.plugin_version, c.schema_version, c.digest, c.limits)
+}
+
+/// Compares the components two nodes share: those with a different digest, schema version,
+/// limits or mode. Components only one node has are simply not replicated.
+pub fn compare(ours: &[ComponentInfo], theirs: &[ComponentInfo]) -> (Vec<String>, Vec<Mismatch>) {
+    let theirs: BTreeMap<&str, &ComponentInfo> = theirs.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut same = Vec::new();
+    let mut mismatches = Vec::new();
+    for o in ours {
+        let Some(t) = theirs.get(o.name.as_str()) else { continue };
+        if o.digest == t.digest && o.schema_version == t.schema_version && o.limits == t.limits && o.mode == t.mode {
+            same.push(o.name.clone());
+        } else {
+            let (mut a, mut b) = (describe(o), describe(t));
+            if o.mode != t.mode {
+                a = format!("mode {} / {a}", o.mode);
+                b = format!("mode {} / {b}", t.mode);
+            }
+            mismatches.push(Mismatch { component: o.name.clone(), ours: a, theirs: b });
+        }
+    }
+    (same, mismatches)
+}
+
+/// Orders a batch so that higher-priority components go first (stable within a priority, so a
+/// component's versions keep their feed order).
+pub fn order_by_priority(changes: &mut [WireChange], priority: impl Fn(&str) -> Priority) {
+    changes.sort_by_key(|c| priority(&c.component));
+}
+
+/// The sender's view of one subscriber: what was sent, what was acknowledged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendWindow {
+    /// Feed positions of batches sent and not yet acknowledged, in order.
+    in_flight: std::collections::VecDeque<u64>,
+    pub sent_up_to: u64,
+    pub acked: u64,
+}
+
+impl SendWindow {
+    pub fn new(after: u64) -> SendWindow {
+        SendWindow { in_flight: Default::default(), sent_up_to: after, acked: after }
+    }
+    /// Whether another batch may be sent (bounded queue toward the peer).
+    pub fn can_send(&self, window: usize) -> bool {
+        self.in_flight.len() < window
+    }
+    pub fn sent(&mut self, up_to: u64) {
+        self.sent_up_to = self.sent_up_to.max(up_to);
+        self.in_flight.push_back(up_to);
+    }
+    /// An acknowledgement; returns false when it acknowledges something never sent.
+    pub fn acked(&mut self, seq: u64) -> bool {
+        if seq > self.sent_up_to {
+            return false;
+        }
+        self.acked = self.acked.max(seq);
+        while self.in_flight.front().is_some_and(|&s| s <= seq) {
+            self.in_flight.pop_front();
+        }
+        true
+    }
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// Replication lag of one component on a receiver.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lag {
+    pub last_ms: u64,
+    pub max_ms: u64,
+    pub applied: u64,
+    pub over_budget: bool,
+}
+
+impl Lag {
+    /// A version stamped at `stamp_ms` applied at `now_ms`; returns true when it raises the alarm
+    /// (the lag crossed the budget upward).
+    pub fn observe(&mut self, stamp_ms: u64, now_ms: u64, budget_ms: u64) -> bool {
+        let lag = now_ms.saturating_sub(stamp_ms);
+        self.last_ms = lag;
+        self.max_ms = self.max_ms.max(lag);
+        self.applied += 1;
+        let was = self.over_budget;
+        self.over_budget = lag > budget_ms;
+        self.over_budget && !was
+    }
+}
+
+/// Warm fencing on a receiver: batches from an older epoch than the newest seen are refused.
+pub fn fence(batch_epoch: u64, newest_seen: u64) -> Result<u64, String> {
+    if batch_epoch < newest_seen {
+        Err(format!("warm batch of epoch {batch_epoch} refused: epoch {newest_seen} has been seen (fenced)"))
+    } else {
+        Ok(batch_epoch)
+    }
+}
+
+/// Reconnection delay after `failures` consecutive failures (capped exponential).
+pub fn backoff_ms(failures: u32) -> u64 {
+    (100u64 << failures.min(5)).min(3_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pol(mode: Mode) -> ComponentPolicy {
+        ComponentPolicy { mode, ack: Ack::Local, priority: Priority::Normal, lag_budget_ms: 1000 }
+    }
+
+    fn info(name: &str, digest: &str) -> ComponentInfo {
+        ComponentInfo {
+            name: name.into(),
+            mode: "hot".into(),
+            digest: digest.into(),
+            plugin_version: "1.0.0".into(),
+            schema_version: 1,
+            limits: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn warm_flows_from_the_primary_only_and_hot_both_ways() {
+        assert!(sends(&pol(Mode::Warm), true));
+        assert!(!sends(&pol(Mode::Warm), false));
+        assert!(sends(&pol(Mode::Hot), false));
+        assert!(!sends(&pol(Mode::Cold), true));
+        assert_eq!(apply_mode(&pol(Mode::Warm), "a", Some("a"), "b"), Some(ApplyMode::Replace));
+        assert_eq!(apply_mode(&pol(Mode::Warm), "c", Some("a"), "b"), None);
+        assert_eq!(apply_mode(&pol(Mode::Warm), "b", Some("a"), "a"), None);
+        assert_eq!(apply_mode(&pol(Mode::Hot), "c", Some("a"), "b"), Some(ApplyMode::Merge));
+    }
+
+    #[test]
+    fn digest_mismatch_names_both_versions() {
+        let (same, bad) = compare(&[info("crm", "x"), info("ivr", "y"), info("only-ours", "z")], &[info("crm", "x"), info("ivr", "w")]);
+        assert_eq!(same, vec!["crm".to_owned()]);
+        assert_eq!(bad.len(), 1);
+        let m = bad[0].message("b");
+        assert!(m.contains("digest y") && m.contains("digest w") && m.contains("ivr"), "{m}");
+    }
+
+    #[test]
+    fn priority_orders_stably() {
+        let ch = |c: &str, seq| WireChange {
+            seq,
+            component: c.into(),
+            key: "k".into(),
+            data: vec![],
+            tombstone: false,
+            physical: 0,
+            logical: 0,
+            stamp_node: "a".into(),
+            origin: "a".into(),
+        };
+        let mut v = vec![ch("reports", 1), ch("trunks", 2), ch("reports", 3), ch("trunks", 4)];
+        order_by_priority(&mut v, |c| if c == "trunks" { Priority::High } else { Priority::Low });
+        assert_eq!(v.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![2, 4, 1, 3]);
+    }
+
+    #[test]
+    fn send_window_is_bounded_and_acks_free_it() {
+        let mut w = SendWindow::new(10);
+        assert!(w.can_send(2));
+        w.sent(20);
+        w.sent(30);
+        assert!(!w.can_send(2));
+        assert!(!w.acked(31));
+        assert!(w.acked(20));
+        assert!(w.can_send(2));
+        assert_eq!((w.acked, w.in_flight()), (20, 1));
+        assert!(w.acked(30));
+        assert_eq!(w.in_flight(), 0);
+    }
+
+    #[test]
+    fn lag_alarm_rises_once_and_clears() {
+        let mut l = Lag::default();
+        assert!(!l.observe(100, 150, 100));
+        assert!(l.observe(100, 300, 100));
+        assert!(!l.observe(100, 400, 100));
+        assert!(!l.observe(390, 400, 100));
+        assert!(!l.over_budget);
+        assert_eq!(l.max_ms, 300);
+    }
+
+    #[test]
+    fn fencing_refuses_older_epochs() {
+        assert_eq!(fence(3, 3), Ok(3));
+        assert_eq!(fence(4, 3), Ok(4));
+        assert!(fence(2, 3).is_err());
+        assert_eq!(backoff_ms(0), 100);
+        assert_eq!(backoff_ms(30), 3_000);
+    }
+}

@@ -1,0 +1,394 @@
+//! Replication between real nodes over real sockets on loopback: warm streaming and standby
+//! refusals, resume after restart, hot convergence, `standby` acks, refusals of wrong
+//! credentials, wrong protocol versions and corrupted frames, plugin mismatches, and healing
+//! after delays and cuts through a fault proxy. Timings are relaxed for a busy 2-core machine.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tandem::node::Server;
+use tandem_tests::cluster::{NodeDef, free_port, write_cluster_node};
+use tandem_tests::fault_proxy::FaultProxy;
+use tandem_tests::{client, start_node, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn trunk(i: usize) -> (String, String) {
+    (format!("trunk-{i:04}"), format!("{{\"host\": \"h{i}.carrier.example\", \"transport\": \"udp\", \"max_channels\": {}}}", 10 + i % 50))
+}
+
+/// A CRM account key (kind:ULID).
+fn account(i: usize) -> String {
+    const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut tail = String::new();
+    let mut n = i;
+    for _ in 0..4 {
+        tail.insert(0, CROCKFORD[n % 32] as char);
+        n /= 32;
+    }
+    format!("account:01J8Z3K4M5N6P7Q8R9S0T1{tail}")
+}
+
+fn digest(s: &Server, component: &str) -> String {
+    s.block_on(s.node().digest(component)).expect("digest")
+}
+
+fn count(s: &Server, component: &str) -> usize {
+    client(s).list_all(component, "").expect("list").len()
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// A warm pair: `a` primary, `b` standby; `b` reaches `a` at `a_addr_for_b` (a proxy or direct).
+fn warm_pair(root: &Path, a_port: u16, b_port: u16, a_addr_for_b: &str, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let a = write_cluster_node(
+        root,
+        &NodeDef {
+            name: "a",
+            port: a_port,
+            peers: vec![("b".into(), addr(b_port))],
+            cluster: "mode = \"warm\"\nprimary = \"a\"\nack_timeout_ms = 1500",
+            extra,
+        },
+        &["trunks", "pbx-reports"],
+        None,
+    );
+    let b = write_cluster_node(
+        root,
+        &NodeDef {
+            name: "b",
+            port: b_port,
+            peers: vec![("a".into(), a_addr_for_b.to_owned())],
+            cluster: "mode = \"warm\"\nprimary = \"a\"\nack_timeout_ms = 1500",
+            extra,
+        },
+        &["trunks", "pbx-reports"],
+        Some(&a),
+    );
+    (a, b)
+}
+
+#[test]
+fn replication_warm_streams_to_the_standby_which_refuses_writes_naming_the_primary() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), "");
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    let (ca, cb) = (client(&a), client(&b));
+    for i in 0..40 {
+        let (k, v) = trunk(i);
+        ca.put("trunks", &k, &v, None).expect("put on the primary");
+    }
+    ca.delete("trunks", "trunk-0003", None).expect("delete");
+    wait_until("the standby has every trunk", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    assert_eq!(count(&b, "trunks"), 39);
+    let doc = cb.get("trunks", "trunk-0007").expect("read on the standby");
+    assert_eq!(doc.value["host"], "h7.carrier.example");
+    assert!(cb.get("trunks", "trunk-0003").is_err(), "the delete reached the standby");
+
+    // The standby refuses writes and says where the primary is.
+    let (k, v) = trunk(99);
+    let err = cb.put("trunks", &k, &v, None).expect_err("a standby refuses writes");
+    assert_eq!(err.code(), Some("not_primary"), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("primary, a") && msg.contains(&a.api_addr().to_string()), "{msg}");
+    // Nothing flows back from a standby: the primary has no trunk-0099.
+    assert!(ca.get("trunks", &k).is_err());
+    let st = b.replication().expect("replication").status();
+    let pa = st.peers.iter().find(|p| p.name == "a").expect("peer a");
+    assert!(pa.following && pa.applied_seq >= 41, "{pa:?}");
+}
+
+#[test]
+fn replication_resumes_after_restart_and_disconnect_without_loss_or_duplication() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let proxy_target: std::net::SocketAddr = addr(ap).parse().expect("addr");
+    let proxy = FaultProxy::start(proxy_target);
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &proxy.addr().to_string(), "");
+    let a = start_node(&a_dir);
+    let ca = client(&a);
+    let mut b = start_node(&b_dir);
+    for i in 0..20 {
+        let (k, v) = trunk(i);
+        ca.put("trunks", &k, &v, None).expect("put");
+    }
+    wait_until("first sync", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    let seq_before = b.node().last_seq();
+    assert_eq!(seq_before, 20, "each version applied once");
+
+    // Restart the standby while the primary goes on writing.
+    drop(b);
+    for i in 20..50 {
+        let (k, v) = trunk(i);
+        ca.put("trunks", &k, &v, None).expect("put");
+    }
+    for i in 0..5 {
+        ca.delete("trunks", &trunk(i).0, None).expect("delete");
+    }
+    b = start_node(&b_dir);
+    wait_until("sync after restart", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    // Resumed from its position: only the 35 new versions were applied, none again.
+    assert_eq!(b.node().last_seq(), seq_before + 35);
+
+    // Cut the link mid-stream; it comes back and catches up.
+    for i in 50..80 {
+        let (k, v) = trunk(i);
+        ca.put("trunks", &k, &v, None).expect("put");
+        if i == 60 {
+            proxy.cut();
+        }
+    }
+    wait_until("sync after a cut", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    assert_eq!(b.node().last_seq(), seq_before + 35 + 30);
+    assert_eq!(count(&b, "trunks"), 75);
+}
+
+#[test]
+fn replication_hot_concurrent_writes_on_two_nodes_converge() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let a_dir = write_cluster_node(
+        root.path(),
+        &NodeDef { name: "a", port: ap, peers: vec![("b".into(), addr(bp))], cluster: "mode = \"hot\"", extra: "" },
+        &["crm"],
+        None,
+    );
+    let b_dir = write_cluster_node(
+        root.path(),
+        &NodeDef { name: "b", port: bp, peers: vec![("a".into(), addr(ap))], cluster: "mode = \"hot\"", extra: "" },
+        &["crm"],
+        Some(&a_dir),
+    );
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for (server, who) in [(&a, "a"), (&b, "b")] {
+            let c = client(server);
+            s.spawn(move || {
+                for i in 0..30 {
+                    // Same keys on both nodes, different fields: the plugin's merge joins them.
+                    let doc = if who == "a" {
+                        format!("{{\"kind\": \"account\", \"name\": \"Acme {i}\", \"industry\": \"from-a\"}}")
+                    } else {
+                        format!("{{\"kind\": \"account\", \"name\": \"Acme {i}\", \"website\": \"https://{i}.b.example\"}}")
+                    };
+                    c.put("crm", &account(i), &doc, None).expect("hot write");
+                    // And keys of its own.
+                    let own = account(1000 + i + if who == "a" { 0 } else { 100 });
+                    c.put("crm", &own, &format!("{{\"kind\": \"account\", \"name\": \"{who} {i}\"}}"), None).expect("hot write");
+                }
+            });
+        }
+    });
+    wait_until("hot digests converge", WAIT, || digest(&a, "crm") == digest(&b, "crm"));
+    let took = started.elapsed();
+    assert_eq!(count(&a, "crm"), 90);
+    assert_eq!(count(&b, "crm"), 90);
+    let (ra, rb) = (client(&a).get("crm", &account(5)).expect("a"), client(&b).get("crm", &account(5)).expect("b"));
+    assert_eq!(ra.value, rb.value);
+    // Both writers' fields survive the merge, unless one write replaced the other whole.
+    eprintln!("converged in {took:?}: {}", ra.value);
+    // Hot nodes both take writes: neither refuses.
+    assert!(a.replication().expect("r").status().alarms.is_empty());
+}
+
+#[test]
+fn replication_standby_ack_waits_for_the_standby_and_answers_outcome_unknown_without_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let extra = "\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"standby\"\n";
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), extra);
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    let ca = client(&a);
+    wait_until("the standby follows", WAIT, || b.replication().is_some_and(|r| r.status().peers.iter().any(|p| p.following)));
+    for i in 0..10 {
+        let (k, v) = trunk(i);
+        let ack = ca.put("trunks", &k, &v, None).expect("standby-acked write");
+        // Acknowledged only once the standby has it: it is readable there right away.
+        let on_b = b.block_on(b.node().get("trunks", &k)).expect("read").expect("on the standby at ack time");
+        assert_eq!(on_b.stamp.physical, ack.stamp.physical);
+    }
+    drop(b);
+    let (k, v) = trunk(50);
+    let t = Instant::now();
+    let err = ca.put("trunks", &k, &v, Some("idem-50")).expect_err("no standby: outcome unknown");
+    assert_eq!(err.code(), Some("outcome_unknown"), "{err}");
+    assert!(t.elapsed() >= Duration::from_millis(1400));
+    // Committed locally all the same ("unknown", never a false "failed").
+    assert!(ca.get("trunks", &k).is_ok());
+    // pbx-reports keeps local acks.
+    ca.put("pbx-reports", "a:1:1", "{}", None).err().map(|e| assert_ne!(e.code(), Some("outcome_unknown")));
+}
+
+#[test]
+fn replication_refuses_a_peer_without_the_cluster_credentials_before_any_record() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let (a_dir, _) = warm_pair(root.path(), ap, bp, &addr(ap), "");
+    // b gets credentials of another CA.
+    let other = tempfile::tempdir().expect("tempdir");
+    let b_dir = write_cluster_node(
+        other.path(),
+        &NodeDef { name: "b", port: bp, peers: vec![("a".into(), addr(ap))], cluster: "mode = \"warm\"\nprimary = \"a\"", extra: "" },
+        &["trunks", "pbx-reports"],
+        None,
+    );
+    let a = start_node(&a_dir);
+    let (k, v) = trunk(1);
+    client(&a).put("trunks", &k, &v, None).expect("put");
+    let b = start_node(&b_dir);
+    wait_until("b's link attempt fails", WAIT, || {
+        b.replication().expect("r").status().peers.iter().any(|p| p.last_error.as_deref().is_some_and(|e| e.contains("TLS")))
+    });
+    let st = b.replication().expect("r").status();
+    assert!(!st.peers[0].following, "{st:?}");
+    assert_eq!(count(&b, "trunks"), 0, "no record flowed");
+    // The same from a raw dial with foreign credentials.
+    let creds = tandem::peer::tls::load(&b_dir.join("creds/cluster-ca.pem"), &b_dir.join("creds/node.pem"), &b_dir.join("creds/node.key"))
+        .expect("creds");
+    let r = a.block_on(tandem::peer::dial(&addr(ap), &creds, tandem::peer::PROTOCOL_VERSION, Duration::from_secs(5)));
+    assert!(matches!(r, Err(tandem::peer::LinkError::Tls(_))), "{:?}", r.err());
+}
+
+fn creds_of(dir: &Path) -> tandem::peer::tls::Credentials {
+    tandem::peer::tls::load(&dir.join("creds/cluster-ca.pem"), &dir.join("creds/node.pem"), &dir.join("creds/node.key")).expect("creds")
+}
+
+#[test]
+fn replication_refuses_another_protocol_version_naming_both_and_resets_on_a_corrupted_frame() {
+    use tandem::peer::proto::{Hello, Msg};
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), "");
+    let a = start_node(&a_dir);
+    let creds = creds_of(&b_dir);
+    let r = a.block_on(tandem::peer::dial(&addr(ap), &creds, 99, Duration::from_secs(5)));
+    match r {
+        Err(tandem::peer::LinkError::Refused(reason)) => {
+            assert!(reason.contains("protocol 1") && reason.contains("version 99"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
+
+    // A frame that fails its checksum resets the link and is counted.
+    a.block_on(async {
+        use tokio::io::AsyncWriteExt as _;
+        let mut link = tandem::peer::dial(&addr(ap), &creds, tandem::peer::PROTOCOL_VERSION, Duration::from_secs(5)).await.expect("dial");
+        let hello = Hello { node: "b".into(), epoch: 0, api: None, primary: Some("a".into()), last_seq: 0, components: vec![] };
+        tandem::peer::send(&mut link, &Msg::Hello(hello), false).await.expect("hello");
+        let Msg::Hello(_) = tandem::peer::recv(&mut link).await.expect("their hello") else { panic!("expected hello") };
+        tandem::peer::send(&mut link, &Msg::Subscribe { after_seq: 0, components: vec![] }, false).await.expect("subscribe");
+        let mut bad = tandem::peer::frame::encode(&Msg::Ack { seq: 0, epoch: 0 }.encode().expect("encode"), false).expect("frame");
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        link.write_all(&bad).await.expect("write");
+        link.flush().await.expect("flush");
+        // The node closes the link.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), tandem::peer::recv(&mut link)).await {
+                Ok(Ok(Msg::Heartbeat { .. } | Msg::Batch(_))) if Instant::now() < deadline => continue,
+                Ok(Err(_)) => break,
+                other => panic!("the link was not reset: {other:?}"),
+            }
+        }
+    });
+    let st = a.replication().expect("r").status();
+    let pb = st.peers.iter().find(|p| p.name == "b").expect("b");
+    assert!(pb.corrupt_frames >= 1, "{pb:?}");
+    assert!(pb.last_error.as_deref().is_some_and(|e| e.contains("corrupted frame")), "{pb:?}");
+}
+
+#[test]
+fn replication_plugin_digest_mismatch_pauses_that_component_with_an_alarm() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), "");
+    // b runs different code for trunks: the same plugin with a custom section appended.
+    let wasm = b_dir.join("plugins/trunks.wasm");
+    let mut bytes = std::fs::read(&wasm).expect("read");
+    bytes.extend_from_slice(&[0x00, 0x06, 0x04, b't', b'e', b's', b't', b'x']);
+    std::fs::write(&wasm, bytes).expect("write");
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    let ca = client(&a);
+    let (k, v) = trunk(1);
+    ca.put("trunks", &k, &v, None).expect("put");
+    ca.put("pbx-reports", "a:u1:1", "{\"event\": \"x\"}", None).ok();
+    wait_until("the mismatch alarm", WAIT, || !b.replication().expect("r").status().alarms.is_empty());
+    let st = b.replication().expect("r").status();
+    let alarm = st.alarms.join("\n");
+    let (da, db) = (
+        a.node().registry().get("trunks").expect("a").digest().to_owned(),
+        b.node().registry().get("trunks").expect("b").digest().to_owned(),
+    );
+    assert_ne!(da, db);
+    assert!(alarm.contains("trunks") && alarm.contains(&da) && alarm.contains(&db), "{alarm}");
+    let pa = st.peers.iter().find(|p| p.name == "a").expect("a");
+    assert_eq!(pa.paused, vec!["trunks".to_owned()]);
+    assert!(pa.components.contains(&"pbx-reports".to_owned()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&b, "trunks"), 0, "a paused component is not replicated");
+}
+
+#[test]
+fn replication_heals_after_delays_partitions_and_corruption_through_a_fault_proxy() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let pa = FaultProxy::start(addr(ap).parse().expect("addr"));
+    let pb = FaultProxy::start(addr(bp).parse().expect("addr"));
+    let a_dir = write_cluster_node(
+        root.path(),
+        &NodeDef { name: "a", port: ap, peers: vec![("b".into(), pb.addr().to_string())], cluster: "mode = \"hot\"", extra: "" },
+        &["crm"],
+        None,
+    );
+    let b_dir = write_cluster_node(
+        root.path(),
+        &NodeDef { name: "b", port: bp, peers: vec![("a".into(), pa.addr().to_string())], cluster: "mode = \"hot\"", extra: "" },
+        &["crm"],
+        Some(&a_dir),
+    );
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    let mut acked = Vec::new();
+    let (ca, cb) = (client(&a), client(&b));
+    for i in 0..60 {
+        match i {
+            10 => {
+                pa.set_delay(30);
+                pb.set_delay(30);
+            }
+            20 => {
+                pa.set_blocked(true);
+                pb.set_blocked(true);
+            }
+            35 => {
+                pa.set_blocked(false);
+                pb.set_blocked(false);
+                pa.set_delay(0);
+                pb.set_delay(0);
+            }
+            45 => {
+                pa.corrupt_next();
+                pb.cut();
+            }
+            _ => {}
+        }
+        let (c, who) = if i % 2 == 0 { (&ca, "a") } else { (&cb, "b") };
+        let key = account(i);
+        c.put("crm", &key, &format!("{{\"kind\": \"account\", \"name\": \"{who} {i}\"}}"), None).expect("write");
+        acked.push(key);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_until("digests match after healing", WAIT, || digest(&a, "crm") == digest(&b, "crm"));
+    for k in &acked {
+        assert!(ca.get("crm", k).is_ok() && cb.get("crm", k).is_ok(), "{k} missing");
+    }
+}

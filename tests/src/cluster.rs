@@ -1,0 +1,50 @@
+//! Node directories for replication tests: several nodes of one cluster on loopback, with
+//! cluster credentials of one CA, free peer ports, and peers at chosen addresses (directly or
+//! through a [`crate::fault_proxy::FaultProxy`]).
+
+use std::path::{Path, PathBuf};
+
+use crate::write_node_dir;
+
+/// A free loopback port (bound then released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Writes credentials for `name` in `dir/creds`, from the CA in `ca_dir/creds` (or a new CA).
+pub fn write_credentials(dir: &Path, name: &str, ca_dir: Option<&Path>) {
+    let from = ca_dir.map(|d| d.join("creds"));
+    tandem::peer::tls::write_node_credentials(&dir.join("creds"), name, from.as_deref()).expect("write credentials");
+}
+
+/// One node of a test cluster.
+pub struct NodeDef<'a> {
+    pub name: &'a str,
+    /// Peer port this node listens on.
+    pub port: u16,
+    /// (peer name, address this node dials for it).
+    pub peers: Vec<(String, String)>,
+    /// Extra lines of `[cluster]` (e.g. `mode = "hot"`, `primary = "a"`).
+    pub cluster: &'a str,
+    /// Extra TOML after the cluster section (component sections).
+    pub extra: &'a str,
+}
+
+/// Writes a node directory for `def` under `root/NAME`, its credentials from `ca_dir` (or a new
+/// CA when `None`). Returns the directory.
+pub fn write_cluster_node(root: &Path, def: &NodeDef<'_>, components: &[&str], ca_dir: Option<&Path>) -> PathBuf {
+    let dir = root.join(def.name);
+    std::fs::create_dir_all(&dir).expect("node dir");
+    write_credentials(&dir, def.name, ca_dir);
+    let mut extra =
+        format!("\n[cluster]\nca = \"creds/cluster-ca.pem\"\ncert = \"creds/node.pem\"\nkey = \"creds/node.key\"\n{}\n", def.cluster);
+    for (name, address) in &def.peers {
+        extra.push_str(&format!("\n[[peer]]\nname = \"{name}\"\naddress = \"{address}\"\n"));
+    }
+    extra.push_str(def.extra);
+    let file = write_node_dir(&dir, def.name, components, &extra);
+    let text = std::fs::read_to_string(&file).expect("read the config");
+    let text = text.replacen("listen = \"127.0.0.1:1\"", &format!("listen = \"127.0.0.1:{}\"", def.port), 1);
+    std::fs::write(&file, text).expect("write the config");
+    dir
+}
