@@ -377,6 +377,9 @@ pub struct ConfigFile {
     pub runtime: RuntimeSection,
     #[serde(default)]
     pub components: BTreeMap<String, ComponentSection>,
+    /// Cold backup: target, schedules, retention, log archive (see `crate::backup::config`).
+    #[serde(default)]
+    pub backup: crate::backup::BackupSection,
 }
 
 /// A component's configuration, resolved.
@@ -479,6 +482,9 @@ impl Config {
         }
         if raw.clock.max_ahead_ms == 0 {
             bad("clock.max_ahead_ms".into(), "must be more than 0".into());
+        }
+        for (key, problem) in raw.backup.problems() {
+            bad(format!("backup.{key}"), problem);
         }
         if raw.store.max_batch == 0 {
             bad("store.max_batch".into(), "must be at least 1".into());
