@@ -8,4 +8,6 @@ pub mod bundled;
 pub mod cli;
 pub mod conformance;
 pub mod node;
+pub mod peer;
 pub mod plugin;
+pub mod replication;
