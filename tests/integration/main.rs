@@ -1,5 +1,6 @@
 //! All integration tests, in one binary (each test binary links wasmtime: one link, not many).
 
+mod backup;
 mod node_api;
 mod node_cli;
 mod node_durability;

@@ -337,3 +337,8 @@ impl<R: std::io::Read> Dec<R> {
         String::from_utf8(b).map_err(|_| format!("records section malformed at entry {}: a text field is not UTF-8", self.entry))
     }
 }
+
+/// sha256 of some bytes (for tools and tests that build or inspect files by hand).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
