@@ -405,8 +405,11 @@ impl Replication {
                     Ok((tcp, from)) => {
                         let me = self.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = me.serve(tcp).await {
-                                tracing::warn!(from = %from, code = e.code(), "peer link closed: {e}");
+                            match me.serve(tcp).await {
+                                Err(LinkError::Frame(peer::frame::FrameError::Closed)) | Ok(()) => {
+                                    tracing::debug!(from = %from, "peer link closed");
+                                }
+                                Err(e) => tracing::warn!(from = %from, code = e.code(), "peer link closed: {e}"),
                             }
                         });
                     }
@@ -576,9 +579,17 @@ impl Replication {
             let r = self.follow_once(&peer_cfg).await;
             self.peer_status(&peer_cfg.name, |p| p.following = false);
             if let Err(e) = r {
-                tracing::warn!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
-                self.note_error(&peer_cfg.name, &e);
+                if *stop.borrow() {
+                    return;
+                }
                 failures = if started.elapsed() > Duration::from_secs(5) { 1 } else { failures.saturating_add(1) };
+                // A peer that is starting or restarting is normal: say so loudly only when it lasts.
+                if failures == 5 || (failures > 5 && failures % 50 == 0) || matches!(e, LinkError::Tls(_) | LinkError::Refused(_)) {
+                    tracing::warn!(peer = %peer_cfg.name, code = e.code(), failures, "link to peer: {e}");
+                } else {
+                    tracing::debug!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
+                }
+                self.note_error(&peer_cfg.name, &e);
             }
             tokio::select! {
                 _ = stop.changed() => return,
