@@ -75,14 +75,6 @@ pub struct InitArgs {
     /// Overwrite an existing DIR/tandem.toml.
     #[arg(long)]
     pub force: bool,
-    /// The directory of the first node of the cluster (it holds cluster-ca.pem and
-    /// cluster-ca.key): this node's certificate is signed by that cluster CA. Without it a new
-    /// cluster CA is made in DIR.
-    #[arg(long, value_name = "DIR")]
-    pub ca_from: Option<PathBuf>,
-    /// The node that takes warm writes (until automatic failover elects one).
-    #[arg(long, value_name = "NAME")]
-    pub primary: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -296,19 +288,6 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         toml_str(&a.api),
         a.mode
     ));
-    if let Some(p) = &a.primary {
-        check_name(p).map_err(|e| anyhow::anyhow!("--primary: {e}"))?;
-        text.push_str(&format!("# The node that takes warm writes.\nprimary = {}\n", toml_str(p)));
-    }
-    let (ca, cert, key) = crate::peer::tls::write_node_credentials(&a.dir, &a.node, a.ca_from.as_deref())
-        .context("writing the cluster credentials (--ca-from names the first node's directory)")?;
-    let rel = |p: &Path| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    text.push_str(&format!(
-        "# Cluster credentials (mutual TLS between nodes): the cluster CA and this node's certificate and key.\nca = {}\ncert = {}\nkey = {}\n",
-        toml_str(&rel(&ca)),
-        toml_str(&rel(&cert)),
-        toml_str(&rel(&key))
-    ));
     for (name, addr) in &peers {
         text.push_str(&format!(
             "\n[[peer]]\nname = {}\naddress = {}\n# local (same data center) or geo (another one)\nprofile = \"local\"\n",
@@ -367,12 +346,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         println!("  tandem get --dir {dir} trunks carrier-main");
     }
     if !peers.is_empty() {
-        println!("\nOn each peer, run `tandem init` with its own --node, --listen and --api, this node as a --peer,");
-        println!(
-            "and --ca-from {dir} (copy {} and {} over first), so that the nodes trust each other.",
-            crate::peer::tls::CA_FILE,
-            crate::peer::tls::CA_KEY_FILE
-        );
+        println!("\nOn each peer, run `tandem init` with its own --node, --listen and --api, and this node as a --peer.");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -405,11 +405,8 @@ impl Replication {
                     Ok((tcp, from)) => {
                         let me = self.clone();
                         tokio::spawn(async move {
-                            match me.serve(tcp).await {
-                                Err(LinkError::Frame(peer::frame::FrameError::Closed)) | Ok(()) => {
-                                    tracing::debug!(from = %from, "peer link closed");
-                                }
-                                Err(e) => tracing::warn!(from = %from, code = e.code(), "peer link closed: {e}"),
+                            if let Err(e) = me.serve(tcp).await {
+                                tracing::warn!(from = %from, code = e.code(), "peer link closed: {e}");
                             }
                         });
                     }
@@ -579,17 +576,9 @@ impl Replication {
             let r = self.follow_once(&peer_cfg).await;
             self.peer_status(&peer_cfg.name, |p| p.following = false);
             if let Err(e) = r {
-                if *stop.borrow() {
-                    return;
-                }
-                failures = if started.elapsed() > Duration::from_secs(5) { 1 } else { failures.saturating_add(1) };
-                // A peer that is starting or restarting is normal: say so loudly only when it lasts.
-                if failures == 5 || (failures > 5 && failures % 50 == 0) || matches!(e, LinkError::Tls(_) | LinkError::Refused(_)) {
-                    tracing::warn!(peer = %peer_cfg.name, code = e.code(), failures, "link to peer: {e}");
-                } else {
-                    tracing::debug!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
-                }
+                tracing::warn!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
                 self.note_error(&peer_cfg.name, &e);
+                failures = if started.elapsed() > Duration::from_secs(5) { 1 } else { failures.saturating_add(1) };
             }
             tokio::select! {
                 _ = stop.changed() => return,
