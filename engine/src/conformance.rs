@@ -83,7 +83,11 @@ impl Report {
             let _ = writeln!(s, "{:<12} {:>7} {:>12} {:>12} {:>12} {:>10}", call, u.calls, u.max_fuel, mean, u.max_memory, u.max_micros);
         }
         for l in self.laws.iter().filter(|l| l.failures > 0) {
-            let _ = writeln!(s, "\n{} failed ({} of {} cases). Smallest failing case (reproduce with --seed {}):", l.law, l.failures, l.cases, self.seed);
+            let _ = writeln!(
+                s,
+                "\n{} failed ({} of {} cases). Smallest failing case (reproduce with --seed {}):",
+                l.law, l.failures, l.cases, self.seed
+            );
             let _ = writeln!(s, "{}", l.smallest_failure.as_deref().unwrap_or("(no detail)"));
         }
         s
@@ -293,7 +297,8 @@ pub fn check(runtime: &Arc<Runtime>, wasm: &[u8], options: &CheckOptions) -> Res
             let ba = caller.merge(&key, &b.data, &a.data);
             match (&ab, &ba) {
                 (Ok(Ok(x)), Ok(Ok(y))) if x == y => comm.pass(),
-                _ => comm.fail(size, || format!("a = {}\nb = {}\nmerge(a,b) = {:?}\nmerge(b,a) = {:?}", show(&a.data), show(&b.data), ab, ba)),
+                _ => comm
+                    .fail(size, || format!("a = {}\nb = {}\nmerge(a,b) = {:?}\nmerge(b,a) = {:?}", show(&a.data), show(&b.data), ab, ba)),
             }
             let aa = caller.merge(&key, &a.data, &a.data);
             match &aa {
@@ -316,7 +321,14 @@ pub fn check(runtime: &Arc<Runtime>, wasm: &[u8], options: &CheckOptions) -> Res
             match (&left, &right) {
                 (Ok(Ok(x)), Ok(Ok(y))) if x == y => assoc.pass(),
                 _ => assoc.fail(size, || {
-                    format!("a = {}\nb = {}\nc = {}\n(a·b)·c = {:?}\na·(b·c) = {:?}", show(&a.data), show(&b.data), show(&c.data), left, right)
+                    format!(
+                        "a = {}\nb = {}\nc = {}\n(a·b)·c = {:?}\na·(b·c) = {:?}",
+                        show(&a.data),
+                        show(&b.data),
+                        show(&c.data),
+                        left,
+                        right
+                    )
                 }),
             }
         }
@@ -417,7 +429,9 @@ pub fn check(runtime: &Arc<Runtime>, wasm: &[u8], options: &CheckOptions) -> Res
             ("serialize(prior = garbage)", caller.serialize(&key, &Op::Delete, Some(&g.bytes), &stamp(1, 0, "n1")).map(|r| r.is_ok())),
             (
                 "serialize(input = garbage)",
-                caller.serialize(&key, &Op::Put(String::from_utf8_lossy(&g.bytes).into_owned()), None, &stamp(1, 0, "n1")).map(|r| r.is_ok()),
+                caller
+                    .serialize(&key, &Op::Put(String::from_utf8_lossy(&g.bytes).into_owned()), None, &stamp(1, 0, "n1"))
+                    .map(|r| r.is_ok()),
             ),
         ];
         let mut bad = None;
@@ -522,7 +536,8 @@ impl Call {
 fn call_script(key: &str, docs: &[Value], versions: &[Stored], rng: &mut StdRng, n: usize) -> Vec<Call> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let version = |rng: &mut StdRng| versions.get(rng.random_range(0..versions.len().max(1))).map(|v| v.data.clone()).unwrap_or_default();
+        let version =
+            |rng: &mut StdRng| versions.get(rng.random_range(0..versions.len().max(1))).map(|v| v.data.clone()).unwrap_or_default();
         let call = match i % 4 {
             0 => {
                 let doc = docs.get(rng.random_range(0..docs.len().max(1))).map(|d| d.to_string()).unwrap_or_else(|| "{}".to_owned());

@@ -211,7 +211,9 @@ fn merge_laws_hold_over_random_histories() {
             let s = stamp(t * 3 + rng.below(3) as u64, nodes[i]);
             let prior = states[i].clone();
             let next = match rng.below(10) {
-                0..=5 => P::serialize("k", Op::Put(docs[rng.below(docs.len())].to_string()), prior.as_ref().map(|p| p.data.as_slice()), &s).ok(),
+                0..=5 => {
+                    P::serialize("k", Op::Put(docs[rng.below(docs.len())].to_string()), prior.as_ref().map(|p| p.data.as_slice()), &s).ok()
+                }
                 6 => P::serialize("k", Op::Delete, prior.as_ref().map(|p| p.data.as_slice()), &s).ok(),
                 _ => {
                     let j = rng.below(3);

@@ -33,7 +33,8 @@ fn eighteen_plugins_serve_a_mixed_workload_in_one_engine() {
         let plugin = registry.get(&component).expect("registered");
         let mut s = plugin.session(records.clone()).expect("session");
         for (i, ex) in plugin.info().examples.iter().enumerate() {
-            let stored = s.serialize(&ex.key, &Op::Put(ex.input.clone()), None, &Stamp::new(1_000 + i as u64, 0, "node-a")).expect("no trap");
+            let stored =
+                s.serialize(&ex.key, &Op::Put(ex.input.clone()), None, &Stamp::new(1_000 + i as u64, 0, "node-a")).expect("no trap");
             let stored = stored.unwrap_or_else(|e| panic!("{component}/{}: {e:?}", ex.key));
             assert_eq!(s.validate(&ex.key, &stored.data).expect("no trap"), Ok(()), "{component}/{}", ex.key);
             let json = s.deserialize(&ex.key, &stored.data).expect("no trap").expect("readable");
@@ -44,7 +45,8 @@ fn eighteen_plugins_serve_a_mixed_workload_in_one_engine() {
     // Two threads, each a share of the components: updates from node-a, concurrent writes from
     // node-b merged in both orders, deletes where the component allows them.
     let components = registry.components();
-    let halves: Vec<Vec<String>> = vec![components.iter().step_by(2).cloned().collect(), components.iter().skip(1).step_by(2).cloned().collect()];
+    let halves: Vec<Vec<String>> =
+        vec![components.iter().step_by(2).cloned().collect(), components.iter().skip(1).step_by(2).cloned().collect()];
     let threads: Vec<_> = halves
         .into_iter()
         .map(|mine| {
@@ -60,9 +62,20 @@ fn eighteen_plugins_serve_a_mixed_workload_in_one_engine() {
                             let other = &examples[(i + 1 + round as usize) % examples.len()];
                             let prior = records.0.lock().expect("lock").get(&(component.clone(), ex.key.clone())).map(|(s, _)| s.clone());
                             let t = 10_000 + round * 100 + i as u64;
-                            let a = s.serialize(&ex.key, &Op::Put(ex.input.clone()), prior.as_ref().map(|p| p.data.as_slice()), &Stamp::new(t, 0, "node-a"));
-                            let b = s.serialize(&ex.key, &Op::Put(other.input.clone()), prior.as_ref().map(|p| p.data.as_slice()), &Stamp::new(t, 1, "node-b"));
-                            let del = s.serialize(&ex.key, &Op::Delete, prior.as_ref().map(|p| p.data.as_slice()), &Stamp::new(t, 2, "node-c"));
+                            let a = s.serialize(
+                                &ex.key,
+                                &Op::Put(ex.input.clone()),
+                                prior.as_ref().map(|p| p.data.as_slice()),
+                                &Stamp::new(t, 0, "node-a"),
+                            );
+                            let b = s.serialize(
+                                &ex.key,
+                                &Op::Put(other.input.clone()),
+                                prior.as_ref().map(|p| p.data.as_slice()),
+                                &Stamp::new(t, 1, "node-b"),
+                            );
+                            let del =
+                                s.serialize(&ex.key, &Op::Delete, prior.as_ref().map(|p| p.data.as_slice()), &Stamp::new(t, 2, "node-c"));
                             let a = a.expect("no trap").unwrap_or_else(|e| panic!("{component}/{}: {e:?}", ex.key));
                             let mut merged = a.clone();
                             for branch in [b.expect("no trap"), del.expect("no trap")] {
@@ -83,7 +96,12 @@ fn eighteen_plugins_serve_a_mixed_workload_in_one_engine() {
                             // Validation may report a conflict (strict fields, reports): never a trap.
                             let _ = s.validate(&ex.key, &merged.data).expect("no trap");
                             let json = s.deserialize(&ex.key, &merged.data).expect("no trap").expect("readable");
-                            assert_eq!(json.is_none(), merged.tombstone, "{component}/{}: tombstone flag matches the reader's view", ex.key);
+                            assert_eq!(
+                                json.is_none(),
+                                merged.tombstone,
+                                "{component}/{}: tombstone flag matches the reader's view",
+                                ex.key
+                            );
                             records.0.lock().expect("lock").insert((component.clone(), ex.key.clone()), (merged, json));
                             done += 1;
                         }

@@ -14,7 +14,11 @@ fn every_bundled_plugin_passes_the_kit() {
         for call in ["serialize", "deserialize", "merge", "validate"] {
             let usage = report.usage.get(call).unwrap_or_else(|| panic!("{name}: no {call} calls"));
             assert!(usage.calls > 0 && usage.max_fuel > 0, "{name}: {call} usage is reported");
-            assert!(usage.max_fuel < tandem::plugin::DEFAULT_FUEL / 10, "{name}: {call} used {} fuel, too close to the default", usage.max_fuel);
+            assert!(
+                usage.max_fuel < tandem::plugin::DEFAULT_FUEL / 10,
+                "{name}: {call} used {} fuel, too close to the default",
+                usage.max_fuel
+            );
         }
     }
 }
