@@ -49,8 +49,11 @@ fn del(c: &str, k: &str) -> W {
     (c.to_owned(), k.to_owned(), None)
 }
 
+/// Component -> (records, digest).
+type Digests = BTreeMap<String, (u64, String)>;
+
 /// (records, digest) of every component of a store file.
-fn digests(path: &Path) -> BTreeMap<String, (u64, String)> {
+fn digests(path: &Path) -> Digests {
     let conn = store::open_for_inspection(path).expect("open");
     let mut out = BTreeMap::new();
     for c in store::components(&conn).expect("components") {
@@ -262,7 +265,7 @@ fn backup_point_in_time_restores_match_the_state_at_those_instants() {
     // Small segments: several files, and the test's instants fall inside and between them.
     let mut archiver =
         Archiver::open(&src, &target, ArchiverOptions { segment_bytes: 4096, segment_age: Duration::from_secs(3600) }).expect("archiver");
-    let mut instants: Vec<(u64, BTreeMap<String, (u64, String)>)> = Vec::new();
+    let mut instants: Vec<(u64, Digests)> = Vec::new();
     let mut second_snapshot = None;
     for phase in 1..=8usize {
         sleep_ms(3);

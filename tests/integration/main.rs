@@ -1,6 +1,7 @@
 //! All integration tests, in one binary (each test binary links wasmtime: one link, not many).
 
 mod backup;
+mod backup_node;
 mod node_api;
 mod node_cli;
 mod node_durability;

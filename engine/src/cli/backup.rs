@@ -307,10 +307,11 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         };
         pb.inc(1);
         match result {
-            Ok(line) => pb.println(line),
+            // println through the bar: a hidden bar (no terminal) would drop pb.println's lines.
+            Ok(line) => pb.suspend(|| println!("{line}")),
             Err(e) => {
                 bad += 1;
-                pb.println(format!("BAD {e:#}"));
+                pb.suspend(|| println!("BAD {e:#}"));
             }
         }
     }
