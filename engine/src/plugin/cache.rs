@@ -44,6 +44,7 @@ impl CompileCache {
     }
 
     fn read(&self, engine: &Engine, code_path: &Path, crc_path: &Path) -> Option<Component> {
+        let t0 = std::time::Instant::now();
         let expected = std::fs::read_to_string(crc_path).ok()?;
         let bytes = std::fs::read(code_path).ok()?;
         let actual = format!("{:08x}-{}", crc32fast::hash(&bytes), bytes.len());
@@ -54,8 +55,15 @@ impl CompileCache {
         // SAFETY: the bytes were produced by `Component::serialize` of an engine with the same
         // compatibility hash (it is part of the file name), written by us, and pass the checksum
         // written alongside them; wasmtime additionally checks the header and engine settings.
+        let t_read = t0.elapsed();
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(engine, &bytes) };
+        tracing::debug!(
+            bytes = bytes.len(),
+            read_and_check_us = t_read.as_micros() as u64,
+            deserialize_us = (t0.elapsed() - t_read).as_micros() as u64,
+            "compiled plugin read from the cache"
+        );
         component.ok()
     }
 

@@ -282,6 +282,7 @@ impl Runtime {
             return Err(load_err(format!("memory cap {} is over the runtime's maximum of {}", limits.memory_bytes, self.max_memory_bytes)));
         }
         let digest = digest(bytes);
+        let t_digest = started.elapsed();
         let (component, from_cache) = match &self.cache {
             Some(cache) => cache.get_or_compile(&self.engine, &digest, bytes).map_err(|e| load_err(format!("{e:#}")))?,
             None => (Component::new(&self.engine, bytes).map_err(|e| load_err(format!("not a valid component: {e:#}")))?, false),
@@ -299,6 +300,7 @@ impl Runtime {
         linker.define_unknown_imports_as_traps(&component).map_err(|e| load_err(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| load_err(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+        let t_link = started.elapsed();
         let mut plugin = LoadedPlugin {
             name: name.to_owned(),
             digest,
@@ -330,6 +332,7 @@ impl Runtime {
         plugin.name = info.component.clone();
         plugin.info = info;
         plugin.load_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        tracing::debug!(plugin = %plugin.name, from_cache, digest_us = t_digest.as_micros() as u64, code_and_link_us = (t_link - t_digest).as_micros() as u64, total_us = plugin.load_micros, "plugin loaded");
         Ok(Arc::new(plugin))
     }
 
