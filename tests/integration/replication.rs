@@ -100,6 +100,16 @@ fn replication_warm_streams_to_the_standby_which_refuses_writes_naming_the_prima
     let st = b.replication().expect("replication").status();
     let pa = st.peers.iter().find(|p| p.name == "a").expect("peer a");
     assert!(pa.following && pa.applied_seq >= 41, "{pa:?}");
+    // Status and metrics over HTTP show the links and the per-component digests.
+    let want = digest(&a, "trunks");
+    wait_until("the digests in /v1/status", WAIT, || {
+        [&ca, &cb]
+            .iter()
+            .all(|c| c.status().ok().and_then(|s| s.replication).is_some_and(|r| r["digests"]["trunks"].as_str() == Some(want.as_str())))
+    });
+    let metrics = cb.metrics().expect("metrics");
+    assert!(metrics.contains("tandem_replication_peer_up{peer=\"a\"} 1"), "{metrics}");
+    assert!(metrics.contains(&format!("tandem_component_digest{{component=\"trunks\",digest=\"{want}\"}} 1")), "{metrics}");
 }
 
 #[test]
@@ -223,7 +233,9 @@ fn replication_standby_ack_waits_for_the_standby_and_answers_outcome_unknown_wit
     // Committed locally all the same ("unknown", never a false "failed").
     assert!(ca.get("trunks", &k).is_ok());
     // pbx-reports keeps local acks.
-    ca.put("pbx-reports", "a:1:1", "{}", None).err().map(|e| assert_ne!(e.code(), Some("outcome_unknown")));
+    if let Err(e) = ca.put("pbx-reports", "a:1:1", "{}", None) {
+        assert_ne!(e.code(), Some("outcome_unknown"), "{e}");
+    }
 }
 
 #[test]

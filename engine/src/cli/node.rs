@@ -75,6 +75,14 @@ pub struct InitArgs {
     /// Overwrite an existing DIR/tandem.toml.
     #[arg(long)]
     pub force: bool,
+    /// The directory of the first node of the cluster (it holds cluster-ca.pem and
+    /// cluster-ca.key): this node's certificate is signed by that cluster CA. Without it a new
+    /// cluster CA is made in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub ca_from: Option<PathBuf>,
+    /// The node that takes warm writes (until automatic failover elects one).
+    #[arg(long, value_name = "NAME")]
+    pub primary: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -288,6 +296,19 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         toml_str(&a.api),
         a.mode
     ));
+    if let Some(p) = &a.primary {
+        check_name(p).map_err(|e| anyhow::anyhow!("--primary: {e}"))?;
+        text.push_str(&format!("# The node that takes warm writes.\nprimary = {}\n", toml_str(p)));
+    }
+    let (ca, cert, key) = crate::peer::tls::write_node_credentials(&a.dir, &a.node, a.ca_from.as_deref())
+        .context("writing the cluster credentials (--ca-from names the first node's directory)")?;
+    let rel = |p: &Path| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    text.push_str(&format!(
+        "# Cluster credentials (mutual TLS between nodes): the cluster CA and this node's certificate and key.\nca = {}\ncert = {}\nkey = {}\n",
+        toml_str(&rel(&ca)),
+        toml_str(&rel(&cert)),
+        toml_str(&rel(&key))
+    ));
     for (name, addr) in &peers {
         text.push_str(&format!(
             "\n[[peer]]\nname = {}\naddress = {}\n# local (same data center) or geo (another one)\nprofile = \"local\"\n",
@@ -346,7 +367,12 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         println!("  tandem get --dir {dir} trunks carrier-main");
     }
     if !peers.is_empty() {
-        println!("\nOn each peer, run `tandem init` with its own --node, --listen and --api, and this node as a --peer.");
+        println!("\nOn each peer, run `tandem init` with its own --node, --listen and --api, this node as a --peer,");
+        println!(
+            "and --ca-from {dir} (copy {} and {} over first), so that the nodes trust each other.",
+            crate::peer::tls::CA_FILE,
+            crate::peer::tls::CA_KEY_FILE
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -705,7 +731,49 @@ pub fn render_status(s: &Status) -> String {
             let _ = writeln!(o, "witness {} {}", w.name, w.address);
         }
     }
+    if let Some(r) = &s.replication {
+        render_replication(&mut o, r);
+    }
     o
+}
+
+/// The replication part of `tandem status` (see `crate::replication::Status`).
+fn render_replication(o: &mut String, r: &serde_json::Value) {
+    use std::fmt::Write as _;
+    let str_of = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_owned();
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let _ = writeln!(o, "\nreplication: primary {}, peer listen {}", str_of(r, "primary"), str_of(r, "listen"));
+    for p in r.get("peers").and_then(|p| p.as_array()).into_iter().flatten() {
+        let up = p.get("following").and_then(|x| x.as_bool()).unwrap_or(false);
+        let _ = writeln!(
+            o,
+            "  from {}: {}  applied {} of {}  acked by it {}  resets {}{}",
+            str_of(p, "name"),
+            if up { "following" } else { "down" },
+            num(p, "applied_seq"),
+            num(p, "peer_last_seq"),
+            num(p, "acked_by_peer"),
+            num(p, "link_resets"),
+            p.get("last_error").and_then(|e| e.as_str()).map(|e| format!("  last error: {e}")).unwrap_or_default()
+        );
+    }
+    for c in r.get("components").and_then(|p| p.as_array()).into_iter().flatten() {
+        let name = str_of(c, "name");
+        let digest = r.get("digests").and_then(|d| d.get(&name)).and_then(|d| d.as_str()).map(|d| d.get(..16).unwrap_or(d)).unwrap_or("-");
+        let _ = writeln!(
+            o,
+            "  {:<34} {:<4} ack {:<7} {:<6} lag {} ms (max {})  digest {digest}",
+            name,
+            str_of(c, "mode"),
+            str_of(c, "ack"),
+            str_of(c, "priority"),
+            num(c, "lag_ms"),
+            num(c, "max_lag_ms")
+        );
+    }
+    for a in r.get("alarms").and_then(|p| p.as_array()).into_iter().flatten() {
+        let _ = writeln!(o, "  ALARM {}", a.as_str().unwrap_or_default());
+    }
 }
 
 fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {

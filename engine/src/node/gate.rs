@@ -17,6 +17,14 @@ pub trait WriteGate: Send + Sync {
     fn refuse(&self, component: &str) -> Option<NodeError>;
     /// After a local write committed at `seq`: what to wait for before acknowledging it.
     fn after_commit(&self, component: &str, seq: u64) -> Option<AckWait>;
+    /// Replication's part of `/v1/status`.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Replication's lines of `/metrics` (Prometheus text format).
+    fn metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// The node's gate, set once by replication at start.

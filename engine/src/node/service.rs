@@ -1857,6 +1857,7 @@ impl Node {
             components,
             peers: raw.peers.iter().map(peer).collect(),
             witness: raw.witness.as_ref().map(peer),
+            replication: self.gate.get().and_then(|g| g.status()),
         }
     }
 
@@ -1957,7 +1958,11 @@ impl Node {
                 e.counter("tandem_plugin_reloads_total", "Plugin versions swapped in.", &l, p.reloads);
             }
         }
-        e.finish()
+        let mut text = e.finish();
+        if let Some(g) = self.gate.get() {
+            text.push_str(&g.metrics());
+        }
+        text
     }
 
     /// Stops taking requests, finishes queued writes, checkpoints and closes the store.

@@ -125,6 +125,9 @@ pub struct Status {
     pub components: Vec<ComponentStatus>,
     pub peers: Vec<PeerStatus>,
     pub witness: Option<PeerStatus>,
+    /// Links, positions, lag, per-component digests and alarms (when replication runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -86,6 +86,9 @@ pub struct Status {
     pub components: Vec<ComponentStatus>,
     /// Active alarms (plugin mismatches, lag over budget, fenced batches).
     pub alarms: Vec<String>,
+    /// Per-component digest of the stored versions (refreshed every second while the feed
+    /// moves): equal on every node once traffic stops.
+    pub digests: BTreeMap<String, String>,
 }
 
 /// What the write gate needs, shared with the links.
@@ -105,9 +108,18 @@ impl GateState {
     }
 }
 
-struct Gate(Arc<GateState>);
+struct Gate(Arc<GateState>, std::sync::OnceLock<std::sync::Weak<Replication>>);
 
 impl WriteGate for Gate {
+    fn status(&self) -> Option<serde_json::Value> {
+        let r = self.1.get()?.upgrade()?;
+        serde_json::to_value(r.status()).ok()
+    }
+
+    fn metrics(&self) -> String {
+        self.1.get().and_then(|r| r.upgrade()).map(|r| r.metrics()).unwrap_or_default()
+    }
+
     fn refuse(&self, component: &str) -> Option<NodeError> {
         let g = &self.0;
         let policy = g.policies.get(component)?;
@@ -143,6 +155,7 @@ struct Shared {
     lag: BTreeMap<String, Lag>,
     alarms: BTreeMap<String, String>,
     positions: BTreeMap<String, Position>,
+    digests: BTreeMap<String, String>,
 }
 
 /// Replication of one node.
@@ -225,7 +238,8 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         sync_acked,
         ack_timeout: Duration::from_millis(cluster.ack_timeout_ms.unwrap_or(2_000)),
     });
-    node.set_gate(Arc::new(Gate(gate.clone())));
+    let hook = Arc::new(Gate(gate.clone(), std::sync::OnceLock::new()));
+    node.set_gate(hook.clone());
     let positions_file = config.data_dir.join("replication").join("positions.json");
     let positions: BTreeMap<String, Position> = match std::fs::read(&positions_file) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", positions_file.display()))?,
@@ -265,7 +279,9 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     for p in peers {
         tasks.push(tokio::spawn(repl.clone().follow(p)));
     }
+    tasks.push(tokio::spawn(repl.clone().digest_loop()));
     repl.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
+    let _ = hook.1.set(Arc::downgrade(&repl));
     Ok(Some(repl))
 }
 
@@ -321,6 +337,33 @@ impl Replication {
             peers: s.peers.values().cloned().collect(),
             components,
             alarms: s.alarms.values().cloned().collect(),
+            digests: s.digests.clone(),
+        }
+    }
+
+    /// Recomputes the component digests when the feed moved (every second at most).
+    async fn digest_loop(self: Arc<Self>) {
+        let mut seen = u64::MAX;
+        let mut stop = self.stop.subscribe();
+        loop {
+            let now = self.node.last_seq();
+            if now != seen {
+                seen = now;
+                let mut digests = BTreeMap::new();
+                for (name, p) in &self.gate.policies {
+                    if p.mode == Mode::Cold {
+                        continue;
+                    }
+                    if let Ok(d) = self.node.digest(name).await {
+                        digests.insert(name.clone(), d);
+                    }
+                }
+                self.shared().digests = digests;
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
 
@@ -339,6 +382,9 @@ impl Replication {
             out.push_str(&format!("tandem_replication_corrupt_frames_total{{peer=\"{}\"}} {}\n", p.name, p.corrupt_frames));
         }
         out.push_str(&format!("tandem_replication_alarms {}\n", st.alarms.len()));
+        for (c, d) in &st.digests {
+            out.push_str(&format!("tandem_component_digest{{component=\"{c}\",digest=\"{d}\"}} 1\n"));
+        }
         out
     }
 
@@ -405,8 +451,11 @@ impl Replication {
                     Ok((tcp, from)) => {
                         let me = self.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = me.serve(tcp).await {
-                                tracing::warn!(from = %from, code = e.code(), "peer link closed: {e}");
+                            match me.serve(tcp).await {
+                                Err(LinkError::Frame(peer::frame::FrameError::Closed)) | Ok(()) => {
+                                    tracing::debug!(from = %from, "peer link closed");
+                                }
+                                Err(e) => tracing::warn!(from = %from, code = e.code(), "peer link closed: {e}"),
                             }
                         });
                     }
@@ -576,9 +625,17 @@ impl Replication {
             let r = self.follow_once(&peer_cfg).await;
             self.peer_status(&peer_cfg.name, |p| p.following = false);
             if let Err(e) = r {
-                tracing::warn!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
-                self.note_error(&peer_cfg.name, &e);
+                if *stop.borrow() {
+                    return;
+                }
                 failures = if started.elapsed() > Duration::from_secs(5) { 1 } else { failures.saturating_add(1) };
+                // A peer that is starting or restarting is normal: say so loudly only when it lasts.
+                if failures == 5 || (failures > 5 && failures % 50 == 0) || matches!(e, LinkError::Tls(_) | LinkError::Refused(_)) {
+                    tracing::warn!(peer = %peer_cfg.name, code = e.code(), failures, "link to peer: {e}");
+                } else {
+                    tracing::debug!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
+                }
+                self.note_error(&peer_cfg.name, &e);
             }
             tokio::select! {
                 _ = stop.changed() => return,
