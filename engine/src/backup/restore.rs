@@ -226,7 +226,11 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<B
     // The schema and a fresh identity for the node that will own the store.
     drop(Store::open(tmp, &opts.node_name, &StoreOptions::default(), time::now_ms())?);
     let mut conn = Connection::open(tmp).with_context(|| format!("cannot open {}", tmp.display()))?;
+    // The file is private until renamed, and thrown away on any failure: no journal while
+    // filling it (WAL would write every page twice), fsync once at the end.
+    conn.query_row("PRAGMA journal_mode=OFF", [], |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.pragma_update(None, "cache_size", -65_536i64)?;
     let tx = conn.transaction()?;
     let total = m.records();
     let mut records = 0u64;
@@ -333,6 +337,11 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<B
             tx.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![k, v])?;
         }
         tx.commit()?;
+        // Back to the node's journal mode (WAL is persistent in the file).
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!("cannot put the restored store in WAL mode (it stays in {mode} mode)");
+        }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         let check = store::integrity_check(&conn)?;
