@@ -296,7 +296,7 @@ fn replication_refuses_another_protocol_version_naming_both_and_resets_on_a_corr
         tandem::peer::send(&mut link, &Msg::Hello(hello), false).await.expect("hello");
         let Msg::Hello(_) = tandem::peer::recv(&mut link).await.expect("their hello") else { panic!("expected hello") };
         tandem::peer::send(&mut link, &Msg::Subscribe { after_seq: 0, components: vec![] }, false).await.expect("subscribe");
-        let mut bad = tandem::peer::frame::encode(&Msg::Ack { seq: 0, epoch: 0 }.encode().expect("encode"), false).expect("frame");
+        let mut bad = tandem::peer::frame::encode(&Msg::Ack { seq: 0, high: 0, epoch: 0 }.encode().expect("encode"), false).expect("frame");
         let last = bad.len() - 1;
         bad[last] ^= 0x01;
         link.write_all(&bad).await.expect("write");
@@ -403,4 +403,46 @@ fn replication_heals_after_delays_partitions_and_corruption_through_a_fault_prox
     for k in &acked {
         assert!(ca.get("crm", k).is_ok() && cb.get("crm", k).is_ok(), "{k} missing");
     }
+}
+
+#[test]
+fn replication_priority_lane_keeps_trunk_changes_ahead_of_a_report_flood() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let extra = "\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\npriority = \"high\"\n\n[components.pbx-reports]\nplugin = \"plugins/pbx-reports.wasm\"\npriority = \"low\"\n";
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), extra);
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    wait_until("the standby follows", WAIT, || b.replication().is_some_and(|r| r.status().peers.iter().any(|p| p.following)));
+    // Stop b from following while the flood builds up, so that a backlog is there for sure.
+    drop(b);
+    let report = |i: usize| {
+        (
+            format!("pbx-a:1764057600.{i}:1"),
+            tandem::plugin::Op::Put(format!(
+                "{{\"node\": \"pbx-a\", \"unique_id\": \"1764057600.{i}\", \"sequence\": 1, \"linked_id\": \"1764057600.{i}\", \"start_ms\": 1764057600000, \"end_ms\": 1764057601000, \"src\": \"1001\", \"dst\": \"1002\", \"dst_context\": \"from-internal\", \"channel\": \"PJSIP/1001-1\", \"last_app\": \"Dial\", \"disposition\": \"no_answer\", \"direction\": \"internal\"}}"
+            )),
+        )
+    };
+    let flood = 6000;
+    for chunk in (0..flood).collect::<Vec<_>>().chunks(500) {
+        let writes = chunk.iter().map(|&i| report(i)).collect();
+        for r in a.block_on(a.node().write_many("pbx-reports", writes)).expect("flood") {
+            r.expect("report write");
+        }
+    }
+    let (k, v) = trunk(1);
+    client(&a).put("trunks", &k, &v, None).expect("trunk change after the flood");
+    let b = start_node(&b_dir);
+    let t = Instant::now();
+    wait_until("the trunk on the standby", WAIT, || b.block_on(b.node().get("trunks", &k)).ok().flatten().is_some());
+    let trunk_lag = t.elapsed();
+    let reports_then =
+        b.block_on(b.node().changes(0, usize::MAX)).map(|c| c.iter().filter(|c| c.component == "pbx-reports").count()).unwrap_or(0);
+    wait_until("the flood on the standby", Duration::from_secs(90), || digest(&a, "pbx-reports") == digest(&b, "pbx-reports"));
+    let flood_time = t.elapsed();
+    eprintln!("trunk after {trunk_lag:?} ({reports_then} of {flood} reports there then); all reports after {flood_time:?}");
+    // The trunk change was written after the whole flood, yet arrived before most of it.
+    assert!(reports_then < flood / 2, "the trunk waited behind {reports_then} reports");
+    assert_eq!(digest(&a, "trunks"), digest(&b, "trunks"));
 }

@@ -1699,6 +1699,15 @@ impl Node {
             .await
     }
 
+    /// The change feed of some components only (replication's priority lane).
+    pub async fn changes_of(&self, components: Vec<String>, after_seq: u64, limit: usize) -> Result<Vec<Change>, NodeError> {
+        let ctx = self.ctx.clone();
+        self.store_read(move || {
+            Ok(ctx.readers.with(|c| store::changes_of(c, &components, after_seq, limit))?.into_iter().map(Change::from).collect())
+        })
+        .await
+    }
+
     /// A digest of a component's stored versions (equal on two nodes holding the same data).
     pub async fn digest(&self, component: &str) -> Result<String, NodeError> {
         self.ctx.component(component)?;

@@ -680,6 +680,26 @@ pub fn changes(conn: &Connection, after_seq: u64, limit: usize) -> Result<Vec<Re
     Ok(out)
 }
 
+/// The change feed of some components only (replication's priority lane): their records
+/// written after `after_seq`, in seq order, at most `limit`.
+pub fn changes_of(conn: &Connection, components: &[String], after_seq: u64, limit: usize) -> Result<Vec<RecordRow>, StoreError> {
+    if components.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; components.len()].join(",");
+    let mut q = conn
+        .prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE seq > ? AND component IN ({marks}) ORDER BY seq LIMIT ?"))?;
+    let mut args: Vec<rusqlite::types::Value> = vec![rusqlite::types::Value::Integer(sql_i64(after_seq))];
+    args.extend(components.iter().map(|c| rusqlite::types::Value::Text(c.clone())));
+    args.push(rusqlite::types::Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let rows = q.query_map(rusqlite::params_from_iter(args), row_to_record)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row?);
+    }
+    Ok(out)
+}
+
 /// (records, live records) of a component.
 pub fn counts(conn: &Connection, component: &str) -> Result<(u64, u64), StoreError> {
     let (total, live): (i64, Option<i64>) = conn.query_row(

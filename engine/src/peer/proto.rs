@@ -113,6 +113,9 @@ pub struct Batch {
     /// The sender's feed position this batch brings the receiver to (changes of components it
     /// does not send are skipped, so this may be past the last change).
     pub up_to: u64,
+    /// The priority lane: high-priority changes are sent ahead of the feed order; the sender
+    /// has sent every high-priority change up to here (`>= up_to`).
+    pub high: u64,
     pub changes: Vec<WireChange>,
 }
 
@@ -126,9 +129,11 @@ pub enum Msg {
         components: Vec<String>,
     },
     Batch(Batch),
-    /// The receiver has applied (on disk) everything up to `seq`.
+    /// The receiver has applied (on disk) everything up to `seq`, and the high-priority
+    /// components up to `high`.
     Ack {
         seq: u64,
+        high: u64,
         epoch: u64,
     },
     Heartbeat {
@@ -169,6 +174,7 @@ mod tests {
         let m = Msg::Batch(Batch {
             epoch: 3,
             up_to: 9,
+            high: 9,
             changes: vec![WireChange {
                 seq: 9,
                 component: "trunks".into(),

@@ -97,8 +97,10 @@ struct GateState {
     primary: Option<String>,
     primary_api: Mutex<Option<String>>,
     policies: BTreeMap<String, ComponentPolicy>,
-    /// The highest feed position a standby of the synchronous set has on disk.
+    /// The highest feed position a standby of the synchronous set has on disk, and the same
+    /// for high-priority components (their lane runs ahead).
     sync_acked: watch::Sender<u64>,
+    sync_acked_high: watch::Sender<u64>,
     ack_timeout: Duration,
 }
 
@@ -137,7 +139,7 @@ impl WriteGate for Gate {
         if policy.mode != Mode::Warm || policy.ack != Ack::Standby || !g.is_primary() {
             return None;
         }
-        let mut rx = g.sync_acked.subscribe();
+        let mut rx = if policy.priority == Priority::High { g.sync_acked_high.subscribe() } else { g.sync_acked.subscribe() };
         let timeout = g.ack_timeout;
         Some(Box::pin(async move {
             let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -230,12 +232,14 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen for peers on {listen} (node.listen)"))?;
     let listen = listener.local_addr().context("reading the peer address")?;
     let (sync_acked, _) = watch::channel(0u64);
+    let (sync_acked_high, _) = watch::channel(0u64);
     let gate = Arc::new(GateState {
         us: us.clone(),
         primary: primary.clone(),
         primary_api: Mutex::new(None),
         policies: policies(&node),
         sync_acked,
+        sync_acked_high,
         ack_timeout: Duration::from_millis(cluster.ack_timeout_ms.unwrap_or(2_000)),
     });
     let hook = Arc::new(Gate(gate.clone(), std::sync::OnceLock::new()));
@@ -533,42 +537,65 @@ impl Replication {
             }
         };
         let sync_member = self.peers.iter().any(|p| p.name == peer && p.profile == Profile::Local);
+        let high: Vec<String> =
+            allowed.iter().filter(|c| self.gate.policies.get(*c).is_some_and(|p| p.priority == Priority::High)).cloned().collect();
+        // A lane of its own only when something else could hold it up.
+        let lane = !high.is_empty() && high.len() < allowed.len();
+        let to_wire = |c: crate::node::service::Change| WireChange {
+            seq: c.seq,
+            component: c.component,
+            key: c.key,
+            data: c.stored.data.to_vec(),
+            tombstone: c.stored.tombstone,
+            physical: c.stamp.physical,
+            logical: c.stamp.logical,
+            stamp_node: c.stamp.node.to_string(),
+            origin: c.origin,
+        };
+        let read_err = |e: NodeError| LinkError::Apply(format!("reading the feed: {e}"));
         let writer = async {
             let mut window = SendWindow::new(after);
+            let mut high_sent = after;
             let mut seq_rx = self.node.watch_seq();
             let mut stop = self.stop.subscribe();
             let mut last_sent = Instant::now();
             loop {
                 while window.can_send(profile.window) && self.node.last_seq() > window.sent_up_to {
+                    // The priority lane first: high-priority changes past the bulk position are
+                    // sent at once, whatever the backlog of other components.
+                    let from = high_sent.max(window.sent_up_to);
+                    if lane && self.node.last_seq() > from {
+                        let seen = self.node.last_seq();
+                        let urgent = self.node.changes_of(high.clone(), from, profile.max_batch).await.map_err(read_err)?;
+                        if let Some(last) = urgent.last().map(|c| c.seq) {
+                            high_sent = last;
+                            let changes = urgent.into_iter().map(to_wire).collect();
+                            let batch = Batch { epoch: self.node.epoch(), up_to: window.sent_up_to, high: high_sent, changes };
+                            peer::send(wr, &Msg::Batch(batch), profile.compress).await?;
+                            window.sent(window.sent_up_to);
+                            last_sent = Instant::now();
+                            continue;
+                        }
+                        // No high-priority change up to what was committed before the query.
+                        high_sent = high_sent.max(seen);
+                    }
                     if profile.batch_window_ms > 0 {
                         tokio::time::sleep(Duration::from_millis(profile.batch_window_ms)).await;
                     }
                     let before = self.node.last_seq();
-                    let changes = self
-                        .node
-                        .changes(window.sent_up_to, profile.max_batch)
-                        .await
-                        .map_err(|e| LinkError::Apply(format!("reading the feed: {e}")))?;
+                    let changes = self.node.changes(window.sent_up_to, profile.max_batch).await.map_err(read_err)?;
                     let full = changes.len() >= profile.max_batch;
                     let last = changes.last().map_or(0, |c| c.seq);
                     let up_to = if full { last } else { last.max(before) };
                     let mut wire: Vec<WireChange> = changes
                         .into_iter()
                         .filter(|c| allowed.contains(&c.component))
-                        .map(|c| WireChange {
-                            seq: c.seq,
-                            component: c.component,
-                            key: c.key,
-                            data: c.stored.data.to_vec(),
-                            tombstone: c.stored.tombstone,
-                            physical: c.stamp.physical,
-                            logical: c.stamp.logical,
-                            stamp_node: c.stamp.node.to_string(),
-                            origin: c.origin,
-                        })
+                        // Already sent on the priority lane.
+                        .filter(|c| !(lane && c.seq <= high_sent && high.contains(&c.component)))
+                        .map(to_wire)
                         .collect();
                     state::order_by_priority(&mut wire, |c| self.gate.policies.get(c).map_or(Priority::Normal, |p| p.priority));
-                    let batch = Batch { epoch: self.node.epoch(), up_to, changes: wire };
+                    let batch = Batch { epoch: self.node.epoch(), up_to, high: high_sent.max(up_to), changes: wire };
                     peer::send(wr, &Msg::Batch(batch), profile.compress).await?;
                     window.sent(up_to);
                     last_sent = Instant::now();
@@ -577,12 +604,13 @@ impl Replication {
                 tokio::select! {
                     _ = stop.changed() => return Ok(()),
                     m = ack_rx.recv() => match m {
-                        Some(Ok(Msg::Ack { seq, .. })) => {
+                        Some(Ok(Msg::Ack { seq, high, .. })) => {
                             if !window.acked(seq) {
                                 return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent ({})", window.sent_up_to)));
                             }
                             if sync_member {
                                 self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
+                                self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
                             }
                             self.peer_status(peer, |p| p.acked_by_peer = seq);
                         }
@@ -681,6 +709,7 @@ impl Replication {
         });
         tracing::info!(peer = %cfg.name, after = after.seq, components = modes.len(), paused = mismatches.len(), "following peer");
         let mut newest_epoch = after.epoch;
+        let mut high_applied = after.seq;
         let mut last_sent = Instant::now();
         let mut stop = self.stop.subscribe();
         loop {
@@ -699,6 +728,7 @@ impl Replication {
             match msg {
                 Msg::Batch(batch) => {
                     let up_to = batch.up_to;
+                    let high = batch.high.max(up_to);
                     let warm = batch.changes.iter().any(|c| modes.get(&c.component) == Some(&ApplyMode::Replace));
                     if warm {
                         newest_epoch = state::fence(batch.epoch, newest_epoch).map_err(|reason| {
@@ -714,7 +744,8 @@ impl Replication {
                     }
                     self.apply(&cfg.name, batch, &modes).await?;
                     self.save_position(&cfg.name, Position { seq: up_to, epoch: newest_epoch }).await?;
-                    peer::send(&mut wr, &Msg::Ack { seq: up_to, epoch: self.node.epoch() }, false).await?;
+                    high_applied = high_applied.max(high);
+                    peer::send(&mut wr, &Msg::Ack { seq: up_to, high: high_applied, epoch: self.node.epoch() }, false).await?;
                     last_sent = Instant::now();
                     self.peer_status(&cfg.name, |p| {
                         p.applied_seq = up_to;
