@@ -499,3 +499,44 @@ fn backup_restore_never_leaves_a_half_written_store() {
     let previous = r.previous.expect("the old store is kept");
     assert_eq!(digests(&previous), before);
 }
+
+#[test]
+fn backup_service_takes_scheduled_snapshots_per_scope_archives_and_applies_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node_dir = dir.path().join("a");
+    let target = dir.path().join("backup");
+    let extra = format!(
+        "\n[backup]\ntarget = {:?}\nsegment_age = \"100ms\"\n\n[[backup.schedule]]\nevery = \"1s\"\ncomponents = [\"trunks\"]\n\n[[backup.schedule]]\nevery = \"2s\"\n\n[backup.retention]\nkeep_last = 2\nkeep_daily_days = 0\n",
+        target.display().to_string()
+    );
+    tandem_tests::write_node_dir(&node_dir, "a", &["trunks"], &extra);
+    let config = tandem_tests::load_config(&node_dir);
+    let src = config.store_path();
+    let mut s = Store::open(&src, "a", &StoreOptions::default(), now_ms()).expect("open");
+    fill(&mut s, 300, 0);
+    let svc = tandem::backup::service::spawn(&config, &target, Vec::new(), None).expect("backup thread");
+    let started = std::time::Instant::now();
+    let mut round = 1;
+    while started.elapsed() < Duration::from_millis(5500) {
+        commit(&mut s, &[w("trunks", &format!("r{round}"), "1"), w("crm", "counter", &round.to_string())], now_ms());
+        round += 1;
+        sleep_ms(50);
+    }
+    svc.stop();
+    let final_state = digests(&src);
+    let snaps: Vec<snapshot::Manifest> = snapshot::list(&target).into_iter().map(|(_, m)| m.expect("readable")).collect();
+    let count = |label: &str| snaps.iter().filter(|m| m.scope_label() == label).count();
+    // About five trunks snapshots and three full ones were taken; retention kept two of each.
+    assert_eq!(count("trunks"), 2, "{snaps:?}");
+    assert_eq!(count("all"), 2, "{snaps:?}");
+    assert!(snaps.iter().filter(|m| m.scope_label() == "trunks").all(|m| m.components.iter().all(|c| c.name == "trunks")));
+    // Segments wholly before the oldest kept full snapshot are gone; the rest restore to the
+    // final state.
+    let oldest_full = snaps.iter().filter(|m| m.is_full()).map(|m| m.last_seq).min().expect("a full snapshot");
+    let segs = archive::list(&target);
+    assert!(!segs.is_empty());
+    assert!(segs.iter().all(|(_, m)| m.as_ref().expect("readable").last_seq > oldest_full), "expired segments remain");
+    let dest = dir.path().join("b").join("store.db");
+    restore_to(&target, None, &dest);
+    assert_eq!(digests(&dest), final_state);
+}

@@ -93,15 +93,10 @@ pub fn spawn(
     let section = config.raw.backup.clone();
     let plans = section.plans().map_err(|p| anyhow::anyhow!("backup.schedule in {}: {p}", config.file.display()))?;
     let store_path = config.store_path();
-    let archiver = if section.archive {
-        let opts = ArchiverOptions {
-            segment_bytes: usize::try_from(section.segment_mb << 20).unwrap_or(usize::MAX),
-            segment_age: section.segment_age(),
-        };
-        Some(Archiver::open(&store_path, target, opts)?)
-    } else {
-        None
-    };
+    let archive_opts = section.archive.then(|| ArchiverOptions {
+        segment_bytes: usize::try_from(section.segment_mb << 20).unwrap_or(usize::MAX),
+        segment_age: section.segment_age(),
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let mut worker = Worker {
         store_path,
@@ -110,7 +105,10 @@ pub fn spawn(
         retention: section.retention(),
         level: section.level,
         plugins,
-        archiver,
+        archive_opts,
+        archiver: None,
+        last_open: None,
+        force_poll: true,
         seq,
         stop: stop.clone(),
     };
@@ -126,7 +124,12 @@ struct Worker {
     retention: policy::Retention,
     level: i32,
     plugins: Vec<PluginManifest>,
+    archive_opts: Option<ArchiverOptions>,
     archiver: Option<Archiver>,
+    /// When opening the archiver was last tried (the target may be unreachable at start).
+    last_open: Option<Instant>,
+    /// Read the feed at the next pass even if no commit was signalled.
+    force_poll: bool,
     seq: Option<watch::Receiver<u64>>,
     stop: Arc<AtomicBool>,
 }
@@ -134,17 +137,18 @@ struct Worker {
 impl Worker {
     fn run(&mut self) {
         let mut last_schedule_check: Option<Instant> = None;
-        let mut first = true;
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
-            let changed = first || stopping || self.seq.as_mut().is_none_or(|rx| rx.has_changed().unwrap_or(true));
-            first = false;
+            self.open_archiver();
+            let changed =
+                std::mem::take(&mut self.force_poll) || stopping || self.seq.as_mut().is_none_or(|rx| rx.has_changed().unwrap_or(true));
             if let Some(a) = self.archiver.as_mut() {
                 if changed {
                     if let Some(rx) = self.seq.as_mut() {
                         rx.borrow_and_update();
                     }
                     if let Err(e) = a.poll() {
+                        self.force_poll = true;
                         tracing::warn!(error = %format!("{e:#}"), "backup: reading the change feed for the archive failed; retrying");
                     }
                 } else if let Err(e) = a.poll_idle() {
@@ -164,6 +168,26 @@ impl Worker {
                 self.run_schedules(time::now_ms());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Opens the archiver if the archive is on and it is not open yet (retried every 5 s: a
+    /// target that is not mounted yet must not stop the node, but it is logged every time).
+    fn open_archiver(&mut self) {
+        let Some(opts) = &self.archive_opts else { return };
+        if self.archiver.is_some() || self.last_open.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return;
+        }
+        self.last_open = Some(Instant::now());
+        match Archiver::open(&self.store_path, &self.target, opts.clone()) {
+            Ok(a) => {
+                tracing::info!(target = %self.target.display(), from_seq = a.flushed_seq(), "backup: log archive running");
+                self.archiver = Some(a);
+                self.force_poll = true;
+            }
+            Err(e) => {
+                tracing::error!(target = %self.target.display(), error = %format!("{e:#}"), "backup: cannot start the log archive; retrying in 5 s")
+            }
         }
     }
 
