@@ -158,6 +158,8 @@ struct Shared {
     alarms: BTreeMap<String, String>,
     positions: BTreeMap<String, Position>,
     digests: BTreeMap<String, String>,
+    /// Lag of each applied version (ms), kept only while sampling (benchmarks).
+    samples: Option<Vec<u64>>,
 }
 
 /// Replication of one node.
@@ -369,6 +371,12 @@ impl Replication {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+
+    /// Starts (or restarts) recording the lag of every applied version; returns what was
+    /// recorded since the last call (benchmarks).
+    pub fn take_lag_samples(&self) -> Vec<u64> {
+        self.shared().samples.replace(Vec::new()).unwrap_or_default()
     }
 
     /// Prometheus lines for replication.
@@ -797,10 +805,15 @@ impl Replication {
             let mut s = self.shared();
             let lag = s.lag.entry(component.clone()).or_default();
             let mut raised = false;
-            for st in stamps {
-                raised |= lag.observe(st, now, budget);
+            for st in &stamps {
+                raised |= lag.observe(*st, now, budget);
             }
             let (over, last) = (lag.over_budget, lag.last_ms);
+            if let Some(samples) = s.samples.as_mut()
+                && samples.len() < 1_000_000
+            {
+                samples.extend(stamps.iter().map(|st| now.saturating_sub(*st)));
+            }
             if raised {
                 tracing::warn!(component = %component, lag_ms = last, budget_ms = budget, "replication lag over budget");
             }

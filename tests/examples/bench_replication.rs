@@ -1,0 +1,185 @@
+//! Replication benchmark: replicated write throughput with `local` and with `standby` acks,
+//! replication lag p50/p99 at a fixed rate, and single `standby`-ack write latency, each beside
+//! plain local SQLite with the same batching (WAL, synchronous=FULL) in the same run. Two nodes
+//! in-process on loopback.
+//!
+//! cargo run -p tandem-tests --example bench_replication [-- RECORDS]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tandem::node::Server;
+use tandem::plugin::Op;
+use tandem_tests::cluster::{NodeDef, free_port, write_cluster_node};
+use tandem_tests::start_node;
+
+const BATCH: usize = 64;
+
+fn trunk(i: usize) -> (String, Op) {
+    (
+        format!("trunk-{i:06}"),
+        Op::Put(format!("{{\"host\": \"h{i}.carrier.example\", \"transport\": \"udp\", \"max_channels\": {}}}", 10 + i % 50)),
+    )
+}
+
+fn pair(root: &Path, ack: &str) -> (Server, Server) {
+    let (ap, bp) = (free_port(), free_port());
+    let extra = format!("\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"{ack}\"\n");
+    let cluster = "mode = \"warm\"\nprimary = \"a\"\nack_timeout_ms = 5000";
+    let a = write_cluster_node(
+        root,
+        &NodeDef { name: "a", port: ap, peers: vec![("b".into(), format!("127.0.0.1:{bp}"))], cluster, extra: &extra },
+        &["trunks"],
+        None,
+    );
+    let b = write_cluster_node(
+        root,
+        &NodeDef { name: "b", port: bp, peers: vec![("a".into(), format!("127.0.0.1:{ap}"))], cluster, extra: &extra },
+        &["trunks"],
+        Some(&a),
+    );
+    let (a, b) = (start_node(&a), start_node(&b));
+    let t = Instant::now();
+    while !b.replication().is_some_and(|r| r.status().peers.iter().any(|p| p.following)) {
+        assert!(t.elapsed() < Duration::from_secs(30), "the standby does not follow");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (a, b)
+}
+
+fn sqlite_baseline(path: &Path, records: &[(String, Vec<u8>)]) -> f64 {
+    let _ = std::fs::remove_file(path);
+    let mut conn = rusqlite_conn(path);
+    let started = Instant::now();
+    for chunk in records.chunks(BATCH) {
+        let tx = conn.transaction().expect("tx");
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO kv (component, key, data) VALUES ('trunks', ?1, ?2) ON CONFLICT DO UPDATE SET data = excluded.data",
+                )
+                .expect("prepare");
+            for (k, v) in chunk {
+                st.execute((k, v)).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    records.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+fn rusqlite_conn(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())).expect("wal");
+    conn.pragma_update(None, "synchronous", "FULL").expect("full");
+    conn.execute_batch(
+        "CREATE TABLE kv (component TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (component, key)) WITHOUT ROWID",
+    )
+    .expect("table");
+    conn
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Writes `n` records in batches on the primary; returns (acked rate, replicated rate).
+fn throughput(a: &Server, b: &Server, n: usize, offset: usize) -> (f64, f64) {
+    let started = Instant::now();
+    let keys: Vec<usize> = (offset..offset + n).collect();
+    for chunk in keys.chunks(BATCH) {
+        let writes = chunk.iter().map(|&i| trunk(i)).collect();
+        for r in a.block_on(a.node().write_many("trunks", writes)).expect("write_many") {
+            r.expect("write");
+        }
+    }
+    let acked = started.elapsed().as_secs_f64();
+    let target = a.node().last_seq();
+    let applied = || b.replication().map(|r| r.status().peers.iter().map(|p| p.applied_seq).max().unwrap_or(0)).unwrap_or(0);
+    while applied() < target {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let replicated = started.elapsed().as_secs_f64();
+    (n as f64 / acked, n as f64 / replicated)
+}
+
+fn main() {
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let root = tempfile::tempdir().expect("tempdir");
+
+    // Baseline: the stored bytes of the same records, through plain SQLite.
+    let (a, b) = pair(&root.path().join("local"), "local");
+    let plugin = a.node().registry().get("trunks").expect("plugin");
+    let mut session = plugin.session(std::sync::Arc::new(tandem::plugin::NoLookup)).expect("session");
+    let records: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let (k, op) = trunk(i);
+            let stored = session.serialize(&k, &op, None, &tandem::plugin::Stamp::new(1, 0, "a")).expect("call").expect("serialize");
+            (k, stored.data.to_vec())
+        })
+        .collect();
+    let sqlite = sqlite_baseline(&root.path().join("baseline.db"), &records);
+    println!("records {n}, batch {BATCH}");
+    println!("plain SQLite upserts (WAL, FULL)            {sqlite:>10.0} writes/s");
+
+    let (acked, replicated) = throughput(&a, &b, n, 0);
+    println!("local ack: acknowledged on the primary       {acked:>10.0} writes/s  ({:.2}x SQLite)", acked / sqlite);
+    println!("local ack: on the standby (replicated)       {replicated:>10.0} writes/s  ({:.2}x SQLite)", replicated / sqlite);
+
+    // Lag at a fixed rate: 10 writes every millisecond (10,000/s) for 3 s.
+    let r = b.replication().expect("replication");
+    let _ = r.take_lag_samples();
+    let started = Instant::now();
+    let mut i = n;
+    let mut tick = 0u64;
+    while started.elapsed() < Duration::from_secs(3) {
+        let writes = (i..i + 10).map(trunk).collect();
+        i += 10;
+        for w in a.block_on(a.node().write_many("trunks", writes)).expect("write_many") {
+            w.expect("write");
+        }
+        tick += 1;
+        let due = Duration::from_millis(tick);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let rate = (i - n) as f64 / started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut lags = r.take_lag_samples();
+    println!(
+        "lag at {rate:.0} writes/s offered: p50 {} ms, p99 {} ms, max {} ms ({} versions; ms resolution of the HLC)",
+        pct(&mut lags, 0.5),
+        pct(&mut lags, 0.99),
+        lags.last().copied().unwrap_or(0),
+        lags.len()
+    );
+    // Single writes, local ack.
+    let mut single = Vec::new();
+    for j in 0..300 {
+        let (k, op) = trunk(900_000 + j);
+        let t = Instant::now();
+        a.block_on(a.node().write("trunks", &k, op, None)).expect("write");
+        single.push(t.elapsed().as_micros() as u64);
+    }
+    println!("single write, local ack: median {} µs, p99 {} µs", pct(&mut single, 0.5), pct(&mut single, 0.99));
+    drop(a);
+    drop(b);
+
+    let (a, b) = pair(&root.path().join("standby"), "standby");
+    let (acked, replicated) = throughput(&a, &b, n, 0);
+    println!("standby ack: acknowledged                    {acked:>10.0} writes/s  ({:.2}x SQLite)", acked / sqlite);
+    println!("standby ack: on the standby                  {replicated:>10.0} writes/s  ({:.2}x SQLite)", replicated / sqlite);
+    let mut single = Vec::new();
+    for j in 0..300 {
+        let (k, op) = trunk(900_000 + j);
+        let t = Instant::now();
+        a.block_on(a.node().write("trunks", &k, op, None)).expect("write");
+        single.push(t.elapsed().as_micros() as u64);
+    }
+    println!("single write, standby ack: median {} µs, p99 {} µs", pct(&mut single, 0.5), pct(&mut single, 0.99));
+}
