@@ -305,6 +305,7 @@ fn backup_point_in_time_restores_match_the_state_at_those_instants() {
         let want_snapshot = if *at >= second.created_ms { &second } else { &first };
         assert_eq!(r.plan.manifest.last_seq, want_snapshot.last_seq, "instant {i}: the newest snapshot before it");
         assert!(r.replayed > 0, "instant {i}: archive replayed");
+        assert_eq!(r.unarchived, 0, "instant {i}: the archiver read every version");
         assert_eq!(&digests(&dest), expected, "instant {i} ({at})");
     }
     // Before the first write after the first snapshot: the snapshot's state.
@@ -313,8 +314,17 @@ fn backup_point_in_time_restores_match_the_state_at_those_instants() {
     assert_eq!(r.replayed, 0);
     // No --to: everything archived, i.e. the final state.
     let dest = dir.path().join("latest").join("store.db");
-    restore_to(&target, None, &dest);
+    assert_eq!(restore_to(&target, None, &dest).unarchived, 0);
     assert_eq!(digests(&dest), final_state);
+    // A key written twice between two archiver passes: the first version is not archived, the
+    // restore says so, and the latest state is still exact.
+    commit(&mut s, &[w("trunks", "twice", "1")], now_ms());
+    commit(&mut s, &[w("trunks", "twice", "2")], now_ms());
+    archiver.poll().expect("poll");
+    archiver.flush().expect("flush");
+    let r = restore_to(&target, None, &dest);
+    assert_eq!(r.unarchived, 1);
+    assert_eq!(digests(&dest), digests(&src));
     // Before the oldest snapshot: refused with the oldest snapshot's time.
     let e = restore::restore(&RestoreOptions {
         target: Some(target.clone()),

@@ -131,6 +131,9 @@ pub struct Report {
     pub reached_ms: u64,
     /// (component, records, digest) of the restored store.
     pub components: Vec<(String, u64, String)>,
+    /// Seqs in the replayed range that the archive does not hold: versions overwritten before
+    /// the archiver read them (their successors are there), or rows purged by retention.
+    pub unarchived: u64,
 }
 
 fn sql_i64(v: u64) -> i64 {
@@ -162,7 +165,7 @@ pub fn restore(opts: &RestoreOptions<'_>) -> anyhow::Result<Report> {
     let tmp = dir.join(format!(".{name}.restoring-{}", std::process::id()));
     remove_db(&tmp);
     let built = build(&plan, opts, &tmp);
-    let (records, replayed, last_seq, reached_ms, components) = match built {
+    let Built { records, replayed, last_seq, reached_ms, components, unarchived } = match built {
         Ok(v) => v,
         Err(e) => {
             remove_db(&tmp);
@@ -199,7 +202,7 @@ pub fn restore(opts: &RestoreOptions<'_>) -> anyhow::Result<Report> {
         bail!("cannot move the restored store into place ({} to {}): {e}", tmp.display(), dest.display());
     }
     super::container::sync_dir(&dir);
-    Ok(Report { plan, dest: dest.clone(), previous, records, replayed, last_seq, reached_ms, components })
+    Ok(Report { plan, dest: dest.clone(), previous, records, replayed, last_seq, reached_ms, components, unarchived })
 }
 
 fn remove_db(p: &Path) {
@@ -211,7 +214,14 @@ fn remove_db(p: &Path) {
     }
 }
 
-type Built = (u64, u64, u64, u64, Vec<(String, u64, String)>);
+struct Built {
+    records: u64,
+    replayed: u64,
+    last_seq: u64,
+    reached_ms: u64,
+    components: Vec<(String, u64, String)>,
+    unarchived: u64,
+}
 
 fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<Built> {
     let m = &plan.manifest;
@@ -296,6 +306,7 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<B
             p(records, total, "snapshot");
         }
         let mut replayed = 0u64;
+        let mut unarchived = 0u64;
         let mut last_seq = m.last_seq;
         let mut reached_ms = m.created_ms;
         let seg_total: u64 = plan.segments.iter().map(|(_, s)| s.entries).sum();
@@ -310,6 +321,7 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<B
                     return Ok(());
                 }
                 insert(&r)?;
+                unarchived += r.seq - last_seq - 1;
                 last_seq = r.seq;
                 reached_ms = reached_ms.max(t);
                 replayed += 1;
@@ -369,6 +381,6 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<B
         drop(conn);
         let f = std::fs::File::open(tmp)?;
         f.sync_all()?;
-        Ok((records, replayed, last_seq, reached_ms, components))
+        Ok(Built { records, replayed, last_seq, reached_ms, components, unarchived })
     }
 }

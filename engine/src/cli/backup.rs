@@ -399,6 +399,13 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     {
         println!("note: the archive reaches only {}: changes after it are not in the backup", time::format_ms(end));
     }
+    if r.unarchived > 0 {
+        println!(
+            "note: {} versions in the replayed range were overwritten before the archiver read them (or purged): \
+             the state at an instant inside that range may miss them (their successors are restored)",
+            r.unarchived
+        );
+    }
     if let Some(p) = &r.previous {
         println!("the previous store is kept as {}", p.display());
     }
