@@ -561,6 +561,8 @@ impl Replication {
             origin: c.origin,
         };
         let read_err = |e: NodeError| LinkError::Apply(format!("reading the feed: {e}"));
+        // What the components were at the handshake: a plugin swapped since resets the link.
+        let defined = self.hello().components;
         let writer = async {
             let mut window = SendWindow::new(after);
             let mut high_sent = after;
@@ -630,6 +632,9 @@ impl Replication {
                     },
                     _ = seq_rx.changed() => {}
                     _ = tokio::time::sleep(hb) => {
+                        if self.hello().components != defined {
+                            return Err(LinkError::Protocol("a plugin changed on this node: the link is reset to compare digests again".into()));
+                        }
                         peer::send(wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch() }, false).await?;
                         last_sent = Instant::now();
                     }
@@ -728,6 +733,9 @@ impl Replication {
                     m.map_err(|_| LinkError::Timeout(format!("no word from {} for {} ms", cfg.name, profile.timeout_ms)))??
                 }
                 _ = tokio::time::sleep(hb) => {
+                    if self.hello().components != ours.components {
+                        return Err(LinkError::Protocol("a plugin changed on this node: the link is reset to compare digests again".into()));
+                    }
                     peer::send(&mut wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch() }, false).await?;
                     last_sent = Instant::now();
                     continue;
@@ -735,6 +743,11 @@ impl Replication {
             };
             match msg {
                 Msg::Batch(batch) => {
+                    if self.hello().components != ours.components {
+                        return Err(LinkError::Protocol(
+                            "a plugin changed on this node: the link is reset to compare digests again".into(),
+                        ));
+                    }
                     let up_to = batch.up_to;
                     let high = batch.high.max(up_to);
                     let warm = batch.changes.iter().any(|c| modes.get(&c.component) == Some(&ApplyMode::Replace));
