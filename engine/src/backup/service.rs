@@ -109,6 +109,8 @@ pub fn spawn(
         archiver: None,
         last_open: None,
         force_poll: true,
+        job: None,
+        failed: std::collections::HashMap::new(),
         seq,
         stop: stop.clone(),
     };
@@ -130,6 +132,9 @@ struct Worker {
     last_open: Option<Instant>,
     /// Read the feed at the next pass even if no commit was signalled.
     force_poll: bool,
+    /// The thread taking scheduled snapshots, if one runs; it returns the scopes that failed.
+    job: Option<JoinHandle<Vec<String>>>,
+    failed: std::collections::HashMap<String, Instant>,
     seq: Option<watch::Receiver<u64>>,
     stop: Arc<AtomicBool>,
 }
@@ -161,6 +166,9 @@ impl Worker {
                 {
                     tracing::error!(error = %format!("{e:#}"), "backup: the last archive segment could not be written");
                 }
+                if let Some(job) = self.job.take() {
+                    let _ = job.join();
+                }
                 return;
             }
             if last_schedule_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -191,35 +199,66 @@ impl Worker {
         }
     }
 
+    /// Starts the snapshots that are due, on a thread of their own so the archive keeps up
+    /// meanwhile (one batch at a time), then applies retention.
     fn run_schedules(&mut self, now: u64) {
         if self.plans.is_empty() {
             return;
         }
-        let existing = snapshot::list(&self.target);
-        let mut took = false;
-        for plan in &self.plans {
-            let label = plan.scope_label();
-            let last =
-                existing.iter().filter_map(|(_, m)| m.as_ref().ok()).filter(|m| m.scope_label() == label).map(|m| m.created_ms).max();
-            if !plan.schedule.due(last, now) {
-                continue;
+        if let Some(job) = self.job.take() {
+            if !job.is_finished() {
+                self.job = Some(job);
+                return;
             }
-            let opts = CreateOptions {
-                components: plan.components.clone(),
-                level: self.level,
-                plugins: self.plugins.clone(),
-                ..Default::default()
-            };
-            match snapshot::create(&self.store_path, &self.target, &opts) {
-                Ok((path, m)) => {
-                    took = true;
-                    tracing::info!(file = %path.display(), records = m.records(), seq = m.last_seq, "backup: snapshot taken");
-                }
-                Err(e) => tracing::error!(scope = %label, error = %format!("{e:#}"), "backup: scheduled snapshot failed"),
+            let failed = job.join().unwrap_or_default();
+            for label in failed {
+                self.failed.insert(label, Instant::now());
             }
         }
-        if took {
-            apply_retention(&self.target, now, self.retention);
+        let existing = snapshot::list(&self.target);
+        let mut due = Vec::new();
+        for plan in &self.plans {
+            let label = plan.scope_label();
+            // A failed snapshot is retried after a minute, not at every pass.
+            if self.failed.get(&label).is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                continue;
+            }
+            let last =
+                existing.iter().filter_map(|(_, m)| m.as_ref().ok()).filter(|m| m.scope_label() == label).map(|m| m.created_ms).max();
+            if plan.schedule.due(last, now) {
+                due.push(plan.clone());
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let (store_path, target, level, plugins, retention) =
+            (self.store_path.clone(), self.target.clone(), self.level, self.plugins.clone(), self.retention);
+        let job = std::thread::Builder::new().name("tandem-snapshot".into()).spawn(move || {
+            let mut failed = Vec::new();
+            let mut took = false;
+            for plan in due {
+                let label = plan.scope_label();
+                let opts = CreateOptions { components: plan.components, level, plugins: plugins.clone(), ..Default::default() };
+                match snapshot::create(&store_path, &target, &opts) {
+                    Ok((path, m)) => {
+                        took = true;
+                        tracing::info!(file = %path.display(), records = m.records(), seq = m.last_seq, "backup: snapshot taken");
+                    }
+                    Err(e) => {
+                        tracing::error!(scope = %label, error = %format!("{e:#}"), "backup: scheduled snapshot failed; retrying in 60 s");
+                        failed.push(label);
+                    }
+                }
+            }
+            if took {
+                apply_retention(&target, time::now_ms(), retention);
+            }
+            failed
+        });
+        match job {
+            Ok(j) => self.job = Some(j),
+            Err(e) => tracing::error!(error = %e, "backup: cannot start a snapshot thread"),
         }
     }
 }
