@@ -72,6 +72,8 @@ pub struct BodyWriter {
     file: Option<Hashing<BufWriter<File>>>,
     enc: Option<zstd::stream::write::Encoder<'static, Hashing<Vec<u8>>>>,
     raw_bytes: u64,
+    /// Renamed into place: nothing to clean up.
+    done: bool,
 }
 
 /// Totals of a finished body.
@@ -96,7 +98,7 @@ impl BodyWriter {
         file.write_all(magic).with_context(|| format!("cannot write {}", tmp.display()))?;
         let mut enc = zstd::stream::write::Encoder::new(Hashing::new(Vec::with_capacity(1 << 20)), level).context("zstd encoder")?;
         enc.include_checksum(true).context("zstd checksum flag")?;
-        Ok(BodyWriter { tmp, dest: dest.to_path_buf(), file: Some(file), enc: Some(enc), raw_bytes: 0 })
+        Ok(BodyWriter { tmp, dest: dest.to_path_buf(), file: Some(file), enc: Some(enc), raw_bytes: 0, done: false })
     }
 
     /// Appends raw (uncompressed) body bytes.
@@ -144,6 +146,7 @@ impl BodyWriter {
             let _ = std::fs::remove_file(&self.tmp);
             anyhow::bail!("cannot rename {} to {}: {e}", self.tmp.display(), self.dest.display());
         }
+        self.done = true;
         sync_dir(self.dest.parent().unwrap_or(Path::new(".")));
         Ok(size)
     }
@@ -152,7 +155,7 @@ impl BodyWriter {
 impl Drop for BodyWriter {
     fn drop(&mut self) {
         // Abandoned (an error, or a finish that failed before the rename): remove the temporary file.
-        if self.enc.is_some() || self.file.is_some() {
+        if !self.done {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }

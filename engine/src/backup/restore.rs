@@ -162,8 +162,16 @@ pub fn restore(opts: &RestoreOptions<'_>) -> anyhow::Result<Report> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "store.db".to_owned());
+    // Leftovers of an interrupted restore (a crash or a kill -9) are never a store: remove them.
+    let stale = format!(".{name}.restoring-");
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&stale) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let tmp = dir.join(format!(".{name}.restoring-{}", std::process::id()));
-    remove_db(&tmp);
     let built = build(&plan, opts, &tmp);
     let Built { records, replayed, last_seq, reached_ms, components, unarchived } = match built {
         Ok(v) => v,
