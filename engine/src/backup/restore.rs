@@ -50,7 +50,7 @@ pub fn plan(target: Option<&Path>, snapshot: Option<&Path>, to_ms: Option<u64>, 
     let (snap_path, manifest) = match snapshot {
         Some(p) => (p.to_path_buf(), snapshot::read_manifest(p)?),
         None => {
-            let target = target.context("give the backup target (--from DIR) or a snapshot file (--snapshot FILE)")?;
+            let target = target.context("give the backup target (--target DIR) or a snapshot file (--snapshot FILE)")?;
             let mut best: Option<(PathBuf, Manifest)> = None;
             let mut oldest: Option<u64> = None;
             for (p, m) in snapshot::list(target) {
