@@ -73,6 +73,19 @@ fn backup_node_archives_snapshots_and_a_cold_secondary_comes_up_from_them() {
     let source = digests(&a.join("store.db"));
 
     let (ad, bd, td) = (a.display().to_string(), b.display().to_string(), target.display().to_string());
+    // The node's scheduled snapshot names the plugin that served each component.
+    let (_, scheduled) = snapshot::list(&target).into_iter().next().expect("a snapshot");
+    let scheduled = scheduled.expect("readable");
+    let p = scheduled.plugins.iter().find(|p| p.component == "trunks").expect("trunks plugin");
+    assert!(p.version.is_some() && p.digest.as_deref().is_some_and(|d| d.starts_with("sha256:")), "{p:?}");
+    assert!(!scheduled.engine_version.is_empty());
+    // So does one taken by hand, and its manifest is JSON on request.
+    let created = tandem(&["snapshot", "create", "--dir", &ad, "--json"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let m: serde_json::Value = serde_json::from_slice(&created.stdout).expect("manifest JSON");
+    assert_eq!(m["plugins"][0]["component"], "trunks", "{m}");
+    assert!(m["plugins"][0]["version"].is_string(), "{m}");
+    assert_eq!(m["components"][0]["digest"].as_str(), source.get("trunks").map(|(_, d)| d.as_str()), "{m}");
     let list = tandem(&["snapshot", "list", "--dir", &ad]);
     assert!(list.status.success() && text(&list).contains("all") && text(&list).contains("segments"), "{}", text(&list));
     let verify = tandem(&["snapshot", "verify", "--target", &td]);

@@ -59,18 +59,28 @@ pub fn plugins_from_registry(registry: &Registry) -> Vec<PluginManifest> {
         .collect()
 }
 
-/// Plugin lines of a manifest from the configured files (when no node is at hand).
+/// Plugin lines of a manifest from the configured files (when no node is at hand): each file's
+/// sha256, and its version from `describe` when the plugin loads (from the node's compile cache
+/// when it is warm; a plugin that does not load is listed with its digest only).
 pub fn plugins_from_config(config: &Config) -> Vec<PluginManifest> {
     use sha2::Digest as _;
+    let runtime = crate::plugin::Runtime::new(crate::plugin::RuntimeConfig { cache_dir: config.cache_dir(), ..Default::default() });
     config
         .components
         .iter()
-        .map(|c| PluginManifest {
-            component: c.name.clone(),
-            path: c.plugin.display().to_string(),
-            digest: std::fs::read(&c.plugin).ok().map(|b| format!("sha256:{}", hex::encode(sha2::Sha256::digest(&b)))),
-            version: None,
-            schema_version: None,
+        .map(|c| {
+            let bytes = std::fs::read(&c.plugin).ok();
+            let loaded = match (&runtime, &bytes) {
+                (Ok(rt), Some(b)) => rt.load(&c.name, b, c.limits.clone()).ok(),
+                _ => None,
+            };
+            PluginManifest {
+                component: c.name.clone(),
+                path: c.plugin.display().to_string(),
+                digest: bytes.as_ref().map(|b| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))),
+                version: loaded.as_ref().map(|p| p.info().plugin_version.clone()),
+                schema_version: loaded.as_ref().map(|p| p.info().schema_version),
+            }
         })
         .collect()
 }
