@@ -333,7 +333,10 @@ fn replication_plugin_digest_mismatch_pauses_that_component_with_an_alarm() {
     let (k, v) = trunk(1);
     ca.put("trunks", &k, &v, None).expect("put");
     ca.put("pbx-reports", "a:u1:1", "{\"event\": \"x\"}", None).ok();
-    wait_until("the mismatch alarm", WAIT, || !b.replication().expect("r").status().alarms.is_empty());
+    wait_until("the mismatch alarm", WAIT, || {
+        let st = b.replication().expect("r").status();
+        !st.alarms.is_empty() && st.peers.iter().any(|p| p.following)
+    });
     let st = b.replication().expect("r").status();
     let alarm = st.alarms.join("\n");
     let (da, db) = (
@@ -403,6 +406,9 @@ fn replication_heals_after_delays_partitions_and_corruption_through_a_fault_prox
     for k in &acked {
         assert!(ca.get("crm", k).is_ok() && cb.get("crm", k).is_ok(), "{k} missing");
     }
+    // The faults did happen: links were reset and came back.
+    let resets: u64 = [&a, &b].iter().flat_map(|s| s.replication().expect("r").status().peers).map(|p| p.link_resets).sum();
+    assert!(resets >= 2, "links reset {resets} times");
 }
 
 #[test]
@@ -445,4 +451,35 @@ fn replication_priority_lane_keeps_trunk_changes_ahead_of_a_report_flood() {
     // The trunk change was written after the whole flood, yet arrived before most of it.
     assert!(reports_then < flood / 2, "the trunk waited behind {reports_then} reports");
     assert_eq!(digest(&a, "trunks"), digest(&b, "trunks"));
+}
+
+#[test]
+fn replication_geo_links_compress_and_still_converge() {
+    let mut forwarded = Vec::new();
+    for profile in ["local", "geo"] {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (ap, bp) = (free_port(), free_port());
+        let proxy = FaultProxy::start(addr(ap).parse().expect("addr"));
+        let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &proxy.addr().to_string(), "");
+        for dir in [&a_dir, &b_dir] {
+            let file = dir.join("tandem.toml");
+            let text = std::fs::read_to_string(&file).expect("read").replace("\n[[peer]]\n", "\n[[peer]]\nprofile = \"PROFILE\"\n");
+            std::fs::write(&file, text.replace("PROFILE", profile)).expect("write");
+        }
+        let a = start_node(&a_dir);
+        let b = start_node(&b_dir);
+        let writes: Vec<(String, tandem::plugin::Op)> = (0..400)
+            .map(|i| {
+                let (k, v) = trunk(i);
+                (k, tandem::plugin::Op::Put(v))
+            })
+            .collect();
+        for r in a.block_on(a.node().write_many("trunks", writes)).expect("write_many") {
+            r.expect("write");
+        }
+        wait_until("the standby has the trunks", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+        forwarded.push(proxy.forwarded());
+    }
+    eprintln!("bytes through the link: local {}, geo {}", forwarded[0], forwarded[1]);
+    assert!(forwarded[1] * 2 < forwarded[0], "geo links compress: {forwarded:?}");
 }

@@ -6,9 +6,21 @@ use std::path::{Path, PathBuf};
 
 use crate::write_node_dir;
 
-/// A free loopback port (bound then released: good enough for tests).
+/// A free loopback port for a node to bind later. Taken below the kernel's ephemeral range
+/// (32768 and up on Linux), so that no outgoing connection grabs it in between, from a start
+/// that differs per process, and checked free.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 500) * 20;
+    for _ in 0..2_000 {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::SeqCst)) % 12_000;
+        let port = u16::try_from(port).unwrap_or(20_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 /// Writes credentials for `name` in `dir/creds`, from the CA in `ca_dir/creds` (or a new CA).

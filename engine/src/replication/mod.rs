@@ -671,7 +671,7 @@ impl Replication {
                 }
                 failures = if started.elapsed() > Duration::from_secs(5) { 1 } else { failures.saturating_add(1) };
                 // A peer that is starting or restarting is normal: say so loudly only when it lasts.
-                if failures == 5 || (failures > 5 && failures % 50 == 0) || matches!(e, LinkError::Tls(_) | LinkError::Refused(_)) {
+                if failures == 5 || (failures > 5 && failures.is_multiple_of(50)) || matches!(e, LinkError::Tls(_) | LinkError::Refused(_)) {
                     tracing::warn!(peer = %peer_cfg.name, code = e.code(), failures, "link to peer: {e}");
                 } else {
                     tracing::debug!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
