@@ -79,7 +79,7 @@ impl Report {
         }
         let _ = writeln!(s, "\n{:<12} {:>7} {:>12} {:>12} {:>12} {:>10}", "call", "calls", "fuel max", "fuel mean", "memory max", "µs max");
         for (call, u) in &self.usage {
-            let mean = if u.calls == 0 { 0 } else { u.total_fuel / u.calls };
+            let mean = u.total_fuel.checked_div(u.calls).unwrap_or(0);
             let _ = writeln!(s, "{:<12} {:>7} {:>12} {:>12} {:>12} {:>10}", call, u.calls, u.max_fuel, mean, u.max_memory, u.max_micros);
         }
         for l in self.laws.iter().filter(|l| l.failures > 0) {
@@ -594,15 +594,15 @@ fn garbage(versions: &[Stored], rng: &mut StdRng, n: usize) -> Vec<Garbage> {
         // Make sure it does not start like JSON.
         bytes[0] = 0xff;
         out.push(Garbage { kind: "random bytes", bytes, must_refuse: true });
-        if let Some(v) = versions.get(rng.random_range(0..versions.len().max(1))) {
-            if v.data.len() > 1 {
-                let cut = rng.random_range(1..v.data.len());
-                out.push(Garbage { kind: "truncated version", bytes: v.data[..cut].to_vec(), must_refuse: false });
-                let mut flipped = v.data.clone();
-                let at = rng.random_range(0..flipped.len());
-                flipped[at] ^= 1 << rng.random_range(0..8);
-                out.push(Garbage { kind: "bit-flipped version", bytes: flipped, must_refuse: false });
-            }
+        if let Some(v) = versions.get(rng.random_range(0..versions.len().max(1)))
+            && v.data.len() > 1
+        {
+            let cut = rng.random_range(1..v.data.len());
+            out.push(Garbage { kind: "truncated version", bytes: v.data[..cut].to_vec(), must_refuse: false });
+            let mut flipped = v.data.clone();
+            let at = rng.random_range(0..flipped.len());
+            flipped[at] ^= 1 << rng.random_range(0..8);
+            out.push(Garbage { kind: "bit-flipped version", bytes: flipped, must_refuse: false });
         }
     }
     out

@@ -532,10 +532,8 @@ impl LoadedPlugin {
                 if let Ok(mut last) = self.health.last.lock() {
                     *last = e.to_string();
                 }
-                if n >= self.limits.quarantine_after {
-                    if !self.health.quarantined.swap(true, Ordering::Relaxed) {
-                        tracing::error!(plugin = %self.name, failures = n, last = %e, "plugin quarantined");
-                    }
+                if n >= self.limits.quarantine_after && !self.health.quarantined.swap(true, Ordering::Relaxed) {
+                    tracing::error!(plugin = %self.name, failures = n, last = %e, "plugin quarantined");
                 }
             }
             Err(_) => {}
