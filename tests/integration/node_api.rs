@@ -302,3 +302,34 @@ fn status_and_metrics_describe_the_node() {
         assert!(m.contains(family), "missing {family}");
     }
 }
+
+#[test]
+fn a_misbehaving_plugin_is_contained_and_quarantined_while_other_components_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hostile = tandem_tests::wasm_path("tandem_test_hostile");
+    let extra = format!(
+        "[components.hostile]\nplugin = {}\n[components.hostile.limits]\nquarantine_after = 3\nfuel = 50000000\n",
+        tandem::node::config::toml_str(&hostile.display().to_string())
+    );
+    write_node_dir(dir.path(), "a", &["trunks"], &extra);
+    let server = start_node(dir.path());
+    let c = client(&server);
+    c.put("hostile", "ok", r#"{"v": 1}"#, None).expect("a well-behaved call");
+    let e = c.put("hostile", "loop", r#"{"v": 1}"#, None).expect_err("runaway");
+    assert_eq!((e.status(), e.code()), (Some(500), Some("plugin_out_of_fuel")), "{e}");
+    c.put("trunks", "k", r#"{"host": "a.example"}"#, None).expect("other components are unaffected");
+    let e = c.put("hostile", "trap", r#"{"v": 1}"#, None).expect_err("trap");
+    assert_eq!(e.code(), Some("plugin_trap"), "{e}");
+    let e = c.put("hostile", "memory", r#"{"v": 1}"#, None).expect_err("memory");
+    assert_eq!(e.code(), Some("plugin_out_of_memory"), "{e}");
+    // Three failures in a row: quarantined; even good calls are refused with 503.
+    let e = c.put("hostile", "ok2", r#"{"v": 2}"#, None).expect_err("quarantined");
+    assert_eq!((e.status(), e.code()), (Some(503), Some("plugin_quarantined")), "{e}");
+    assert_eq!(c.get("hostile", "ok").expect("reads come from memory").value["v"], 1);
+    let s = c.status().expect("status");
+    let h = s.components.iter().find(|x| x.name == "hostile").expect("hostile");
+    assert!(h.plugin.quarantined && h.plugin.failures >= 3);
+    assert!(c.metrics().expect("metrics").contains("tandem_plugin_quarantined{node=\"a\",component=\"hostile\"} 1"));
+    c.put("trunks", "k2", r#"{"host": "b.example"}"#, None).expect("the node serves on");
+    assert_eq!(c.list_all("hostile", "").expect("list").len(), 1);
+}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tandem::node::hlc::ManualWallClock;
 use tandem::node::{NodeOptions, store};
+use tandem::plugin::Stamp;
 use tandem_tests::{NodeProcess, client, start_node, start_node_with, wait_until, write_node_dir};
 
 fn trunk(host: &str) -> String {
@@ -318,4 +319,84 @@ fn a_full_write_queue_answers_429_with_retry_after_and_loses_nothing_acknowledge
     assert!(refused > 0, "24 writers on a queue of 1 should be refused at times");
     assert!(c.metrics().expect("metrics").contains("code=\"overloaded\""));
     c.put("trunks", "calm", &trunk("a.example"), None).expect("writes go through once the burst is over");
+}
+
+#[test]
+fn concurrent_retries_with_one_idempotency_key_apply_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_node_dir(dir.path(), "a", &["trunks"], "");
+    let server = start_node(dir.path());
+    let addr = server.api_addr().to_string();
+    for round in 0..5 {
+        let before = server.node().last_seq();
+        let idem = format!("retry-{round}");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (addr, idem) = (addr.clone(), idem.clone());
+                std::thread::spawn(move || {
+                    let c = tandem::node::client::Client::new(&addr, tandem_tests::TEST_TOKEN);
+                    c.put("trunks", &format!("k{round}"), &trunk("a.example"), Some(&idem)).expect("put")
+                })
+            })
+            .collect();
+        let acks: Vec<_> = handles.into_iter().map(|h| h.join().expect("client")).collect();
+        assert!(acks.iter().all(|a| a.seq == acks[0].seq && a.stamp == acks[0].stamp), "{acks:?}");
+        assert_eq!(acks.iter().filter(|a| !a.replayed).count(), 1, "{acks:?}");
+        assert_eq!(server.node().last_seq(), before + 1);
+    }
+}
+
+#[test]
+fn batches_prepared_while_the_previous_one_commits_build_on_it_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_node_dir(dir.path(), "a", &["trunks"], "");
+    let server = Arc::new(start_node(dir.path()));
+    // Eight callers, each sending batches that touch the same keys: every batch sees the
+    // versions of the batches before it (committed or still being committed).
+    let handles: Vec<_> = (0..8u32)
+        .map(|t| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let mut acks = Vec::new();
+                for i in 0..10u32 {
+                    let writes = (0..16)
+                        .map(|k| {
+                            (
+                                format!("k{k:02}"),
+                                tandem::plugin::Op::Put(format!(r#"{{"host": "t{t}.example", "max_channels": {}}}"#, i + 1)),
+                            )
+                        })
+                        .collect();
+                    let results = server.block_on(server.node().write_many("trunks", writes)).expect("batch");
+                    acks.extend(results.into_iter().map(|r| r.expect("write")));
+                }
+                acks
+            })
+        })
+        .collect();
+    let acks: Vec<_> = handles.into_iter().flat_map(|h| h.join().expect("caller")).collect();
+    let mut seqs: Vec<u64> = acks.iter().filter(|a| a.changed).map(|a| a.seq).collect();
+    let n = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "one seq per applied write");
+    let c = client(&server);
+    for k in 0..16 {
+        let key = format!("k{k:02}");
+        let last = acks.iter().filter(|a| a.key == key).max_by_key(|a| a.seq).expect("acks");
+        let r = c.get("trunks", &key).expect("get");
+        assert_eq!(r.seq, last.seq, "{key}: memory holds the last committed version");
+        assert_eq!(Stamp::from(&r.stamp), Stamp::from(&last.stamp));
+    }
+    let digest_before = server.block_on(server.node().digest("trunks")).expect("digest");
+    let server = Arc::try_unwrap(server).unwrap_or_else(|_| panic!("still shared"));
+    server.shutdown();
+    let server = start_node(dir.path());
+    assert_eq!(server.block_on(server.node().digest("trunks")).expect("digest"), digest_before, "memory and store agreed");
+    let c = client(&server);
+    for k in 0..16 {
+        let key = format!("k{k:02}");
+        let last = acks.iter().filter(|a| a.key == key).max_by_key(|a| a.seq).expect("acks");
+        assert_eq!(c.get("trunks", &key).expect("get").seq, last.seq);
+    }
 }

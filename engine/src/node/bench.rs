@@ -32,43 +32,78 @@ pub struct BenchArgs {
     /// Work directory (default: a temporary directory). Put it on the disk you want to measure.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Rounds; each round runs every measurement once, and medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
 }
 
-struct Measured {
-    label: String,
-    records: usize,
-    secs: f64,
-    batch: f64,
+/// Plain rusqlite: upserts of (component, key, bytes) in transactions of a given size, WAL,
+/// `synchronous=FULL`: one database for the whole run, like the node's, so that both write to a
+/// warm WAL.
+struct Baseline {
+    conn: rusqlite::Connection,
 }
 
-impl Measured {
-    fn rate(&self) -> f64 {
-        self.records as f64 / self.secs.max(1e-9)
+impl Baseline {
+    fn open(path: &Path) -> anyhow::Result<Baseline> {
+        let _ = std::fs::remove_file(path);
+        let conn = rusqlite::Connection::open(path)?;
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE kv (component TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (component, key)) WITHOUT ROWID",
+        )?;
+        Ok(Baseline { conn })
+    }
+
+    /// Seconds to upsert `records` in transactions of `batch`.
+    fn run(&mut self, component: &str, records: &[(String, Vec<u8>)], batch: usize) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        for chunk in records.chunks(batch.max(1)) {
+            let tx = self.conn.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO kv (component, key, data) VALUES (?1, ?2, ?3) ON CONFLICT (component, key) DO UPDATE SET data = excluded.data",
+                )?;
+                for (k, v) in chunk {
+                    st.execute(rusqlite::params![component, k, v])?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(started.elapsed().as_secs_f64())
     }
 }
 
-/// Plain rusqlite: upserts of (component, key, bytes) in transactions of `batch`, WAL, FULL.
-fn sqlite_baseline(path: &Path, component: &str, records: &[(String, Vec<u8>)], batch: usize) -> anyhow::Result<f64> {
-    let _ = std::fs::remove_file(path);
-    let mut conn = rusqlite::Connection::open(path)?;
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(
-        "CREATE TABLE kv (component TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (component, key)) WITHOUT ROWID",
-    )?;
+/// Writes `keys` through the node's internal path in batches of `batch`, with up to `depth`
+/// batches outstanding (as a replication stream would keep them).
+fn internal_run(server: &Server, component: &str, doc: &str, keys: &[String], batch: usize, depth: usize) -> anyhow::Result<f64> {
+    let node = server.node().clone();
     let started = Instant::now();
-    for chunk in records.chunks(batch.max(1)) {
-        let tx = conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO kv (component, key, data) VALUES (?1, ?2, ?3) ON CONFLICT (component, key) DO UPDATE SET data = excluded.data",
-            )?;
-            for (k, v) in chunk {
-                st.execute(rusqlite::params![component, k, v])?;
+    server.block_on(async {
+        let mut inflight = std::collections::VecDeque::new();
+        let check = |r: Result<Result<Vec<Result<super::types::WriteAck, super::NodeError>>, super::NodeError>, tokio::task::JoinError>| -> anyhow::Result<()> {
+            let results = r.map_err(|e| anyhow::anyhow!("{e}"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                anyhow::bail!("internal write refused: {e}");
+            }
+            Ok(())
+        };
+        for chunk in keys.chunks(batch.max(1)) {
+            let writes: Vec<(String, Op)> = chunk.iter().map(|k| (k.clone(), Op::Put(doc.to_owned()))).collect();
+            let (node, component) = (node.clone(), component.to_owned());
+            inflight.push_back(tokio::spawn(async move { node.write_many(&component, writes).await }));
+            if inflight.len() >= depth.max(1)
+                && let Some(h) = inflight.pop_front()
+            {
+                check(h.await)?;
             }
         }
-        tx.commit()?;
-    }
+        while let Some(h) = inflight.pop_front() {
+            check(h.await)?;
+        }
+        anyhow::Ok(())
+    })?;
     Ok(started.elapsed().as_secs_f64())
 }
 
@@ -107,23 +142,38 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .serialize(&example.key, &Op::Put(example.input.clone()), None, &Stamp::new(1_700_000_000_000, 0, "bench"))
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // What the plugin costs per record, on one instance (the write path makes these three calls).
+    let calls = 2000usize;
+    let (mut ser, mut val, mut de) = (0f64, 0f64, 0f64);
+    for i in 0..calls {
+        let key = format!("p{i:07}");
+        let stamp = Stamp::new(1_700_000_000_000 + i as u64, 0, "bench");
+        let t = Instant::now();
+        let st = session.serialize(&key, &Op::Put(example.input.clone()), None, &stamp).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ser += t.elapsed().as_secs_f64();
+        let st = st.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let t = Instant::now();
+        let _ = session.validate(&key, &st.data).map_err(|e| anyhow::anyhow!("{e}"))?;
+        val += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let _ = session.deserialize(&key, &st.data).map_err(|e| anyhow::anyhow!("{e}"))?;
+        de += t.elapsed().as_secs_f64();
+    }
+    let per = |x: f64| x / calls as f64 * 1e6;
+    let plugin_us = (per(ser), per(val), per(de));
     drop(session);
     let n = args.records;
-    let keys = |prefix: &str| (0..n).map(|i| format!("{prefix}{i:07}")).collect::<Vec<_>>();
+    let keys = |prefix: &str, count: usize| (0..count).map(|i| format!("{prefix}{i:07}")).collect::<Vec<_>>();
     let stored_of = |ks: &[String]| ks.iter().map(|k| (k.clone(), stored.data.clone())).collect::<Vec<_>>();
-    let mut results: Vec<Measured> = Vec::new();
-
+    let singles = (n / 10).clamp(100, 2_000);
+    let repeat = args.repeat.max(1);
     println!(
-        "node-bench: {n} records of {} ({} bytes stored, {} bytes JSON) per run, in {}",
+        "node-bench: {n} records of {} ({} bytes stored, {} bytes JSON) per run, {repeat} rounds (medians shown), in {}",
         args.component,
         stored.data.len(),
         example.input.len(),
         dir.display()
     );
-
-    // Internal write path vs SQLite, batch B.
-    let base_b = sqlite_baseline(&dir.join("plain-b.db"), &args.component, &stored_of(&keys("s")), args.batch)?;
-    results.push(Measured { label: format!("plain SQLite, batch {}", args.batch), records: n, secs: base_b, batch: args.batch as f64 });
 
     let node_dir = dir.join("node");
     let _ = std::fs::remove_dir_all(&node_dir);
@@ -131,84 +181,91 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = node_config(&node_dir, &args.component, &plugin_path)?;
     let server = Server::start(config, NodeOptions::default())?;
     let node = server.node().clone();
-    let internal_keys = keys("i");
-    let started = Instant::now();
-    for chunk in internal_keys.chunks(args.batch.max(1)) {
-        let writes = chunk.iter().map(|k| (k.clone(), Op::Put(example.input.clone()))).collect();
-        let results = server.block_on(node.write_many(&args.component, writes)).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            anyhow::bail!("internal write refused: {e}");
-        }
-    }
-    let internal = started.elapsed().as_secs_f64();
-    results.push(Measured {
-        label: format!("node internal path, batch {}", args.batch),
-        records: n,
-        secs: internal,
-        batch: args.batch as f64,
-    });
-
-    // Single writes, one at a time: fsync-bound on both sides.
-    let singles = (n / 10).clamp(100, 2_000);
-    let base_1 = sqlite_baseline(&dir.join("plain-1.db"), &args.component, &stored_of(&keys("s")[..singles]), 1)?;
-    results.push(Measured { label: "plain SQLite, batch 1".into(), records: singles, secs: base_1, batch: 1.0 });
-    let single_keys: Vec<String> = (0..singles).map(|i| format!("one{i:07}")).collect();
-    let started = Instant::now();
-    for k in &single_keys {
-        server.block_on(node.put(&args.component, k, &example.input, None)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    results.push(Measured {
-        label: "node internal path, batch 1".into(),
-        records: singles,
-        secs: started.elapsed().as_secs_f64(),
-        batch: 1.0,
-    });
-
-    // The HTTP API: C clients, one PUT per request; the node batches concurrent writes into
-    // shared commits (group commit).
-    let status_before = node.status();
-    let commits_before = status_before.store.commits;
     let addr = server.api_addr().to_string();
     let token = node.config().raw.api.token.clone();
-    let api_keys = Arc::new(keys("h"));
     let clients = args.clients.max(1);
-    let started = Instant::now();
-    let mut handles = Vec::new();
-    for c in 0..clients {
-        let (addr, token, keys, doc, comp) = (addr.clone(), token.clone(), api_keys.clone(), example.input.clone(), args.component.clone());
-        handles.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let client = Client::new(&addr, &token);
-            for k in keys.iter().skip(c).step_by(clients) {
-                client.put(&comp, k, &doc, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            Ok(())
-        }));
+
+    let mut baseline = Baseline::open(&dir.join("plain.db"))?;
+    // Warm both up (WAL files grown, caches filled), untimed.
+    baseline.run(&args.component, &stored_of(&keys("warm-", n / 2)), args.batch)?;
+    internal_run(&server, &args.component, &example.input, &keys("warm-", n / 2), args.batch, 2)?;
+
+    // Each round runs every measurement once, a baseline right before its node run, so that
+    // both see the same disk weather; rounds give medians.
+    let mut series: Vec<(String, Vec<f64>, f64, usize)> = Vec::new();
+    let mut record = |label: String, rate: f64, batch: f64, records: usize| match series.iter_mut().find(|(l, ..)| *l == label) {
+        Some((_, rates, b, _)) => {
+            rates.push(rate);
+            *b += batch;
+        }
+        None => series.push((label, vec![rate], batch, records)),
+    };
+    for round in 0..repeat {
+        let base = baseline.run(&args.component, &stored_of(&keys(&format!("s{round}-"), n)), args.batch)?;
+        record(format!("plain SQLite, batch {}", args.batch), n as f64 / base, args.batch as f64, n);
+        let secs = internal_run(&server, &args.component, &example.input, &keys(&format!("i{round}-"), n), args.batch, 2)?;
+        record(format!("node internal path, batch {}", args.batch), n as f64 / secs, args.batch as f64, n);
+
+        // Single writes, one at a time: fsync-bound on both sides.
+        let base = baseline.run(&args.component, &stored_of(&keys(&format!("1s{round}-"), singles)), 1)?;
+        record("plain SQLite, batch 1".into(), singles as f64 / base, 1.0, singles);
+        let started = Instant::now();
+        for k in keys(&format!("o{round}-"), singles) {
+            server.block_on(node.put(&args.component, &k, &example.input, None)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        record("node internal path, batch 1".into(), singles as f64 / started.elapsed().as_secs_f64(), 1.0, singles);
+
+        // The HTTP API: C clients, one PUT per request; the node batches concurrent writes
+        // into shared commits (group commit). The baseline then uses the mean batch it reached.
+        let commits_before = node.status().store.commits;
+        let api_keys = Arc::new(keys(&format!("h{round}-"), n));
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for c in 0..clients {
+            let (addr, token, keys, doc, comp) =
+                (addr.clone(), token.clone(), api_keys.clone(), example.input.clone(), args.component.clone());
+            handles.push(std::thread::spawn(move || -> anyhow::Result<()> {
+                let client = Client::new(&addr, &token);
+                for k in keys.iter().skip(c).step_by(clients) {
+                    client.put(&comp, k, &doc, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                Ok(())
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        }
+        let api_secs = started.elapsed().as_secs_f64();
+        let commits = node.status().store.commits.saturating_sub(commits_before).max(1);
+        let mean_batch = n as f64 / commits as f64;
+        let same_batch = (mean_batch.round() as usize).max(1);
+        let base = baseline.run(&args.component, &stored_of(&keys(&format!("ms{round}-"), n)), same_batch)?;
+        record("plain SQLite, the API run's mean batch".to_owned(), n as f64 / base, same_batch as f64, n);
+        record(format!("node HTTP API, {clients} clients"), n as f64 / api_secs, mean_batch, n);
     }
-    for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-    }
-    let api_secs = started.elapsed().as_secs_f64();
-    let commits = node.status().store.commits.saturating_sub(commits_before).max(1);
-    let mean_batch = n as f64 / commits as f64;
-    results.push(Measured { label: format!("node HTTP API, {clients} clients"), records: n, secs: api_secs, batch: mean_batch });
-    let same_batch = (mean_batch.round() as usize).max(1);
-    let base_api = sqlite_baseline(&dir.join("plain-api.db"), &args.component, &stored_of(&keys("s")), same_batch)?;
-    results.push(Measured {
-        label: format!("plain SQLite, batch {same_batch} (the API run's mean)"),
-        records: n,
-        secs: base_api,
-        batch: same_batch as f64,
-    });
     server.shutdown();
 
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     println!();
-    println!("| run | records | mean batch | seconds | records/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for m in &results {
-        println!("| {} | {} | {:.1} | {:.3} | {:.0} |", m.label, m.records, m.batch, m.secs, m.rate());
+    println!("| run | records | mean batch | records/s (median) | all rounds |");
+    println!("|---|---:|---:|---:|---|");
+    for (label, rates, batch, records) in &series {
+        let all: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        println!("| {label} | {records} | {:.1} | {:.0} | {} |", batch / rates.len() as f64, median(rates), all.join(", "));
     }
-    let rate = |label_start: &str| results.iter().find(|m| m.label.starts_with(label_start)).map(Measured::rate).unwrap_or(0.0);
+    let rate = |label: &str| series.iter().find(|(l, ..)| l == label).map(|(_, r, ..)| median(r)).unwrap_or(0.0);
     println!();
+    println!(
+        "plugin calls per record (one instance): serialize {:.0} µs, validate {:.0} µs, deserialize {:.0} µs; total {:.0} µs",
+        plugin_us.0,
+        plugin_us.1,
+        plugin_us.2,
+        plugin_us.0 + plugin_us.1 + plugin_us.2
+    );
     println!(
         "internal path / SQLite at batch {}: {:.2}x",
         args.batch,
@@ -216,8 +273,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     println!("internal path / SQLite at batch 1: {:.2}x", rate("node internal path, batch 1") / rate("plain SQLite, batch 1").max(1e-9));
     println!(
-        "HTTP API / SQLite at the API's mean batch ({same_batch}): {:.2}x",
-        rate("node HTTP API") / rate(&format!("plain SQLite, batch {same_batch} ")).max(1e-9)
+        "HTTP API / SQLite at the API's mean batch: {:.2}x",
+        rate(&format!("node HTTP API, {clients} clients")) / rate("plain SQLite, the API run's mean batch").max(1e-9)
     );
     Ok(ExitCode::SUCCESS)
 }

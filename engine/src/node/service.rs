@@ -424,6 +424,39 @@ enum Step {
     Done(WriteOutcome),
     /// Same idempotency key as an earlier write of the batch: same answer.
     SameAs(usize),
+    /// Same idempotency key as a write of the batch still being committed: its answer, once
+    /// known.
+    SameAsPending(String),
+}
+
+/// What a batch being committed shows the preparation of the next one (a lane prepares batch
+/// N+1 while the writer commits batch N): its versions as priors, its documents for lookups,
+/// its idempotency keys.
+#[derive(Default)]
+struct Pending {
+    priors: HashMap<String, Prior>,
+    docs: HashMap<(String, String), Option<Arc<str>>>,
+    idem: HashMap<String, String>,
+}
+
+impl Pending {
+    /// The view of a prepared batch: its versions to commit.
+    fn of(steps: &[Result<Step, NodeError>]) -> Pending {
+        let mut p = Pending::default();
+        for step in steps {
+            if let Ok(Step::Commit(w, _)) = step {
+                p.priors.insert(
+                    w.key.clone(),
+                    Prior { data: w.data.clone(), tombstone: w.tombstone, stamp: w.stamp.clone(), origin: w.origin.clone(), seq: None },
+                );
+                p.docs.insert((w.component.name().to_owned(), w.key.clone()), w.doc.clone());
+                if let Some(ik) = &w.idem {
+                    p.idem.insert(ik.key.clone(), ik.fingerprint.clone());
+                }
+            }
+        }
+        p
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -438,15 +471,19 @@ fn prepare_batch(
     comp: &Arc<ComponentState>,
     plugin: &Arc<LoadedPlugin>,
     items: Vec<WriteItem>,
+    pending: Option<&Pending>,
 ) -> Vec<Result<Step, NodeError>> {
-    let overlay: Arc<Overlay> = Arc::default();
+    // The batch in flight, if any, is the starting point: its versions are the priors, its
+    // documents what lookups see, its idempotency keys taken.
+    let overlay: Arc<Overlay> = Arc::new(Mutex::new(pending.map(|p| p.docs.clone()).unwrap_or_default()));
+    let mut batch: HashMap<String, Prior> = pending.map(|p| p.priors.clone()).unwrap_or_default();
+    let mut batch_idem: HashMap<String, (usize, String)> =
+        pending.map(|p| p.idem.iter().map(|(k, f)| (k.clone(), (usize::MAX, f.clone()))).collect()).unwrap_or_default();
     let lookup = Arc::new(NodeLookup { ctx: ctx.clone(), overlay: overlay.clone() });
     let mut session = match plugin.session(lookup) {
         Ok(s) => s,
         Err(e) => return items.iter().map(|_| Err(NodeError::Plugin(e.clone()))).collect(),
     };
-    let mut batch: HashMap<String, Prior> = HashMap::new();
-    let mut batch_idem: HashMap<String, (usize, String)> = HashMap::new();
     let mut out = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let step = match item {
@@ -485,7 +522,11 @@ fn prepare_local(
 ) -> Result<Step, NodeError> {
     if let Some(ik) = &idem {
         if let Some((first, fp)) = batch_idem.get(&ik.key) {
-            return if *fp == ik.fingerprint { Ok(Step::SameAs(*first)) } else { Err(NodeError::IdempotencyReused(ik.key.clone())) };
+            return match (*fp == ik.fingerprint, *first) {
+                (false, _) => Err(NodeError::IdempotencyReused(ik.key.clone())),
+                (true, usize::MAX) => Ok(Step::SameAsPending(ik.key.clone())),
+                (true, first) => Ok(Step::SameAs(first)),
+            };
         }
         let known = ctx.idem.lock().unwrap_or_else(|e| e.into_inner()).get(&(comp.name().to_owned(), ik.key.clone())).cloned();
         if let Some(entry) = known {
@@ -929,7 +970,10 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
     }
 }
 
-/// A lane: the write queue of one component and the task that drains it.
+/// A lane: the write queue of one component and the task that drains it. While the writer
+/// commits a batch, the lane already runs the plugin over the next one (on top of the batch in
+/// flight); it hands that one to the writer only once the first is committed, and fails it
+/// whole, unapplied, if the first failed.
 #[allow(clippy::too_many_arguments)]
 async fn lane(
     ctx: Arc<Ctx>,
@@ -941,14 +985,37 @@ async fn lane(
     admission: Admission,
     max_batch: usize,
 ) {
+    let mut inflight: Option<InFlight> = None;
+    let mut stopping = false;
     loop {
-        let first = tokio::select! {
-            biased;
-            r = rx.recv() => match r { Some(r) => r, None => return },
-            _ = stop.changed() => {
-                // Finish what is queued, then stop.
-                match rx.try_recv() { Ok(r) => r, Err(_) => return }
+        let first = match inflight.as_mut() {
+            Some(f) => tokio::select! {
+                biased;
+                done = &mut f.rx => {
+                    if let Some(f) = inflight.take() {
+                        let _ = finish_batch(&ctx, &comp, f.batch, flatten(done));
+                    }
+                    continue;
+                }
+                r = rx.recv() => r,
+            },
+            // Stopping: finish what is queued, take nothing new.
+            None if stopping => rx.try_recv().ok(),
+            None => tokio::select! {
+                biased;
+                r = rx.recv() => r,
+                _ = stop.changed() => {
+                    stopping = true;
+                    rx.try_recv().ok()
+                }
+            },
+        };
+        let Some(first) = first else {
+            // Closed or stopping: settle what is in flight, then end.
+            if let Some(f) = inflight.take() {
+                let _ = settle(&ctx, &comp, f).await;
             }
+            return;
         };
         let mut requests = vec![first];
         let mut items = requests[0].items.len();
@@ -977,114 +1044,200 @@ async fn lane(
         if live.is_empty() {
             continue;
         }
-        run_batch(&ctx, &comp, &pool, &writer, live).await;
+        let pending = inflight.as_ref().map(|f| f.view.clone());
+        let prepared = prepare(&ctx, &comp, &pool, live, pending).await;
+        if let Some(f) = inflight.take()
+            && let Err(e) = settle(&ctx, &comp, f).await
+        {
+            // The next batch was prepared on top of versions that were not committed.
+            if let Some(p) = prepared {
+                p.fail(&comp, e);
+            }
+            continue;
+        }
+        if let Some(p) = prepared {
+            inflight = submit_commit(&ctx, &comp, &writer, p);
+        }
     }
 }
 
-async fn run_batch(
+type CommitResult = Result<CommitOutcome, StoreError>;
+
+fn flatten(r: Result<CommitResult, oneshot::error::RecvError>) -> Result<CommitOutcome, NodeError> {
+    r.map_err(|_| NodeError::ShuttingDown).and_then(|r| r.map_err(NodeError::from))
+}
+
+/// A prepared batch: answers so far, versions to commit, and who to answer.
+struct PreparedBatch {
+    results: Vec<Option<Result<WriteOutcome, NodeError>>>,
+    to_commit: Vec<Prepared>,
+    slots: Vec<(usize, Kind, String, Stamp, bool, Option<String>)>,
+    same_as: Vec<(usize, usize)>,
+    same_as_pending: Vec<(usize, String)>,
+    replies: Vec<(Reply, usize)>,
+    view: Arc<Pending>,
+}
+
+impl PreparedBatch {
+    /// Answers every request with `e` (nothing of the batch is applied).
+    fn fail(self, comp: &ComponentState, e: NodeError) {
+        comp.metrics.refuse(e.code());
+        for (reply, n) in self.replies {
+            let _ = reply.send((0..n).map(|_| Err(e.clone())).collect());
+        }
+    }
+}
+
+/// A batch handed to the writer.
+struct InFlight {
+    rx: oneshot::Receiver<CommitResult>,
+    view: Arc<Pending>,
+    batch: PreparedBatch,
+}
+
+fn fail_requests(requests: Vec<Request>, e: NodeError) {
+    for r in requests {
+        let n = r.items.len();
+        let _ = r.reply.send((0..n).map(|_| Err(e.clone())).collect());
+    }
+}
+
+/// Runs the plugin over a batch (on a plugin thread), on top of the batch in flight.
+async fn prepare(
     ctx: &Arc<Ctx>,
     comp: &Arc<ComponentState>,
     pool: &PluginPool,
-    writer: &crossbeam_channel::Sender<Job>,
     requests: Vec<Request>,
-) {
-    let fail_all = |requests: Vec<Request>, e: NodeError| {
-        for r in requests {
-            let n = r.items.len();
-            let _ = r.reply.send((0..n).map(|_| Err(e.clone())).collect());
-        }
-    };
+    pending: Option<Arc<Pending>>,
+) -> Option<PreparedBatch> {
     if let Some(e) = ctx.health.refusal() {
         comp.metrics.refuse(e.code());
-        return fail_all(requests, e);
+        fail_requests(requests, e);
+        return None;
     }
     let Some(plugin) = ctx.registry.get(comp.name()) else {
-        return fail_all(requests, NodeError::UnknownComponent(comp.name().to_owned()));
+        fail_requests(requests, NodeError::UnknownComponent(comp.name().to_owned()));
+        return None;
     };
-    let mut sizes = Vec::with_capacity(requests.len());
-    let mut items = Vec::new();
     let mut replies = Vec::with_capacity(requests.len());
+    let mut items = Vec::new();
     for r in requests {
-        sizes.push(r.items.len());
+        replies.push((r.reply, r.items.len()));
         items.extend(r.items);
-        replies.push(r.reply);
     }
     let total = items.len();
-    let job_ctx = ctx.clone();
-    let job_comp = comp.clone();
-    let steps = match pool.run(move || prepare_batch(&job_ctx, &job_comp, &plugin, items)).await {
+    let (job_ctx, job_comp) = (ctx.clone(), comp.clone());
+    let steps = match pool.run(move || prepare_batch(&job_ctx, &job_comp, &plugin, items, pending.as_deref())).await {
         Ok(steps) => steps,
         Err(_busy) => {
             comp.metrics.refuse("busy");
-            for (reply, n) in replies.into_iter().zip(sizes) {
+            for (reply, n) in replies {
                 let _ = reply.send((0..n).map(|_| Err(NodeError::Busy)).collect());
             }
-            return;
+            return None;
         }
     };
-    // Split into what to commit and what is already answered.
-    let mut results: Vec<Option<Result<WriteOutcome, NodeError>>> = Vec::with_capacity(total);
-    let mut to_commit = Vec::new();
-    let mut commit_slots = Vec::new();
-    let mut same_as = Vec::new();
+    let view = Arc::new(Pending::of(&steps));
+    let mut p = PreparedBatch {
+        results: Vec::with_capacity(total),
+        to_commit: Vec::new(),
+        slots: Vec::new(),
+        same_as: Vec::new(),
+        same_as_pending: Vec::new(),
+        replies,
+        view,
+    };
     for (i, step) in steps.into_iter().enumerate() {
         match step {
-            Ok(Step::Commit(p, kind)) => {
-                let p = *p;
-                commit_slots.push((i, kind, p.key.clone(), p.stamp.clone(), p.tombstone, p.conflict.as_ref().map(|c| c.id.clone())));
-                to_commit.push(p);
-                results.push(None);
+            Ok(Step::Commit(w, kind)) => {
+                let w = *w;
+                p.slots.push((i, kind, w.key.clone(), w.stamp.clone(), w.tombstone, w.conflict.as_ref().map(|c| c.id.clone())));
+                p.to_commit.push(w);
+                p.results.push(None);
             }
-            Ok(Step::Done(o)) => results.push(Some(Ok(o))),
+            Ok(Step::Done(o)) => p.results.push(Some(Ok(o))),
             Ok(Step::SameAs(first)) => {
-                same_as.push((i, first));
-                results.push(None);
+                p.same_as.push((i, first));
+                p.results.push(None);
             }
-            Err(e) => results.push(Some(Err(e))),
+            Ok(Step::SameAsPending(key)) => {
+                p.same_as_pending.push((i, key));
+                p.results.push(None);
+            }
+            Err(e) => p.results.push(Some(Err(e))),
         }
     }
-    if !to_commit.is_empty() {
-        let (tx, rx) = oneshot::channel();
-        let outcome = match writer.try_send(Job::Commit { writes: to_commit, reply: tx }) {
-            Ok(()) => rx.await.map_err(|_| NodeError::ShuttingDown).and_then(|r| r.map_err(NodeError::from)),
-            Err(crossbeam_channel::TrySendError::Full(_)) => Err(NodeError::Busy),
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(NodeError::ShuttingDown),
-        };
-        match outcome {
-            Ok(out) => {
-                for ((i, kind, key, stamp, tombstone, conflict), seq) in commit_slots.into_iter().zip(out.seqs) {
-                    results[i] = Some(Ok(match kind {
-                        Kind::Local => {
-                            if tombstone {
-                                comp.metrics.deletes.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                comp.metrics.writes.fetch_add(1, Ordering::Relaxed);
-                            }
-                            WriteOutcome::Local(WriteAck {
-                                component: comp.name().to_owned(),
-                                key,
-                                seq,
-                                stamp: StampView::from(&stamp),
-                                deleted: tombstone,
-                                changed: true,
-                                replayed: false,
-                            })
-                        }
-                        Kind::Remote => {
-                            comp.metrics.remote_applied.fetch_add(1, Ordering::Relaxed);
-                            WriteOutcome::Remote(Applied::Stored { seq, conflict })
-                        }
-                    }));
-                }
-            }
-            Err(e) => {
-                comp.metrics.refuse(e.code());
-                for (i, ..) in commit_slots {
-                    results[i] = Some(Err(e.clone()));
-                }
-            }
+    Some(p)
+}
+
+/// Hands a prepared batch's versions to the writer; a batch with nothing to commit is answered
+/// at once.
+fn submit_commit(ctx: &Ctx, comp: &ComponentState, writer: &crossbeam_channel::Sender<Job>, mut p: PreparedBatch) -> Option<InFlight> {
+    if p.to_commit.is_empty() {
+        let _ = finish_batch(ctx, comp, p, Ok(CommitOutcome::default()));
+        return None;
+    }
+    let (tx, rx) = oneshot::channel();
+    let writes = std::mem::take(&mut p.to_commit);
+    match writer.try_send(Job::Commit { writes, reply: tx }) {
+        Ok(()) => Some(InFlight { rx, view: p.view.clone(), batch: p }),
+        Err(crossbeam_channel::TrySendError::Full(_)) => {
+            let _ = finish_batch(ctx, comp, p, Err(NodeError::Busy));
+            None
+        }
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+            let _ = finish_batch(ctx, comp, p, Err(NodeError::ShuttingDown));
+            None
         }
     }
+}
+
+/// Waits for a batch's commit and answers it. Returns the commit's failure, if any.
+async fn settle(ctx: &Ctx, comp: &ComponentState, f: InFlight) -> Result<(), NodeError> {
+    let InFlight { rx, batch, .. } = f;
+    finish_batch(ctx, comp, batch, flatten(rx.await))
+}
+
+/// Answers a batch once its commit is done. Returns the commit's failure, if any.
+fn finish_batch(ctx: &Ctx, comp: &ComponentState, p: PreparedBatch, outcome: Result<CommitOutcome, NodeError>) -> Result<(), NodeError> {
+    let PreparedBatch { mut results, slots, same_as, same_as_pending, replies, .. } = p;
+    let total = results.len();
+    let failure = match outcome {
+        Ok(out) => {
+            for ((i, kind, key, stamp, tombstone, conflict), seq) in slots.into_iter().zip(out.seqs) {
+                results[i] = Some(Ok(match kind {
+                    Kind::Local => {
+                        if tombstone {
+                            comp.metrics.deletes.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            comp.metrics.writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        WriteOutcome::Local(WriteAck {
+                            component: comp.name().to_owned(),
+                            key,
+                            seq,
+                            stamp: StampView::from(&stamp),
+                            deleted: tombstone,
+                            changed: true,
+                            replayed: false,
+                        })
+                    }
+                    Kind::Remote => {
+                        comp.metrics.remote_applied.fetch_add(1, Ordering::Relaxed);
+                        WriteOutcome::Remote(Applied::Stored { seq, conflict })
+                    }
+                }));
+            }
+            None
+        }
+        Err(e) => {
+            comp.metrics.refuse(e.code());
+            for (i, ..) in slots {
+                results[i] = Some(Err(e.clone()));
+            }
+            Some(e)
+        }
+    };
     for (i, first) in same_as {
         let r = match results.get(first).cloned().flatten() {
             Some(Ok(WriteOutcome::Local(mut ack))) => {
@@ -1096,13 +1249,36 @@ async fn run_batch(
         };
         results[i] = Some(r);
     }
+    for (i, idem_key) in same_as_pending {
+        // The earlier batch is committed: its answer is remembered.
+        let entry = ctx.idem.lock().unwrap_or_else(|e| e.into_inner()).get(&(comp.name().to_owned(), idem_key)).cloned();
+        results[i] = Some(match entry {
+            Some(e) => {
+                comp.metrics.replays.fetch_add(1, Ordering::Relaxed);
+                Ok(WriteOutcome::Local(WriteAck {
+                    component: comp.name().to_owned(),
+                    key: e.key,
+                    seq: e.seq,
+                    stamp: StampView::from(&e.stamp),
+                    deleted: e.tombstone,
+                    changed: true,
+                    replayed: true,
+                }))
+            }
+            None => Err(NodeError::Busy),
+        });
+    }
     if let Ok(mut rate) = comp.rate.lock() {
         rate.add(total as u64, ctx.clock.wall_ms());
     }
     let mut results = results.into_iter().map(|r| r.unwrap_or(Err(NodeError::Busy)));
-    for (reply, n) in replies.into_iter().zip(sizes) {
+    for (reply, n) in replies {
         let part: Vec<_> = results.by_ref().take(n).collect();
         let _ = reply.send(part);
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
