@@ -87,16 +87,30 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Writes `n` records in batches on the primary; returns (acked rate, replicated rate).
+/// Writes `n` records in batches of `BATCH` on the primary from `WRITERS` concurrent writers
+/// (the node groups concurrent batches into one commit); returns (acked rate, replicated rate).
 fn throughput(a: &Server, b: &Server, n: usize, offset: usize) -> (f64, f64) {
+    const WRITERS: usize = 8;
     let started = Instant::now();
-    let keys: Vec<usize> = (offset..offset + n).collect();
-    for chunk in keys.chunks(BATCH) {
-        let writes = chunk.iter().map(|&i| trunk(i)).collect();
-        for r in a.block_on(a.node().write_many("trunks", writes)).expect("write_many") {
-            r.expect("write");
+    let node = a.node().clone();
+    a.block_on(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for w in 0..WRITERS {
+            let node = node.clone();
+            set.spawn(async move {
+                let keys: Vec<usize> = (offset..offset + n).filter(|i| i % WRITERS == w).collect();
+                for chunk in keys.chunks(BATCH) {
+                    let writes = chunk.iter().map(|&i| trunk(i)).collect();
+                    for r in node.write_many("trunks", writes).await.expect("write_many") {
+                        r.expect("write");
+                    }
+                }
+            });
         }
-    }
+        while let Some(r) = set.join_next().await {
+            r.expect("writer");
+        }
+    });
     let acked = started.elapsed().as_secs_f64();
     let target = a.node().last_seq();
     let applied = || b.replication().map(|r| r.status().peers.iter().map(|p| p.applied_seq).max().unwrap_or(0)).unwrap_or(0);

@@ -483,3 +483,38 @@ fn replication_geo_links_compress_and_still_converge() {
     eprintln!("bytes through the link: local {}, geo {}", forwarded[0], forwarded[1]);
     assert!(forwarded[1] * 2 < forwarded[0], "geo links compress: {forwarded:?}");
 }
+
+#[test]
+fn replication_hot_conflicting_versions_are_listed_alike_on_both_nodes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let pa = FaultProxy::start(addr(ap).parse().expect("addr"));
+    let pb = FaultProxy::start(addr(bp).parse().expect("addr"));
+    pa.set_blocked(true);
+    pb.set_blocked(true);
+    let def = |name, port, peer: &str, at: String| NodeDef {
+        name,
+        port,
+        peers: vec![(peer.to_owned(), at)],
+        cluster: "mode = \"hot\"",
+        extra: "",
+    };
+    let a_dir = write_cluster_node(root.path(), &def("a", ap, "b", pb.addr().to_string()), &["security-settings"], None);
+    let b_dir = write_cluster_node(root.path(), &def("b", bp, "a", pa.addr().to_string()), &["security-settings"], Some(&a_dir));
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    let (ca, cb) = (client(&a), client(&b));
+    // Partitioned: each node gives the role different permissions (a strict field).
+    ca.put("security-settings", "role:ops", r#"{"kind": "role", "permissions": ["crm:read"]}"#, None).expect("a");
+    cb.put("security-settings", "role:ops", r#"{"kind": "role", "permissions": ["crm:write"]}"#, None).expect("b");
+    pa.set_blocked(false);
+    pb.set_blocked(false);
+    wait_until("hot digests converge", WAIT, || digest(&a, "security-settings") == digest(&b, "security-settings"));
+    let ids = |c: &tandem::node::client::Client| {
+        let mut v: Vec<String> = c.conflicts(Some("security-settings"), false).expect("conflicts").into_iter().map(|c| c.id).collect();
+        v.sort();
+        v
+    };
+    wait_until("the conflict listed on both nodes", WAIT, || !ids(&ca).is_empty() && ids(&ca) == ids(&cb));
+    assert_eq!(ids(&ca).len(), 1);
+}
