@@ -49,7 +49,7 @@ fn warm_pair(root: &Path, a_port: u16, b_port: u16, a_addr_for_b: &str, extra: &
             name: "a",
             port: a_port,
             peers: vec![("b".into(), addr(b_port))],
-            cluster: "mode = \"warm\"\nprimary = \"a\"\nack_timeout_ms = 1500",
+            cluster: "mode = \"warm\"\nprimary = \"a\"\nack_timeout_ms = 1500\nsync_drop_ms = 2500",
             extra,
         },
         &["trunks", "pbx-reports"],
@@ -61,7 +61,7 @@ fn warm_pair(root: &Path, a_port: u16, b_port: u16, a_addr_for_b: &str, extra: &
             name: "b",
             port: b_port,
             peers: vec![("a".into(), a_addr_for_b.to_owned())],
-            cluster: "mode = \"warm\"\nprimary = \"a\"\nack_timeout_ms = 1500",
+            cluster: "mode = \"warm\"\nprimary = \"a\"\nack_timeout_ms = 1500\nsync_drop_ms = 2500",
             extra,
         },
         &["trunks", "pbx-reports"],
@@ -232,6 +232,23 @@ fn replication_standby_ack_waits_for_the_standby_and_answers_outcome_unknown_wit
     assert!(t.elapsed() >= Duration::from_millis(1400));
     // Committed locally all the same ("unknown", never a false "failed").
     assert!(ca.get("trunks", &k).is_ok());
+    // Once the standby has been down past sync_drop_ms, the primary records (on disk) that it
+    // left the synchronous set, and standby acks fall back to local ones.
+    wait_until("b leaves the synchronous set", WAIT, || a.replication().expect("r").status().sync_set.members.is_empty());
+    let recorded = std::fs::read_to_string(a_dir.join("replication/sync_set.json")).expect("the set is on disk");
+    assert!(!recorded.contains("\"b\""), "{recorded}");
+    assert!(a.replication().expect("r").status().alarms.iter().any(|al| al.contains("left the synchronous set")));
+    let t = Instant::now();
+    let (k, v) = trunk(51);
+    ca.put("trunks", &k, &v, None).expect("local ack while the set is empty");
+    assert!(t.elapsed() < Duration::from_millis(1000));
+    // b comes back, catches up, rejoins; writes wait for it again.
+    let b = start_node(&b_dir);
+    wait_until("b rejoins the synchronous set", WAIT, || a.replication().expect("r").status().sync_set.members.contains_key("b"));
+    let (k, v) = trunk(52);
+    ca.put("trunks", &k, &v, None).expect("standby-acked write");
+    assert!(b.block_on(b.node().get("trunks", &k)).expect("read").is_some(), "on the standby at ack time");
+    assert!(b.block_on(b.node().get("trunks", &trunk(51).0)).expect("read").is_some(), "caught up");
     // pbx-reports keeps local acks.
     if let Err(e) = ca.put("pbx-reports", "a:1:1", "{}", None) {
         assert_ne!(e.code(), Some("outcome_unknown"), "{e}");

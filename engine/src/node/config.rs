@@ -216,6 +216,9 @@ pub struct ClusterSection {
     pub key: Option<PathBuf>,
     /// How long a `standby`-ack write waits for a standby before answering "outcome unknown".
     pub ack_timeout_ms: Option<u64>,
+    /// How long a standby of the synchronous set may be unreachable before the primary records
+    /// that it left the set and `standby` acks fall back to local (default 5000).
+    pub sync_drop_ms: Option<u64>,
 }
 
 /// When a warm write is acknowledged.

@@ -89,6 +89,8 @@ pub struct Status {
     /// Per-component digest of the stored versions (refreshed every second while the feed
     /// moves): equal on every node once traffic stops.
     pub digests: BTreeMap<String, String>,
+    /// The synchronous set (meaningful on the primary).
+    pub sync_set: SyncSet,
 }
 
 /// What the write gate needs, shared with the links.
@@ -102,6 +104,22 @@ struct GateState {
     sync_acked: watch::Sender<u64>,
     sync_acked_high: watch::Sender<u64>,
     ack_timeout: Duration,
+    /// The synchronous set: standbys whose acknowledgement `standby`-ack writes wait for, each
+    /// with the primary's position it is complete from. Changed only after it is on disk
+    /// (`DATA_DIR/replication/sync_set.json`), where failover reads it.
+    sync_set: watch::Sender<SyncSet>,
+    /// A member down this long leaves the set (and `standby` acks fall back to local).
+    sync_drop_after: Duration,
+}
+
+/// The synchronous set as recorded on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSet {
+    /// Member name -> the primary's feed position from which the member holds every write that
+    /// was acknowledged (a member may be promoted automatically only once it applied that far).
+    pub members: BTreeMap<String, u64>,
+    /// Wall time of the last change (ms).
+    pub changed_ms: u64,
 }
 
 impl GateState {
@@ -139,13 +157,26 @@ impl WriteGate for Gate {
         if policy.mode != Mode::Warm || policy.ack != Ack::Standby || !g.is_primary() {
             return None;
         }
+        if g.sync_set.borrow().members.is_empty() {
+            // The set is empty, and that is on disk: local acknowledgement.
+            return None;
+        }
         let mut rx = if policy.priority == Priority::High { g.sync_acked_high.subscribe() } else { g.sync_acked.subscribe() };
+        let mut set = g.sync_set.subscribe();
         let timeout = g.ack_timeout;
         Some(Box::pin(async move {
             let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-            match tokio::time::timeout(timeout, rx.wait_for(|&acked| acked >= seq)).await {
-                Ok(Ok(_)) => Ok(()),
-                _ => Err(NodeError::OutcomeUnknown(ms)),
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            loop {
+                if *rx.borrow_and_update() >= seq || set.borrow_and_update().members.is_empty() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = &mut deadline => return Err(NodeError::OutcomeUnknown(ms)),
+                    r = rx.changed() => if r.is_err() { return Err(NodeError::OutcomeUnknown(ms)) },
+                    r = set.changed() => if r.is_err() { return Err(NodeError::OutcomeUnknown(ms)) },
+                }
             }
         }))
     }
@@ -235,6 +266,17 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     let listen = listener.local_addr().context("reading the peer address")?;
     let (sync_acked, _) = watch::channel(0u64);
     let (sync_acked_high, _) = watch::channel(0u64);
+    let sync_file = config.data_dir.join("replication").join("sync_set.json");
+    let sync = match std::fs::read(&sync_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", sync_file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SyncSet {
+            // At first start every standby on a local link is in the set, complete from the start.
+            members: peers.iter().filter(|p| p.profile == Profile::Local).map(|p| (p.name.clone(), 0)).collect(),
+            changed_ms: 0,
+        },
+        Err(e) => return Err(e).with_context(|| format!("reading {}", sync_file.display())),
+    };
+    let (sync_set, _) = watch::channel(sync);
     let gate = Arc::new(GateState {
         us: us.clone(),
         primary: primary.clone(),
@@ -242,6 +284,8 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         policies: policies(&node),
         sync_acked,
         sync_acked_high,
+        sync_set,
+        sync_drop_after: Duration::from_millis(cluster.sync_drop_ms.unwrap_or(5_000)),
         ack_timeout: Duration::from_millis(cluster.ack_timeout_ms.unwrap_or(2_000)),
     });
     let hook = Arc::new(Gate(gate.clone(), std::sync::OnceLock::new()));
@@ -286,6 +330,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         tasks.push(tokio::spawn(repl.clone().follow(p)));
     }
     tasks.push(tokio::spawn(repl.clone().digest_loop()));
+    tasks.push(tokio::spawn(repl.clone().sync_loop(sync_file)));
     repl.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
     let _ = hook.1.set(Arc::downgrade(&repl));
     Ok(Some(repl))
@@ -344,6 +389,78 @@ impl Replication {
             components,
             alarms: s.alarms.values().cloned().collect(),
             digests: s.digests.clone(),
+            sync_set: self.gate.sync_set.borrow().clone(),
+        }
+    }
+
+    /// Keeps the synchronous set (primary only): a member whose link is down longer than
+    /// `cluster.sync_drop_ms` leaves it; a `local` standby that caught up joins it. Each change
+    /// is written and fsynced before it takes effect.
+    async fn sync_loop(self: Arc<Self>, file: PathBuf) {
+        let mut stop = self.stop.subscribe();
+        let mut down_since: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut catch_up: BTreeMap<String, u64> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if !self.gate.is_primary() {
+                continue;
+            }
+            let current = self.gate.sync_set.borrow().clone();
+            let mut next = current.clone();
+            for p in self.peers.iter().filter(|p| p.profile == Profile::Local) {
+                let (up, acked) = self.shared().peers.get(&p.name).map_or((false, 0), |s| (s.subscribed, s.acked_by_peer));
+                if current.members.contains_key(&p.name) {
+                    if up {
+                        down_since.remove(&p.name);
+                    } else if down_since.entry(p.name.clone()).or_insert_with(Instant::now).elapsed() >= self.gate.sync_drop_after {
+                        next.members.remove(&p.name);
+                        down_since.remove(&p.name);
+                    }
+                } else if up {
+                    // Joins once it has what was committed when it came back.
+                    let target = *catch_up.entry(p.name.clone()).or_insert_with(|| self.node.last_seq());
+                    if acked >= target {
+                        next.members.insert(p.name.clone(), self.node.last_seq());
+                        catch_up.remove(&p.name);
+                    }
+                } else {
+                    catch_up.remove(&p.name);
+                }
+            }
+            if next.members == current.members {
+                continue;
+            }
+            next.changed_ms = self.node.clock().wall_ms();
+            let text = match serde_json::to_vec_pretty(&next) {
+                Ok(t) => t,
+                Err(_) => continue,
+            };
+            let f = file.clone();
+            let written = tokio::task::spawn_blocking(move || write_durably(&f, &text)).await;
+            match written {
+                Ok(Ok(())) => {
+                    for gone in current.members.keys().filter(|m| !next.members.contains_key(*m)) {
+                        tracing::warn!(peer = %gone, "standby left the synchronous set: `standby` acks fall back to local acks until it returns");
+                        self.shared().alarms.insert(
+                            format!("sync:{gone}"),
+                            format!(
+                                "standby {gone} left the synchronous set (down over {} ms); it will not be promoted automatically",
+                                self.gate.sync_drop_after.as_millis()
+                            ),
+                        );
+                    }
+                    for joined in next.members.keys().filter(|m| !current.members.contains_key(*m)) {
+                        tracing::info!(peer = %joined, "standby joined the synchronous set");
+                        self.shared().alarms.remove(&format!("sync:{joined}"));
+                    }
+                    self.gate.sync_set.send_replace(next);
+                }
+                Ok(Err(e)) => tracing::error!("cannot record the synchronous set in {}: {e}; it stays as it was", file.display()),
+                Err(e) => tracing::error!("cannot record the synchronous set: {e}"),
+            }
         }
     }
 
@@ -544,7 +661,6 @@ impl Replication {
                 }
             }
         };
-        let sync_member = self.peers.iter().any(|p| p.name == peer && p.profile == Profile::Local);
         let high: Vec<String> =
             allowed.iter().filter(|c| self.gate.policies.get(*c).is_some_and(|p| p.priority == Priority::High)).cloned().collect();
         // A lane of its own only when something else could hold it up.
@@ -618,7 +734,7 @@ impl Replication {
                             if !window.acked(seq) {
                                 return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent ({})", window.sent_up_to)));
                             }
-                            if sync_member {
+                            if self.gate.sync_set.borrow().members.contains_key(peer) {
                                 self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
                                 self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
                             }
@@ -671,7 +787,8 @@ impl Replication {
                 }
                 failures = if started.elapsed() > Duration::from_secs(5) { 1 } else { failures.saturating_add(1) };
                 // A peer that is starting or restarting is normal: say so loudly only when it lasts.
-                if failures == 5 || (failures > 5 && failures.is_multiple_of(50)) || matches!(e, LinkError::Tls(_) | LinkError::Refused(_)) {
+                if failures == 5 || (failures > 5 && failures.is_multiple_of(50)) || matches!(e, LinkError::Tls(_) | LinkError::Refused(_))
+                {
                     tracing::warn!(peer = %peer_cfg.name, code = e.code(), failures, "link to peer: {e}");
                 } else {
                     tracing::debug!(peer = %peer_cfg.name, code = e.code(), "link to peer: {e}");
@@ -859,4 +976,17 @@ impl Replication {
         .map_err(|e| LinkError::Apply(format!("saving the position: {e}")))?
         .map_err(|e| LinkError::Apply(format!("saving the position in {}: {e}", self.positions_file.display())))
     }
+}
+
+/// Writes a small file durably: temporary file, fsync, rename, fsync of the directory.
+fn write_durably(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = file.parent().unwrap_or_else(|| std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)?;
+    std::fs::File::open(dir)?.sync_all()
 }
