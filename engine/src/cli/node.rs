@@ -359,6 +359,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     if a.role == RoleArg::Data {
         println!("  plugins  {count} bundled plugins in {}", a.dir.join("plugins").display());
     }
+    println!("  cluster  {} (CA), {} and {} (this node's credentials)", ca.display(), cert.display(), key.display());
     println!("\nNext:");
     println!("  tandem run --dir {dir}                # start the node (SIGTERM or Ctrl-C stops it)");
     println!("  tandem status --dir {dir}             # from another terminal");
@@ -366,10 +367,10 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         println!("  tandem put --dir {dir} trunks carrier-main '{{\"host\": \"sip.carrier.example\"}}'");
         println!("  tandem get --dir {dir} trunks carrier-main");
     }
-    if !peers.is_empty() {
-        println!("\nOn each peer, run `tandem init` with its own --node, --listen and --api, this node as a --peer,");
+    if !peers.is_empty() && a.ca_from.is_none() {
+        println!("\nThis node made a new cluster CA. On each peer, run `tandem init` with its own --node, --listen and");
         println!(
-            "and --ca-from {dir} (copy {} and {} over first), so that the nodes trust each other.",
+            "--api, this node as a --peer, and --ca-from DIR where DIR holds copies of {dir}/{} and {}.",
             crate::peer::tls::CA_FILE,
             crate::peer::tls::CA_KEY_FILE
         );
