@@ -465,6 +465,15 @@ fn replication_priority_lane_keeps_trunk_changes_ahead_of_a_report_flood() {
     wait_until("the flood on the standby", Duration::from_secs(90), || digest(&a, "pbx-reports") == digest(&b, "pbx-reports"));
     let flood_time = t.elapsed();
     eprintln!("trunk after {trunk_lag:?} ({reports_then} of {flood} reports there then); all reports after {flood_time:?}");
+    // Catch-up progress was shown and is complete.
+    wait_until("catch-up complete in status", WAIT, || {
+        b.replication()
+            .expect("r")
+            .status()
+            .peers
+            .iter()
+            .any(|p| !p.catching_up && p.catch_up_percent == 100 && p.catch_up_target > flood as u64)
+    });
     // The trunk change was written after the whole flood, yet arrived before most of it.
     assert!(reports_then < flood / 2, "the trunk waited behind {reports_then} reports");
     assert_eq!(digest(&a, "trunks"), digest(&b, "trunks"));

@@ -750,7 +750,11 @@ fn render_replication(o: &mut String, r: &serde_json::Value) {
             o,
             "  from {}: {}  applied {} of {}  acked by it {}  resets {}{}",
             str_of(p, "name"),
-            if up { "following" } else { "down" },
+            match (up, p.get("catching_up").and_then(|x| x.as_bool()).unwrap_or(false)) {
+                (true, true) => format!("catching up {}%", num(p, "catch_up_percent")),
+                (true, false) => "following".to_owned(),
+                (false, _) => "down".to_owned(),
+            },
             num(p, "applied_seq"),
             num(p, "peer_last_seq"),
             num(p, "acked_by_peer"),

@@ -54,6 +54,11 @@ pub struct PeerStatus {
     /// Position applied from the peer's feed, and the peer's last seq when last heard.
     pub applied_seq: u64,
     pub peer_last_seq: u64,
+    /// Catching up (a new peer copies the whole feed: a bootstrap): the peer's position when the
+    /// link came up, and how much of the way is done.
+    pub catching_up: bool,
+    pub catch_up_target: u64,
+    pub catch_up_percent: u8,
     /// What the peer acknowledged of this node's feed.
     pub acked_by_peer: u64,
     pub components: Vec<String>,
@@ -832,11 +837,20 @@ impl Replication {
             .collect();
         let after = self.shared().positions.get(&cfg.name).copied().unwrap_or_default();
         peer::send(&mut wr, &Msg::Subscribe { after_seq: after.seq, components: modes.keys().cloned().collect() }, false).await?;
+        let target = theirs.last_seq;
+        let start = after.seq;
         self.peer_status(&cfg.name, |p| {
             p.following = true;
             p.components = modes.keys().cloned().collect();
             p.peer_last_seq = theirs.last_seq;
+            p.catching_up = start < target;
+            p.catch_up_target = target;
+            p.catch_up_percent = if start < target { 0 } else { 100 };
         });
+        if start == 0 && target > 0 {
+            tracing::info!(peer = %cfg.name, records_up_to = target, "bootstrapping: copying the peer's whole feed (merged into this store)");
+        }
+        let mut reported = 0u8;
         tracing::info!(peer = %cfg.name, after = after.seq, components = modes.len(), paused = mismatches.len(), "following peer");
         let mut newest_epoch = after.epoch;
         let mut high_applied = after.seq;
@@ -885,7 +899,18 @@ impl Replication {
                     high_applied = high_applied.max(high);
                     peer::send(&mut wr, &Msg::Ack { seq: up_to, high: high_applied, epoch: self.node.epoch() }, false).await?;
                     last_sent = Instant::now();
+                    let percent = if up_to >= target {
+                        100
+                    } else {
+                        u8::try_from((up_to.saturating_sub(start)) * 100 / target.saturating_sub(start).max(1)).unwrap_or(100)
+                    };
+                    if percent / 10 > reported / 10 && start < target {
+                        reported = percent;
+                        tracing::info!(peer = %cfg.name, percent, applied = up_to, target, "catching up");
+                    }
                     self.peer_status(&cfg.name, |p| {
+                        p.catching_up = percent < 100;
+                        p.catch_up_percent = percent;
                         p.applied_seq = up_to;
                         p.peer_last_seq = p.peer_last_seq.max(up_to);
                         p.last_error = None;
