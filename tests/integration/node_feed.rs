@@ -218,3 +218,30 @@ fn retention_purges_reports_older_than_the_plugins_rule_from_their_stamps() {
     assert_eq!((s.components[0].records, s.components[0].live), (1, 1));
     assert!(c.metrics().expect("metrics").contains("tandem_purged_total{node=\"a\",component=\"pbx-reports\"} 1"));
 }
+
+#[test]
+fn validate_lookups_see_memory_the_store_and_the_batchs_earlier_writes() {
+    for preload in ["all", "none"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra = format!("[components.requirements]\nplugin = \"plugins/requirements.wasm\"\npreload = \"{preload}\"\n");
+        write_node_dir(dir.path(), "a", &["requirements"], &extra);
+        let server = start_node(dir.path());
+        let c = client(&server);
+        let e = c.put("requirements", "b", r#"{"title": "B", "depends_on": ["a"]}"#, None).expect_err("a does not exist yet");
+        let tandem::node::client::ClientError::Api { body, .. } = &e else { panic!("{e}") };
+        assert!(body.error.violations.as_ref().is_some_and(|v| v.iter().any(|v| v.code == "reference")), "{preload}: {e}");
+        c.put("requirements", "a", r#"{"title": "A"}"#, None).expect("a");
+        // With preload = none the lookup reads `a` from the store and decodes it with the plugin.
+        c.put("requirements", "b", r#"{"title": "B", "depends_on": ["a"]}"#, None).unwrap_or_else(|e| panic!("{preload}: {e}"));
+        // In one batch, a later write sees an earlier one.
+        let writes = vec![
+            ("c".to_owned(), Op::Put(r#"{"title": "C"}"#.to_owned())),
+            ("d".to_owned(), Op::Put(r#"{"title": "D", "depends_on": ["c", "b"]}"#.to_owned())),
+        ];
+        let results = server.block_on(server.node().write_many("requirements", writes)).expect("batch");
+        assert!(results.iter().all(Result::is_ok), "{preload}: {results:?}");
+        c.delete("requirements", "c", None).expect("delete");
+        let e = c.put("requirements", "e", r#"{"title": "E", "depends_on": ["c"]}"#, None).expect_err("c is deleted");
+        assert_eq!(e.code(), Some("invalid"), "{preload}");
+    }
+}

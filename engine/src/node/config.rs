@@ -179,8 +179,16 @@ pub struct NodeSection {
     pub data_dir: Option<PathBuf>,
     /// Peer-protocol address (replication).
     pub listen: String,
-    /// HTTP API address.
+    /// HTTP API address. Default: loopback, 127.0.0.1:7400.
+    #[serde(default = "default_api")]
     pub api: String,
+}
+
+/// The API listens on loopback unless configured otherwise.
+pub const DEFAULT_API: &str = "127.0.0.1:7400";
+
+fn default_api() -> String {
+    DEFAULT_API.to_owned()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -800,6 +808,15 @@ preload_window = "30d"
         for k in ["node.name", "node.api", "api.token", "components.trunks.plugin", "components.trunks.preload_window"] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn the_api_defaults_to_loopback() {
+        let dir = dir_with_plugin();
+        let file = dir.path().join(CONFIG_FILE);
+        let c = Config::parse(&file, &GOOD.replace("api = \"127.0.0.1:7400\"\n", "")).expect("valid");
+        assert!(c.api.ip().is_loopback());
+        assert_eq!(c.api.to_string(), DEFAULT_API);
     }
 
     #[test]

@@ -48,6 +48,9 @@ impl Server {
             anyhow::Ok((Arc::new(node), listener))
         })?;
         let addr = listener.local_addr().context("reading the bound API address")?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(api = %addr, "the API listens beyond loopback: keep it on a private network (every route but /healthz needs the token)");
+        }
         let replication = rt.block_on(crate::replication::start(node.clone(), Some(addr)))?;
         write_atomically(&addr_file, &addr.to_string()).with_context(|| format!("writing {}", addr_file.display()))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
