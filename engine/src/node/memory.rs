@@ -137,7 +137,17 @@ impl ComponentMem {
             .collect()
     }
 
-    /// (records, live records) in memory.
+    /// Records in memory (tombstones included).
+    pub fn len(&self) -> u64 {
+        self.read().len() as u64
+    }
+
+    /// Whether memory holds no record of the component.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// (records, live records) in memory (walks them all).
     pub fn counts(&self) -> (u64, u64) {
         let map = self.read();
         (map.len() as u64, map.values().filter(|r| !r.tombstone).count() as u64)

@@ -1978,7 +1978,7 @@ impl Node {
                     preload: c.config.preload.describe(),
                     records: c.records.load(Ordering::Relaxed),
                     live: c.live.load(Ordering::Relaxed),
-                    in_memory: c.mem.counts().0,
+                    in_memory: c.mem.len(),
                     memory_bytes: c.mem.bytes(),
                     load_ms: c.load_micros.load(Ordering::Relaxed) as f64 / 1000.0,
                     writes: c.metrics.writes.load(Ordering::Relaxed) + c.metrics.deletes.load(Ordering::Relaxed),
@@ -2121,7 +2121,7 @@ impl Node {
             }
             e.gauge("tandem_records", "Records in the store (tombstones included).", &l, c.records.load(Ordering::Relaxed) as f64);
             e.gauge("tandem_records_live", "Records that are not deleted.", &l, c.live.load(Ordering::Relaxed) as f64);
-            e.gauge("tandem_memory_records", "Records held in memory.", &l, c.mem.counts().0 as f64);
+            e.gauge("tandem_memory_records", "Records held in memory.", &l, c.mem.len() as f64);
             e.gauge("tandem_memory_bytes", "Approximate memory held by preloaded records.", &l, c.mem.bytes() as f64);
             e.gauge(
                 "tandem_preload_seconds",
