@@ -70,6 +70,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (pa, pb) = (free_port()?, free_port()?);
     let a_dir = write_node(&root, "a", pa, ("b", pb), None)?;
     let b_dir = write_node(&root, "b", pb, ("a", pa), Some(&a_dir))?;
+    // The bundled plugins, briefly (compiled into the cache the two nodes then share).
+    let t = Instant::now();
+    let runtime =
+        crate::plugin::Runtime::new(crate::plugin::RuntimeConfig { cache_dir: Some(root.join("compile-cache")), ..Default::default() })?;
+    println!("Bundled plugins (sandboxed WebAssembly components):");
+    for (name, wasm) in crate::bundled::BUNDLED {
+        let p = runtime.load(name, wasm, crate::plugin::Limits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!(
+            "  {:<34} {:>8}  sha256:{}…  {:>6.1} ms",
+            p.name(),
+            p.info().plugin_version,
+            p.digest().trim_start_matches("sha256:").get(..12).unwrap_or(p.digest()),
+            p.load_micros() as f64 / 1000.0
+        );
+    }
+    println!("  {} plugins in {}\n", crate::bundled::BUNDLED.len(), ms(t.elapsed()));
+    drop(runtime);
     println!("A two-node cluster in {} (peer links: mutual TLS with a cluster CA made just now)", root.display());
 
     let t = Instant::now();
@@ -78,12 +95,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("  nodes a and b started in {} (plugins compiled once, then cached)", ms(t.elapsed()));
     let plugins = a.node().registry().status();
     println!(
-        "  plugins: {}",
-        plugins
-            .iter()
-            .map(|p| format!("{} {} ({}…)", p.component, p.plugin_version, p.digest.get(..19).unwrap_or(&p.digest)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "  components: {}",
+        plugins.iter().map(|p| format!("{} (from cache: {})", p.component, p.from_cache)).collect::<Vec<_>>().join(", ")
     );
     let linked = wait("the nodes to link", Duration::from_secs(20), || {
         [&a, &b].iter().all(|s| s.replication().is_some_and(|r| r.status().peers.iter().all(|p| p.following)))
