@@ -6,9 +6,12 @@ use std::sync::{Arc, Mutex};
 use tandem::plugin::registry::{PluginSpec, Registry};
 use tandem::plugin::{Limits, Lookup, Op, Stamp, Stored, WriteError};
 
-/// The records written so far, as the node's store would hold them, with readers' JSON.
+/// (component, key) to the stored version and the JSON readers see.
+type RecordMap = BTreeMap<(String, String), (Stored, Option<String>)>;
+
+/// The records written so far, as the node's store would hold them.
 #[derive(Default)]
-struct Records(Mutex<BTreeMap<(String, String), (Stored, Option<String>)>>);
+struct Records(Mutex<RecordMap>);
 
 impl Lookup for Records {
     fn lookup(&self, component: &str, key: &str) -> Option<String> {

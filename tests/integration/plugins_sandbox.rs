@@ -21,7 +21,7 @@ fn put(plugin: &Arc<LoadedPlugin>, key: &str) -> Result<Vec<u8>, PluginError> {
 fn an_infinite_loop_runs_out_of_fuel() {
     let p = hostile(Limits { fuel: 50_000_000, ..Limits::default() });
     let err = put(&p, "loop").expect_err("must not return");
-    assert!(matches!(err, PluginError::OutOfFuel { ref call, .. } if *call == "serialize"), "{err}");
+    assert!(matches!(err, PluginError::OutOfFuel { call, .. } if call == "serialize"), "{err}");
     assert!(err.to_string().contains("hostile"), "the error names the plugin: {err}");
 }
 
@@ -97,7 +97,7 @@ fn the_clock_and_randomness_are_inert_and_deterministic() {
 
 #[test]
 fn a_plugin_built_for_another_contract_is_refused_naming_both_versions() {
-    let err = runtime().load("future", &wasm("tandem_test_wrong_contract"), Limits::default()).err().expect("must be refused");
+    let err = runtime().load("future", &wasm("tandem_test_wrong_contract"), Limits::default()).expect_err("must be refused");
     assert_eq!(err.code(), "plugin_incompatible");
     let msg = err.to_string();
     assert!(msg.contains("tandem:plugin@9.0.0") && msg.contains("0.1.0"), "{msg}");
@@ -105,7 +105,7 @@ fn a_plugin_built_for_another_contract_is_refused_naming_both_versions() {
 
 #[test]
 fn garbage_is_not_a_plugin() {
-    let err = runtime().load("junk", b"\0asm\x01\0\0\0garbage", Limits::default()).err().expect("must be refused");
+    let err = runtime().load("junk", b"\0asm\x01\0\0\0garbage", Limits::default()).expect_err("must be refused");
     assert_eq!(err.code(), "plugin_load", "{err}");
 }
 
