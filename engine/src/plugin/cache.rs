@@ -56,8 +56,9 @@ impl CompileCache {
         // compatibility hash (it is part of the file name), written by us, and pass the checksum
         // written alongside them; wasmtime additionally checks the header and engine settings.
         let t_read = t0.elapsed();
+        // Map the file rather than copying the bytes: the checked bytes are in the page cache.
         #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize(engine, &bytes) };
+        let component = unsafe { Component::deserialize_file(engine, code_path) };
         tracing::debug!(
             bytes = bytes.len(),
             read_and_check_us = t_read.as_micros() as u64,
