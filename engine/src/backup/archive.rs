@@ -20,9 +20,10 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use super::container::{self, BodyInfo, BodyWriter, Corrupt, Dec, corrupt};
-use super::snapshot::{self, RECORD_SQL, TAG_RECORD, decode_record, encode_record};
+use super::snapshot::{self, TAG_RECORD, decode_record, encode_record};
 use super::time;
 use crate::node::store::RecordRow;
+use crate::node::store::{RECORD_COLUMNS, row_to_record};
 
 pub const MAGIC: &[u8; 8] = b"TNDMSEG1";
 pub const EXTENSION: &str = "tseg";
@@ -219,27 +220,11 @@ impl Archiver {
             self.conn = Some(snapshot::open_store(&self.store_path)?);
         }
         let conn = self.conn.as_ref().context("no store connection")?;
-        let mut q = conn.prepare_cached(&format!("SELECT {RECORD_SQL} FROM records WHERE seq > ?1 ORDER BY seq LIMIT 10000"))?;
+        let mut q = conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE seq > ?1 ORDER BY seq LIMIT 10000"))?;
         let mut n = 0;
         loop {
-            let rows: Vec<RecordRow> = q
-                .query_map([i64::try_from(self.cursor).unwrap_or(i64::MAX)], |r| {
-                    Ok(RecordRow {
-                        component: r.get(0)?,
-                        key: r.get(1)?,
-                        data: r.get(2)?,
-                        tombstone: r.get::<_, i64>(3)? != 0,
-                        stamp: crate::plugin::Stamp {
-                            physical: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-                            logical: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-                            node: r.get(6)?,
-                        },
-                        origin: r.get(7)?,
-                        epoch: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
-                        seq: u64::try_from(r.get::<_, i64>(9)?).unwrap_or(0),
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+            let rows: Vec<RecordRow> =
+                q.query_map([i64::try_from(self.cursor).unwrap_or(i64::MAX)], row_to_record)?.collect::<Result<_, _>>()?;
             if rows.is_empty() {
                 break;
             }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::container::{self, BodyInfo, BodyWriter, Corrupt, Dec, corrupt, enc};
 use super::time;
 use crate::node::hlc::HlcTime;
-use crate::node::store::{self, ConflictRow, RecordRow};
+use crate::node::store::{self, ConflictRow, RECORD_COLUMNS, RecordRow, row_to_record, sql_u64};
 use crate::plugin::Stamp;
 
 pub const MAGIC: &[u8; 8] = b"TNDMSNP1";
@@ -213,25 +213,6 @@ impl ComponentAcc {
     }
 }
 
-fn sql_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
-    Ok(RecordRow {
-        component: r.get(0)?,
-        key: r.get(1)?,
-        data: r.get(2)?,
-        tombstone: r.get::<_, i64>(3)? != 0,
-        stamp: Stamp { physical: sql_u64(r.get(4)?), logical: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0), node: r.get(6)? },
-        origin: r.get(7)?,
-        epoch: sql_u64(r.get(8)?),
-        seq: sql_u64(r.get(9)?),
-    })
-}
-
-pub(crate) const RECORD_SQL: &str = "component, key, data, tombstone, stamp_p, stamp_l, stamp_n, origin, epoch, seq";
-
 /// The store's metadata as the current transaction sees it.
 pub(crate) struct StoreMeta {
     pub node: String,
@@ -334,10 +315,10 @@ fn create_in(conn: &Connection, target: &Path, opts: &CreateOptions<'_>) -> anyh
     let mut buf = Vec::with_capacity(64 << 10);
     let mut done = 0u64;
     {
-        let mut q = conn.prepare(&format!("SELECT {RECORD_SQL} FROM records ORDER BY component, key"))?;
+        let mut q = conn.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records ORDER BY component, key"))?;
         let mut rows = q.query([])?;
         while let Some(row) = rows.next()? {
-            let r = read_record(row)?;
+            let r = row_to_record(row)?;
             if !wanted(&r.component) {
                 continue;
             }

@@ -241,7 +241,7 @@ fn sql_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn sql_u64(v: i64) -> u64 {
+pub(crate) fn sql_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -267,7 +267,8 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Connection::open_with_flags(path, flags).map_err(|e| StoreError::Sqlite(format!("cannot open {}: {e}", path.display())))
 }
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
+/// A `records` row read as `SELECT {RECORD_COLUMNS}`.
+pub(crate) fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
     Ok(RecordRow {
         component: r.get(0)?,
         key: r.get(1)?,
@@ -280,7 +281,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
     })
 }
 
-const RECORD_COLUMNS: &str = "component, key, data, tombstone, stamp_p, stamp_l, stamp_n, origin, epoch, seq";
+pub(crate) const RECORD_COLUMNS: &str = "component, key, data, tombstone, stamp_p, stamp_l, stamp_n, origin, epoch, seq";
 
 /// The writing side of the store. Owned by one thread.
 pub struct Store {
