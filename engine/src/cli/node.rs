@@ -32,6 +32,12 @@ pub enum NodeCommand {
     List(ListArgs),
     /// Show the node's state: clock, store, components, plugins.
     Status(StatusArgs),
+    /// Make this node the warm primary, in a new epoch (a planned switch-over: `tandem demote`
+    /// the old primary first; see docs/operations.md, "Switch-over and load balancers").
+    Promote(PromoteArgs),
+    /// Close this primary's warm writes and wait until its standbys acknowledged everything it
+    /// acknowledged (then promote one of them).
+    Demote(DemoteArgs),
     /// List, show and resolve conflicts (versions that merged into an invalid record).
     #[command(subcommand)]
     Conflicts(ConflictsCommand),
@@ -202,6 +208,27 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoteArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// How long to wait for the standbys to acknowledge everything, in seconds (at most 50).
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ConflictsCommand {
     /// List conflicts (open ones unless --all).
@@ -254,6 +281,8 @@ pub fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::Delete(a) => delete(a),
         NodeCommand::List(a) => list(a),
         NodeCommand::Status(a) => status(a),
+        NodeCommand::Promote(a) => promote(a),
+        NodeCommand::Demote(a) => demote(a),
         NodeCommand::Conflicts(c) => conflicts(c),
         NodeCommand::NodeBench(a) => crate::node::bench::run(a),
     }
@@ -744,6 +773,8 @@ fn render_replication(o: &mut String, r: &serde_json::Value) {
     let str_of = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_owned();
     let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     let _ = writeln!(o, "\nreplication: primary {}, peer listen {}", str_of(r, "primary"), str_of(r, "listen"));
+    let _ = writeln!(o, "  warm role {}, epoch {}", str_of(r, "role"), r["epoch"].as_u64().unwrap_or(0));
+    let _ = writeln!(o, "  failover: {}", str_of(r, "automatic_failover"));
     for p in r.get("peers").and_then(|p| p.as_array()).into_iter().flatten() {
         let up = p.get("following").and_then(|x| x.as_bool()).unwrap_or(false);
         let _ = writeln!(
@@ -794,6 +825,49 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => refused(e),
     }
+}
+
+fn promote(a: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let client = a.target.client()?;
+    match client.promote() {
+        Ok(v) if a.json => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(v) => {
+            println!(
+                "{} is the warm primary, epoch {} (was: {})",
+                v["node"].as_str().unwrap_or("?"),
+                v["epoch"].as_u64().unwrap_or(0),
+                v["previous_primary"].as_str().unwrap_or("none")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => refused(e),
+    }
+}
+
+fn demote(a: DemoteArgs) -> anyhow::Result<ExitCode> {
+    let client = a.target.client()?;
+    let v = match client.demote(a.timeout.min(50).saturating_mul(1000)) {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    let caught_up = v["caught_up"].as_bool().unwrap_or(false);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{}", v["message"].as_str().unwrap_or(""));
+        for s in v["standbys"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<16} acknowledged {:>10}  {}",
+                s["name"].as_str().unwrap_or("?"),
+                s["acknowledged"].as_u64().unwrap_or(0),
+                if s["caught_up"].as_bool().unwrap_or(false) { "caught up" } else { "BEHIND" }
+            );
+        }
+    }
+    Ok(if caught_up { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 fn conflicts(c: ConflictsCommand) -> anyhow::Result<ExitCode> {

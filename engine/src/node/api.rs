@@ -13,6 +13,8 @@
 //! | `GET /v1/conflicts?component=&all=` | conflicts, open ones unless `all=true` |
 //! | `GET /v1/conflicts/{id}` | one conflict with its versions |
 //! | `POST /v1/conflicts/{id}/resolve` | `{"value": doc}` or `{"delete": true}`: a write that supersedes the versions |
+//! | `POST /v1/admin/promote` | make this node the warm primary, in a new epoch |
+//! | `POST /v1/admin/demote?timeout_ms=` | close warm writes, wait for the standbys to acknowledge everything |
 //!
 //! Every route but `/healthz` needs `Authorization: Bearer TOKEN`. Errors are JSON
 //! `{"error": {"code", "message", "violations"?, "retry_after_s"?}}` with a stable code.
@@ -160,6 +162,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/conflicts", get(list_conflicts))
         .route("/v1/conflicts/{id}", get(show_conflict))
         .route("/v1/conflicts/{id}/resolve", post(resolve_conflict))
+        .route("/v1/admin/promote", post(promote))
+        .route("/v1/admin/demote", post(demote))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -189,6 +193,30 @@ async fn healthz(State(s): State<ApiState>, q: Result<Query<HealthParams>, Query
     match serde_json::to_string(&h) {
         Ok(body) => json_response(status, body),
         Err(_) => status.into_response(),
+    }
+}
+
+async fn promote(State(s): State<ApiState>) -> Response {
+    match s.node.promote().await {
+        Ok(v) => json_of(&v),
+        Err(e) => ApiError::from_node(e, &s.node, None).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct DemoteParams {
+    timeout_ms: Option<u64>,
+}
+
+async fn demote(State(s): State<ApiState>, q: Result<Query<DemoteParams>, QueryRejection>) -> Response {
+    let Query(p) = match q {
+        Ok(q) => q,
+        Err(e) => return ApiError::new(400, "bad_request", format!("bad query: {e}")).into_response(),
+    };
+    let timeout = std::time::Duration::from_millis(p.timeout_ms.unwrap_or(10_000).min(600_000));
+    match s.node.demote(timeout).await {
+        Ok(v) => json_of(&v),
+        Err(e) => ApiError::from_node(e, &s.node, None).into_response(),
     }
 }
 

@@ -220,6 +220,16 @@ impl Client {
         self.call("GET", "/v1/status", None, &[])
     }
 
+    /// Makes the node the warm primary in a new epoch.
+    pub fn promote(&self) -> Result<serde_json::Value, ClientError> {
+        self.call("POST", "/v1/admin/promote", None, &[])
+    }
+
+    /// Closes the node's warm writes and waits up to `timeout_ms` for its standbys.
+    pub fn demote(&self, timeout_ms: u64) -> Result<serde_json::Value, ClientError> {
+        self.call("POST", &format!("/v1/admin/demote?timeout_ms={timeout_ms}"), None, &[])
+    }
+
     /// `/healthz` (no token needed).
     pub fn health(&self) -> Result<(u16, Health), ClientError> {
         let r = self.raw("GET", "/healthz", None, &[], Some(""))?;

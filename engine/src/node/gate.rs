@@ -11,6 +11,13 @@ use super::error::NodeError;
 /// A future a write waits on after its commit.
 pub type AckWait = Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>;
 
+/// An administrative action of replication (promote, demote) and its report.
+pub type AdminWait = Pin<Box<dyn Future<Output = Result<serde_json::Value, NodeError>> + Send>>;
+
+fn no_replication() -> AdminWait {
+    Box::pin(async { Err(NodeError::Refused("replication is not running on this node (no peers or no cluster credentials)".into())) })
+}
+
 /// What replication decides about local writes.
 pub trait WriteGate: Send + Sync {
     /// Refuses a local write to `component` (e.g. this node is a warm standby for it).
@@ -24,6 +31,19 @@ pub trait WriteGate: Send + Sync {
     /// Replication's lines of `/metrics` (Prometheus text format).
     fn metrics(&self) -> String {
         String::new()
+    }
+    /// The warm role (`primary`, `demoted`, `standby`) and whether this node takes every write.
+    fn role(&self) -> Option<(String, bool)> {
+        None
+    }
+    /// Makes this node the warm primary in a new epoch.
+    fn promote(&self) -> AdminWait {
+        no_replication()
+    }
+    /// Closes warm writes and waits (up to `timeout`) for the standbys to have everything.
+    fn demote(&self, timeout: std::time::Duration) -> AdminWait {
+        let _ = timeout;
+        no_replication()
     }
 }
 

@@ -1945,12 +1945,39 @@ impl Node {
         };
         let refusal = self.write_refusal();
         let data = self.config.raw.node.role == Role::Data;
+        // With replication, the role is the warm one: a standby or a demoted primary does not
+        // take (warm) writes.
+        let warm = self.gate.get().and_then(|g| g.role()).filter(|_| data);
+        let takes = warm.as_ref().is_none_or(|(_, takes)| *takes);
+        let reason = match (&refusal, &warm) {
+            (Some(e), _) => Some(e.to_string()),
+            (None, Some((r, false))) => Some(format!("this node is the warm {r}: writes go to the primary")),
+            _ => None,
+        };
         api::Health {
             node: self.ctx.name.clone(),
-            role: role.to_owned(),
+            role: warm.map_or_else(|| role.to_owned(), |(r, _)| r),
+            node_role: role.to_owned(),
+            epoch: self.epoch(),
             reads: data && !self.closing.load(Ordering::SeqCst),
-            writes: data && refusal.is_none(),
-            reason: refusal.map(|e| e.to_string()),
+            writes: data && refusal.is_none() && takes,
+            reason,
+        }
+    }
+
+    /// Makes this node the warm primary in a new epoch (`tandem promote`).
+    pub async fn promote(&self) -> Result<serde_json::Value, NodeError> {
+        match self.gate.get() {
+            Some(g) => g.promote().await,
+            None => Err(NodeError::Refused("replication is not running on this node (no peers or no cluster credentials)".into())),
+        }
+    }
+
+    /// Closes warm writes and waits up to `timeout` for the standbys to have everything (`tandem demote`).
+    pub async fn demote(&self, timeout: std::time::Duration) -> Result<serde_json::Value, NodeError> {
+        match self.gate.get() {
+            Some(g) => g.demote(timeout).await,
+            None => Err(NodeError::Refused("replication is not running on this node (no peers or no cluster credentials)".into())),
         }
     }
 
@@ -2012,7 +2039,7 @@ impl Node {
             node: api::NodeStatus {
                 name: self.ctx.name.clone(),
                 id: self.meta.node_id.clone(),
-                role: health.role.clone(),
+                role: health.node_role.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 api: raw.node.api.clone(),
                 listen: raw.node.listen.clone(),

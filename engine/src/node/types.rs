@@ -108,7 +108,13 @@ pub struct ResolveAck {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub node: String,
+    /// The warm role when replication runs (`primary`, `demoted`, `standby`), else `data` or `witness`.
     pub role: String,
+    /// `data` or `witness`.
+    #[serde(default)]
+    pub node_role: String,
+    #[serde(default)]
+    pub epoch: u64,
     /// Can this node serve reads?
     pub reads: bool,
     /// Can this node take writes?

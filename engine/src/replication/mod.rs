@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use self::state::{ComponentPolicy, Lag, LinkProfile, SendWindow};
 use crate::node::config::{Ack, Mode, PeerSection, Priority, Profile};
 use crate::node::error::NodeError;
-use crate::node::gate::{AckWait, WriteGate};
+use crate::node::gate::{AckWait, AdminWait, WriteGate};
 use crate::node::service::{ApplyMode, Node, RemoteVersion};
 use crate::peer::proto::{Batch, ComponentInfo, Hello, Msg, WireChange};
 use crate::peer::tls::Credentials;
@@ -81,11 +81,40 @@ pub struct ComponentStatus {
     pub lag_alarm: bool,
 }
 
+/// The warm role of a node, durable in `DATA_DIR/replication/role.json` (initialised from
+/// `cluster.primary`): which node is the warm primary, and whether this node, when it is that
+/// primary, accepts warm writes (`tandem demote` closes them; `tandem promote` opens them on the
+/// node it runs on, in a new epoch).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub primary: Option<String>,
+    #[serde(default = "yes")]
+    pub accepting: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Why automatic failover is off (it always is, for now).
+pub fn failover_note(has_witness: bool, data_nodes: usize) -> String {
+    let mut s = "automatic failover is not available yet; use `tandem promote`".to_owned();
+    if data_nodes == 2 && !has_witness {
+        s.push_str(" (a two-node cluster will also need a witness, `tandem init --role witness`, to fail over by itself)");
+    }
+    s
+}
+
 /// The replication part of a node's status.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Status {
     pub node: String,
     pub primary: Option<String>,
+    /// `primary` (takes warm writes), `demoted` (the primary, warm writes closed) or `standby`.
+    pub role: String,
+    pub epoch: u64,
+    /// Why automatic failover is off.
+    pub automatic_failover: String,
     pub listen: String,
     pub peers: Vec<PeerStatus>,
     pub components: Vec<ComponentStatus>,
@@ -101,7 +130,8 @@ pub struct Status {
 /// What the write gate needs, shared with the links.
 struct GateState {
     us: String,
-    primary: Option<String>,
+    role: watch::Sender<Role>,
+    role_file: PathBuf,
     primary_api: Mutex<Option<String>>,
     policies: BTreeMap<String, ComponentPolicy>,
     /// The highest feed position a standby of the synchronous set has on disk, and the same
@@ -128,8 +158,44 @@ pub struct SyncSet {
 }
 
 impl GateState {
+    /// This node is the source of warm data (the primary, demoted or not).
     fn is_primary(&self) -> bool {
-        self.primary.as_deref() == Some(self.us.as_str())
+        self.role.borrow().primary.as_deref() == Some(self.us.as_str())
+    }
+
+    /// This node takes warm writes.
+    fn takes_writes(&self) -> bool {
+        let r = self.role.borrow();
+        r.primary.as_deref() == Some(self.us.as_str()) && r.accepting
+    }
+
+    fn primary(&self) -> Option<String> {
+        self.role.borrow().primary.clone()
+    }
+
+    fn role_name(&self) -> &'static str {
+        match (self.is_primary(), self.takes_writes()) {
+            (true, true) => "primary",
+            (true, false) => "demoted",
+            _ => "standby",
+        }
+    }
+
+    /// Records a new role durably, then makes it effective (links reset on the change).
+    fn set_role(&self, role: Role) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(&role).map_err(std::io::Error::other)?;
+        write_durably(&self.role_file, &bytes)?;
+        self.role.send_replace(role);
+        Ok(())
+    }
+}
+
+/// Reads the durable role, or the one the configuration gives.
+fn load_role(file: &std::path::Path, configured: Option<String>) -> anyhow::Result<Role> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Role { primary: configured, accepting: true }),
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
     }
 }
 
@@ -148,18 +214,44 @@ impl WriteGate for Gate {
     fn refuse(&self, component: &str) -> Option<NodeError> {
         let g = &self.0;
         let policy = g.policies.get(component)?;
-        if policy.mode != Mode::Warm || g.is_primary() {
+        if policy.mode != Mode::Warm || g.takes_writes() {
             return None;
         }
-        let primary = g.primary.clone()?;
+        if g.is_primary() || g.primary().is_none() {
+            let primary = "none: this node was demoted; run `tandem promote` on the node that should take writes".to_owned();
+            return Some(NodeError::NotPrimary { component: component.to_owned(), primary, api: None });
+        }
+        let primary = g.primary()?;
         let api = g.primary_api.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Some(NodeError::NotPrimary { component: component.to_owned(), primary, api })
+    }
+
+    fn role(&self) -> Option<(String, bool)> {
+        let g = &self.0;
+        let warm = g.policies.values().any(|p| p.mode == Mode::Warm);
+        Some((g.role_name().to_owned(), !warm || g.takes_writes()))
+    }
+
+    fn promote(&self) -> AdminWait {
+        let r = self.1.get().and_then(|r| r.upgrade());
+        Box::pin(async move {
+            let r = r.ok_or(NodeError::ShuttingDown)?;
+            r.promote().await
+        })
+    }
+
+    fn demote(&self, timeout: Duration) -> AdminWait {
+        let r = self.1.get().and_then(|r| r.upgrade());
+        Box::pin(async move {
+            let r = r.ok_or(NodeError::ShuttingDown)?;
+            r.demote(timeout).await
+        })
     }
 
     fn after_commit(&self, component: &str, seq: u64) -> Option<AckWait> {
         let g = &self.0;
         let policy = g.policies.get(component)?;
-        if policy.mode != Mode::Warm || policy.ack != Ack::Standby || !g.is_primary() {
+        if policy.mode != Mode::Warm || policy.ack != Ack::Standby || !g.takes_writes() {
             return None;
         }
         if g.sync_set.borrow().members.is_empty() {
@@ -196,6 +288,8 @@ struct Shared {
     digests: BTreeMap<String, String>,
     /// Lag of each applied version (ms), kept only while sampling (benchmarks).
     samples: Option<Vec<u64>>,
+    /// The highest epoch heard from any peer (a promotion goes past it).
+    max_epoch: u64,
 }
 
 /// Replication of one node.
@@ -257,7 +351,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     };
     let creds = crate::peer::tls::load(&base.join(ca), &base.join(cert), &base.join(key)).context("loading the cluster credentials")?;
     let us = config.raw.node.name.clone();
-    let primary = cluster.primary.clone().or_else(|| {
+    let configured = cluster.primary.clone().or_else(|| {
         let mut names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).chain([us.as_str()]).collect();
         names.sort_unstable();
         names.first().map(|s| (*s).to_owned())
@@ -282,9 +376,14 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         Err(e) => return Err(e).with_context(|| format!("reading {}", sync_file.display())),
     };
     let (sync_set, _) = watch::channel(sync);
+    let role_file = config.data_dir.join("replication").join("role.json");
+    let role = load_role(&role_file, configured)?;
+    let primary = role.primary.clone();
+    let (role, _) = watch::channel(role);
     let gate = Arc::new(GateState {
         us: us.clone(),
-        primary: primary.clone(),
+        role,
+        role_file,
         primary_api: Mutex::new(None),
         policies: policies(&node),
         sync_acked,
@@ -301,7 +400,13 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", positions_file.display())),
     };
-    let mut shared = Shared { positions, ..Default::default() };
+    let seen = positions.values().map(|p| p.epoch).max().unwrap_or(0);
+    if gate.takes_writes() {
+        // Every start of a primary begins a new epoch.
+        let epoch = node.epoch().max(seen) + 1;
+        node.set_epoch(epoch).await.with_context(|| format!("beginning epoch {epoch} as the warm primary"))?;
+    }
+    let mut shared = Shared { positions, max_epoch: seen, ..Default::default() };
     for p in &peers {
         let applied = shared.positions.get(&p.name).map(|p| p.seq).unwrap_or(0);
         shared.peers.insert(
@@ -386,9 +491,13 @@ impl Replication {
                 }
             })
             .collect();
+        let cfg = &self.node.config().raw;
         Status {
             node: self.gate.us.clone(),
-            primary: self.gate.primary.clone(),
+            primary: self.gate.primary(),
+            role: self.gate.role_name().to_owned(),
+            epoch: self.node.epoch(),
+            automatic_failover: failover_note(cfg.witness.is_some(), self.peers.len() + 1),
             listen: self.listen.to_string(),
             peers: s.peers.values().cloned().collect(),
             components,
@@ -544,7 +653,7 @@ impl Replication {
             node: self.gate.us.clone(),
             epoch: self.node.epoch(),
             api: self.api.clone(),
-            primary: self.gate.primary.clone(),
+            primary: self.gate.primary(),
             last_seq: self.node.last_seq(),
             components,
         }
@@ -618,6 +727,7 @@ impl Replication {
         };
         let name = peer_cfg.name.clone();
         let profile = LinkProfile::of(peer_cfg.profile);
+        self.note_epoch(theirs.epoch);
         peer::send(&mut wr, &Msg::Hello(self.hello()), false).await?;
         let (after, wanted) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer::recv(&mut rd)).await {
             Ok(Ok(Msg::Subscribe { after_seq, components })) => (after_seq, components),
@@ -631,7 +741,11 @@ impl Replication {
             .filter(|c| same.contains(c))
             .filter(|c| self.gate.policies.get(c).is_some_and(|p| state::sends(p, self.gate.is_primary())))
             .collect();
-        self.peer_status(&name, |p| p.subscribed = true);
+        // The peer's position in this node's feed is on its disk: an acknowledgement.
+        self.peer_status(&name, |p| {
+            p.subscribed = true;
+            p.acked_by_peer = p.acked_by_peer.max(after);
+        });
         let r = self.stream(&name, profile, after, allowed, &mut rd, &mut wr).await;
         self.peer_status(&name, |p| p.subscribed = false);
         if let Err(e) = &r {
@@ -689,6 +803,8 @@ impl Replication {
             let mut high_sent = after;
             let mut seq_rx = self.node.watch_seq();
             let mut stop = self.stop.subscribe();
+            let mut role_rx = self.gate.role.subscribe();
+            let primary_at_start = self.gate.primary();
             let mut last_sent = Instant::now();
             loop {
                 while window.can_send(profile.window) && self.node.last_seq() > window.sent_up_to {
@@ -734,12 +850,17 @@ impl Replication {
                 let hb = Duration::from_millis(profile.heartbeat_ms).saturating_sub(last_sent.elapsed());
                 tokio::select! {
                     _ = stop.changed() => return Ok(()),
+                    r = role_rx.changed() => if r.is_err() || role_rx.borrow().primary != primary_at_start {
+                        return Err(LinkError::Protocol("the warm primary changed: the link is reset".into()));
+                    },
                     m = ack_rx.recv() => match m {
-                        Some(Ok(Msg::Ack { seq, high, .. })) => {
+                        Some(Ok(Msg::Ack { seq, high, epoch })) => {
                             if !window.acked(seq) {
                                 return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent ({})", window.sent_up_to)));
                             }
-                            if self.gate.sync_set.borrow().members.contains_key(peer) {
+                            self.note_epoch(epoch);
+                            // An acknowledgement from an older epoch never counts for a `standby` ack.
+                            if epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) {
                                 self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
                                 self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
                             }
@@ -823,7 +944,11 @@ impl Replication {
         if theirs.node != cfg.name {
             return Err(LinkError::Protocol(format!("{} answered as {:?}, not {:?}", cfg.address, theirs.node, cfg.name)));
         }
-        if self.gate.primary.as_deref() == Some(theirs.node.as_str()) {
+        self.note_epoch(theirs.epoch);
+        self.adopt(&theirs).await?;
+        let mut role_rx = self.gate.role.subscribe();
+        let primary_at_start = role_rx.borrow_and_update().primary.clone();
+        if self.gate.primary().as_deref() == Some(theirs.node.as_str()) {
             *self.gate.primary_api.lock().unwrap_or_else(|e| e.into_inner()) = theirs.api.clone();
         }
         let (same, mismatches) = state::compare(&ours.components, &theirs.components);
@@ -832,7 +957,7 @@ impl Replication {
             .iter()
             .filter_map(|c| {
                 let p = self.gate.policies.get(c)?;
-                Some((c.clone(), state::apply_mode(p, &theirs.node, self.gate.primary.as_deref(), &self.gate.us)?))
+                Some((c.clone(), state::apply_mode(p, &theirs.node, self.gate.primary().as_deref(), &self.gate.us)?))
             })
             .collect();
         let after = self.shared().positions.get(&cfg.name).copied().unwrap_or_default();
@@ -860,6 +985,12 @@ impl Replication {
             let hb = Duration::from_millis(profile.heartbeat_ms).saturating_sub(last_sent.elapsed());
             let msg = tokio::select! {
                 _ = stop.changed() => return Ok(()),
+                r = role_rx.changed() => {
+                    if r.is_err() || role_rx.borrow().primary != primary_at_start {
+                        return Err(LinkError::Protocol("the warm primary changed: the link is reset".into()));
+                    }
+                    continue;
+                }
                 m = tokio::time::timeout(Duration::from_millis(profile.timeout_ms), peer::recv(&mut rd)) => {
                     m.map_err(|_| LinkError::Timeout(format!("no word from {} for {} ms", cfg.name, profile.timeout_ms)))??
                 }
@@ -883,7 +1014,9 @@ impl Replication {
                     let high = batch.high.max(up_to);
                     let warm = batch.changes.iter().any(|c| modes.get(&c.component) == Some(&ApplyMode::Replace));
                     if warm {
-                        newest_epoch = state::fence(batch.epoch, newest_epoch).map_err(|reason| {
+                        // Fenced against the newest epoch seen from this peer and this node's own
+                        // (a promotion moved it past every epoch it had heard of).
+                        newest_epoch = state::fence(batch.epoch, newest_epoch.max(self.node.epoch())).map_err(|reason| {
                             self.shared().alarms.insert(format!("fenced:{}", cfg.name), reason.clone());
                             LinkError::Refused(reason)
                         })?;
@@ -920,6 +1053,86 @@ impl Replication {
                 Msg::Refuse { reason } => return Err(LinkError::Refused(reason)),
                 other => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
             }
+        }
+    }
+
+    fn note_epoch(&self, epoch: u64) {
+        let mut s = self.shared();
+        s.max_epoch = s.max_epoch.max(epoch);
+    }
+
+    /// A peer that is the warm primary in a newer epoch than this node's: this node follows it
+    /// (an old primary that was demoted, or cut off during a promotion, steps down here).
+    async fn adopt(&self, theirs: &Hello) -> Result<(), LinkError> {
+        if theirs.primary.as_deref() != Some(theirs.node.as_str()) || theirs.epoch <= self.node.epoch() {
+            return Ok(());
+        }
+        if self.gate.primary().as_deref() == Some(theirs.node.as_str()) {
+            return Ok(());
+        }
+        let was = self.gate.role_name();
+        self.node
+            .set_epoch(theirs.epoch)
+            .await
+            .map_err(|e| LinkError::Apply(format!("moving to epoch {} of primary {}: {e}", theirs.epoch, theirs.node)))?;
+        self.gate
+            .set_role(Role { primary: Some(theirs.node.clone()), accepting: true })
+            .map_err(|e| LinkError::Apply(format!("recording the new primary {}: {e}", theirs.node)))?;
+        tracing::warn!(primary = %theirs.node, epoch = theirs.epoch, was, "a newer warm primary: this node follows it");
+        Ok(())
+    }
+
+    /// Makes this node the warm primary in a new epoch, past every epoch it has seen. The epoch
+    /// is on disk before the role is, and the role before warm writes are taken.
+    pub async fn promote(&self) -> Result<serde_json::Value, NodeError> {
+        let previous = self.gate.primary();
+        let seen = self.shared().max_epoch;
+        let epoch = self.node.epoch().max(seen) + 1;
+        let epoch = self.node.set_epoch(epoch).await?;
+        self.gate
+            .set_role(Role { primary: Some(self.gate.us.clone()), accepting: true })
+            .map_err(|e| NodeError::Refused(format!("cannot record the role in {}: {e}", self.gate.role_file.display())))?;
+        tracing::warn!(epoch, previous = ?previous, "promoted: this node is the warm primary");
+        Ok(serde_json::json!({ "node": self.gate.us, "role": "primary", "epoch": epoch, "previous_primary": previous }))
+    }
+
+    /// Stops taking warm writes (this node stays the source of its feed), then waits until
+    /// every peer acknowledged the whole feed, or `timeout`.
+    pub async fn demote(&self, timeout: Duration) -> Result<serde_json::Value, NodeError> {
+        if !self.gate.is_primary() {
+            return Err(NodeError::Refused(format!(
+                "this node is not the warm primary (the primary is {}): nothing to demote",
+                self.gate.primary().unwrap_or_else(|| "unknown".into())
+            )));
+        }
+        self.gate
+            .set_role(Role { primary: Some(self.gate.us.clone()), accepting: false })
+            .map_err(|e| NodeError::Refused(format!("cannot record the role in {}: {e}", self.gate.role_file.display())))?;
+        // Writes that passed the gate just before it closed commit within a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let target = self.node.last_seq();
+        let started = Instant::now();
+        loop {
+            let acked: Vec<(String, u64)> = self.shared().peers.values().map(|p| (p.name.clone(), p.acked_by_peer)).collect();
+            let done = acked.iter().all(|(_, a)| *a >= target);
+            if done || started.elapsed() >= timeout {
+                let standbys: Vec<serde_json::Value> =
+                    acked.iter().map(|(n, a)| serde_json::json!({ "name": n, "acknowledged": a, "caught_up": *a >= target })).collect();
+                let message = if done {
+                    format!("warm writes are closed; every standby has acknowledged the feed up to {target}: promote one of them")
+                } else {
+                    format!(
+                        "warm writes are closed, but not every standby acknowledged the feed up to {target} within {} ms: promoting one that did not could lose writes",
+                        timeout.as_millis()
+                    )
+                };
+                tracing::warn!(target, caught_up = done, "demoted: warm writes are closed");
+                return Ok(serde_json::json!({
+                    "node": self.gate.us, "role": "demoted", "epoch": self.node.epoch(), "last_seq": target,
+                    "caught_up": done, "standbys": standbys, "message": message,
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
