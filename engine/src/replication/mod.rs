@@ -946,6 +946,24 @@ impl Replication {
         }
         self.note_epoch(theirs.epoch);
         self.adopt(&theirs).await?;
+        {
+            // Two nodes taking warm writes in one epoch: only an operator can tell which one
+            // should (two promotions, or an old primary restarted while cut off).
+            let key = format!("two-primaries:{}", cfg.name);
+            let both =
+                self.gate.takes_writes() && theirs.primary.as_deref() == Some(theirs.node.as_str()) && theirs.epoch == self.node.epoch();
+            let mut s = self.shared();
+            if both {
+                let msg = format!(
+                    "{} and {} are both the warm primary in epoch {}: run `tandem demote` on the one that should not take writes, then `tandem promote` on the other",
+                    self.gate.us, theirs.node, theirs.epoch
+                );
+                tracing::error!(peer = %cfg.name, "{msg}");
+                s.alarms.insert(key, msg);
+            } else {
+                s.alarms.remove(&key);
+            }
+        }
         let mut role_rx = self.gate.role.subscribe();
         let primary_at_start = role_rx.borrow_and_update().primary.clone();
         if self.gate.primary().as_deref() == Some(theirs.node.as_str()) {
@@ -1227,4 +1245,29 @@ fn write_durably(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, file)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_note_names_promote_and_a_witness_for_two_nodes() {
+        let two = failover_note(false, 2);
+        assert!(two.contains("not available yet") && two.contains("tandem promote") && two.contains("witness"), "{two}");
+        assert!(!failover_note(true, 2).contains("witness"));
+        assert!(!failover_note(false, 3).contains("witness"));
+    }
+
+    #[test]
+    fn the_role_comes_from_its_file_or_the_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("replication").join("role.json");
+        assert_eq!(load_role(&file, Some("a".into())).expect("role"), Role { primary: Some("a".into()), accepting: true });
+        write_durably(&file, br#"{"primary": "b"}"#).expect("write");
+        assert_eq!(load_role(&file, Some("a".into())).expect("role"), Role { primary: Some("b".into()), accepting: true });
+        write_durably(&file, b"{").expect("write");
+        let e = load_role(&file, None).expect_err("a broken file is an error");
+        assert!(format!("{e:#}").contains("role.json"), "{e:#}");
+    }
 }
