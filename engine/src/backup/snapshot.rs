@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::container::{self, BodyInfo, BodyWriter, Corrupt, Dec, corrupt, enc};
 use super::time;
 use crate::node::hlc::HlcTime;
-use crate::node::store::{self, ConflictRow, RECORD_COLUMNS, RecordRow, row_to_record, sql_u64};
+use crate::node::store::{self, CONFLICT_COLUMNS, ConflictRow, RECORD_COLUMNS, RecordRow, row_to_conflict, row_to_record, sql_u64};
 use crate::plugin::Stamp;
 
 pub const MAGIC: &[u8; 8] = b"TNDMSNP1";
@@ -337,23 +337,10 @@ fn create_in(conn: &Connection, target: &Path, opts: &CreateOptions<'_>) -> anyh
     }
     let mut conflicts = 0u64;
     {
-        let mut q = conn.prepare(
-            "SELECT id, component, key, reason, violations, versions, detected_p, detected_seq, resolved_seq, resolution FROM conflicts ORDER BY id",
-        )?;
+        let mut q = conn.prepare(&format!("SELECT {CONFLICT_COLUMNS} FROM conflicts ORDER BY id"))?;
         let mut rows = q.query([])?;
         while let Some(r) = rows.next()? {
-            let c = ConflictRow {
-                id: r.get(0)?,
-                component: r.get(1)?,
-                key: r.get(2)?,
-                reason: r.get(3)?,
-                violations: r.get(4)?,
-                versions: r.get(5)?,
-                detected_p: sql_u64(r.get(6)?),
-                detected_seq: sql_u64(r.get(7)?),
-                resolved_seq: r.get::<_, Option<i64>>(8)?.map(sql_u64),
-                resolution: r.get(9)?,
-            };
+            let c = row_to_conflict(r)?;
             if !wanted(&c.component) {
                 continue;
             }

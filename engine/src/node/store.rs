@@ -767,7 +767,8 @@ pub fn idempotency_rows(conn: &Connection, since_ms: u64) -> Result<Vec<IdemRow>
     Ok(out)
 }
 
-fn row_to_conflict(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRow> {
+/// A `conflicts` row read as `SELECT {CONFLICT_COLUMNS}`.
+pub(crate) fn row_to_conflict(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRow> {
     Ok(ConflictRow {
         id: r.get(0)?,
         component: r.get(1)?,
@@ -782,7 +783,8 @@ fn row_to_conflict(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConflictRow> {
     })
 }
 
-const CONFLICT_COLUMNS: &str = "id, component, key, reason, violations, versions, detected_p, detected_seq, resolved_seq, resolution";
+pub(crate) const CONFLICT_COLUMNS: &str =
+    "id, component, key, reason, violations, versions, detected_p, detected_seq, resolved_seq, resolution";
 
 /// Conflicts, open ones only unless `all`, optionally of one component, oldest first.
 pub fn conflicts(conn: &Connection, component: Option<&str>, all: bool, limit: usize) -> Result<Vec<ConflictRow>, StoreError> {
