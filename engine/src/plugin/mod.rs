@@ -276,13 +276,22 @@ impl Runtime {
     /// Compiles (or loads from the cache) a plugin, checks its contract version and `describe`.
     /// `name` is used in messages until the plugin has told its component name.
     pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8], limits: Limits) -> Result<Arc<LoadedPlugin>, PluginError> {
+        self.load_with_digest(name, bytes, digest(bytes), limits)
+    }
+
+    /// [`Runtime::load`] for a caller that already computed `digest(bytes)` (e.g. to check a pin).
+    pub fn load_with_digest(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+        digest: String,
+        limits: Limits,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let started = Instant::now();
         let load_err = |message: String| PluginError::Load { plugin: name.to_owned(), message };
         if limits.memory_bytes > self.max_memory_bytes {
             return Err(load_err(format!("memory cap {} is over the runtime's maximum of {}", limits.memory_bytes, self.max_memory_bytes)));
         }
-        let digest = digest(bytes);
-        let t_digest = started.elapsed();
         let (component, from_cache) = match &self.cache {
             Some(cache) => cache.get_or_compile(&self.engine, &digest, bytes).map_err(|e| load_err(format!("{e:#}")))?,
             None => (Component::new(&self.engine, bytes).map_err(|e| load_err(format!("not a valid component: {e:#}")))?, false),
@@ -332,7 +341,7 @@ impl Runtime {
         plugin.name = info.component.clone();
         plugin.info = info;
         plugin.load_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        tracing::debug!(plugin = %plugin.name, from_cache, digest_us = t_digest.as_micros() as u64, code_and_link_us = (t_link - t_digest).as_micros() as u64, total_us = plugin.load_micros, "plugin loaded");
+        tracing::debug!(plugin = %plugin.name, from_cache, code_and_link_us = t_link.as_micros() as u64, total_us = plugin.load_micros, "plugin loaded");
         Ok(Arc::new(plugin))
     }
 

@@ -80,13 +80,14 @@ impl Registry {
             plugin: spec.component.clone(),
             message: format!("cannot read {}: {e}", spec.path.display()),
         })?;
-        if let Some(pinned) = spec.pinned() {
-            let found = digest(&bytes);
-            if found != pinned {
-                return Err(PluginError::DigestMismatch { plugin: spec.component.clone(), expected: pinned, found });
-            }
+        // One digest serves the pin check and the compile cache's key.
+        let found = digest(&bytes);
+        if let Some(pinned) = spec.pinned()
+            && found != pinned
+        {
+            return Err(PluginError::DigestMismatch { plugin: spec.component.clone(), expected: pinned, found });
         }
-        let plugin = self.runtime.load(&spec.component, &bytes, spec.limits.clone())?;
+        let plugin = self.runtime.load_with_digest(&spec.component, &bytes, found, spec.limits.clone())?;
         if plugin.name() != spec.component {
             return Err(PluginError::Load {
                 plugin: spec.component.clone(),
