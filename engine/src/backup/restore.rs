@@ -134,6 +134,19 @@ pub struct Report {
     /// Seqs in the replayed range that the archive does not hold: versions overwritten before
     /// the archiver read them (their successors are there), or rows purged by retention.
     pub unarchived: u64,
+    /// What replication resumes from (`DATA_DIR/replication/positions.json`, rewritten).
+    pub positions: PositionsNote,
+}
+
+/// How a restore set the node's replication positions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PositionsNote {
+    /// (source node, seq, epoch): the restored store holds the source's feed up to `seq`, so
+    /// catching up from it resumes there. None: every peer's feed is read from the start
+    /// (applying is idempotent), e.g. after restoring a snapshot of some components only.
+    pub resume: Option<(String, u64, u64)>,
+    /// The previous positions file, kept.
+    pub previous: Option<PathBuf>,
 }
 
 fn sql_i64(v: u64) -> i64 {
@@ -171,9 +184,12 @@ pub fn restore(opts: &RestoreOptions<'_>) -> anyhow::Result<Report> {
             }
         }
     }
+    // The seq counter of the store being replaced: the new one continues past it, so a peer
+    // that read this node's feed before never skips a new write as one it already has.
+    let floor = if dest.exists() { store_last_seq(dest).unwrap_or(0) } else { 0 };
     let tmp = dir.join(format!(".{name}.restoring-{}", std::process::id()));
-    let built = build(&plan, opts, &tmp);
-    let Built { records, replayed, last_seq, reached_ms, components, unarchived } = match built {
+    let built = build(&plan, opts, &tmp, floor);
+    let Built { records, replayed, last_seq, reached_ms, components, unarchived, epoch } = match built {
         Ok(v) => v,
         Err(e) => {
             remove_db(&tmp);
@@ -210,7 +226,49 @@ pub fn restore(opts: &RestoreOptions<'_>) -> anyhow::Result<Report> {
         bail!("cannot move the restored store into place ({} to {}): {e}", tmp.display(), dest.display());
     }
     super::container::sync_dir(&dir);
-    Ok(Report { plan, dest: dest.clone(), previous, records, replayed, last_seq, reached_ms, components, unarchived })
+    let positions = reset_positions(&dir, &plan.manifest, &opts.node_name, last_seq, epoch)
+        .with_context(|| format!("the store was restored, but its replication positions in {} could not be set", dir.display()))?;
+    Ok(Report { plan, dest: dest.clone(), previous, records, replayed, last_seq, reached_ms, components, unarchived, positions })
+}
+
+fn store_last_seq(path: &Path) -> Option<u64> {
+    let c = store::open_for_inspection(path).ok()?;
+    let v: String = c.query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| r.get(0)).ok()?;
+    v.parse().ok()
+}
+
+/// Rewrites `DATA_DIR/replication/positions.json` for the restored store: the positions saved
+/// for the replaced store describe data it no longer has. A full snapshot holds the feed of the
+/// node that took it up to `last_seq` (plus the archive replayed after it), so replication from
+/// that node resumes there; every other peer's feed is read again from the start (applying is
+/// idempotent). A snapshot of some components only resumes nothing. The old file is kept.
+fn reset_positions(data_dir: &Path, m: &Manifest, us: &str, last_seq: u64, epoch: u64) -> anyhow::Result<PositionsNote> {
+    let file = data_dir.join("replication").join("positions.json");
+    let mut note = PositionsNote::default();
+    let mut positions = std::collections::BTreeMap::new();
+    if m.is_full() && m.node != us {
+        positions.insert(m.node.clone(), crate::replication::Position { seq: last_seq, epoch, warm: true });
+        note.resume = Some((m.node.clone(), last_seq, epoch));
+    }
+    if file.exists() {
+        let aside = data_dir.join("replication").join(format!("positions.json.pre-restore-{}", time::compact_ms(time::now_ms())));
+        std::fs::rename(&file, &aside).with_context(|| format!("cannot keep {} as {}", file.display(), aside.display()))?;
+        note.previous = Some(aside);
+    } else if positions.is_empty() {
+        return Ok(note);
+    }
+    let dir = data_dir.join("replication");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(".positions.json.restoring");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&positions)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &file).with_context(|| format!("cannot write {}", file.display()))?;
+    super::container::sync_dir(&dir);
+    Ok(note)
 }
 
 fn remove_db(p: &Path) {
@@ -223,6 +281,7 @@ fn remove_db(p: &Path) {
 }
 
 struct Built {
+    epoch: u64,
     records: u64,
     replayed: u64,
     last_seq: u64,
@@ -231,7 +290,7 @@ struct Built {
     unarchived: u64,
 }
 
-fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<Built> {
+fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path, seq_floor: u64) -> anyhow::Result<Built> {
     let m = &plan.manifest;
     if m.store_schema != store::SCHEMA_VERSION {
         bail!(
@@ -351,9 +410,12 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<B
         }
         drop(put);
         drop(put_conflict);
-        for (k, v) in
-            [("epoch", epoch.to_string()), ("hlc_p", max_p.to_string()), ("hlc_l", max_l.to_string()), ("last_seq", last_seq.to_string())]
-        {
+        for (k, v) in [
+            ("epoch", epoch.to_string()),
+            ("hlc_p", max_p.to_string()),
+            ("hlc_l", max_l.to_string()),
+            ("last_seq", last_seq.max(seq_floor).to_string()),
+        ] {
             tx.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![k, v])?;
         }
         tx.commit()?;
@@ -389,6 +451,6 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path) -> anyhow::Result<B
         drop(conn);
         let f = std::fs::File::open(tmp)?;
         f.sync_all()?;
-        Ok(Built { records, replayed, last_seq, reached_ms, components, unarchived })
+        Ok(Built { epoch, records, replayed, last_seq, reached_ms, components, unarchived })
     }
 }

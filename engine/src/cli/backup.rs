@@ -409,6 +409,15 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = &r.previous {
         println!("the previous store is kept as {}", p.display());
     }
+    match &r.positions.resume {
+        Some((node, seq, epoch)) => println!(
+            "replication: catching up from {node} resumes after seq {seq} (epoch {epoch}); other peers' feeds are read again from the start"
+        ),
+        None => println!("replication: every peer's feed is read again from the start (idempotent)"),
+    }
+    if let Some(p) = &r.positions.previous {
+        println!("the previous replication positions are kept as {}", p.display());
+    }
     for (c, n, d) in &r.components {
         println!("  {c:<32} {n:>9} records  digest {}", &d[..d.len().min(16)]);
     }
