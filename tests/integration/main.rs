@@ -2,6 +2,7 @@
 
 mod backup;
 mod backup_node;
+mod backup_peer;
 mod failover_manual;
 mod node_api;
 mod node_cli;

@@ -8,9 +8,11 @@
 //! milliseconds), which is non-decreasing along the feed. `restore --to T` replays the prefix of
 //! the feed whose archive time is at most T.
 //!
-//! A version overwritten before the archiver read it is not in the archive (its successor is):
-//! the segment's manifest counts such holes (`skipped`). The archiver runs after every commit, so
-//! this happens only to a key written twice within one pass.
+//! Inside a running node the archiver takes every committed version from the node's commit tap
+//! ([`crate::node::tap`]), so a version overwritten a moment later is archived too. It reads the
+//! store only for what was committed before it subscribed (at start, or after it fell behind the
+//! tap's bound and the tap closed): a version overwritten before it read the store is then not
+//! in the archive (its successor is), and the segment's manifest counts such holes (`skipped`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -213,37 +215,80 @@ impl Archiver {
         self.flushed_seq
     }
 
+    /// Everything up to here has been read (from the store or the tap).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Entries read and not yet in a segment file.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Reads what was committed since the last poll; writes a segment if one is due. Returns the
     /// number of entries read.
     pub fn poll(&mut self) -> anyhow::Result<usize> {
+        self.poll_until(u64::MAX)
+    }
+
+    /// Reads from the store what was committed after the cursor, up to seq `up_to`; writes a
+    /// segment if one is due. Returns the number of entries read.
+    pub fn poll_until(&mut self, up_to: u64) -> anyhow::Result<usize> {
         if self.conn.is_none() {
             self.conn = Some(snapshot::open_store(&self.store_path)?);
         }
-        let conn = self.conn.as_ref().context("no store connection")?;
-        let mut q = conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE seq > ?1 ORDER BY seq LIMIT 10000"))?;
-        let mut n = 0;
-        loop {
-            let rows: Vec<RecordRow> =
-                q.query_map([i64::try_from(self.cursor).unwrap_or(i64::MAX)], row_to_record)?.collect::<Result<_, _>>()?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in rows {
-                self.time = self.time.max(r.stamp.physical);
-                self.cursor = r.seq;
-                self.pending_bytes += r.data.len() + r.key.len() + r.component.len() + 64;
-                self.pending.push((self.time, r));
-                n += 1;
-            }
-            if self.pending_since.is_none() {
-                self.pending_since = Some(Instant::now());
-            }
-        }
-        drop(q);
+        let conn = self.conn.take().context("no store connection")?;
+        let read = self.read_store(&conn, up_to);
+        self.conn = Some(conn);
+        let n = read?;
         if self.due() {
             self.flush()?;
         }
         Ok(n)
+    }
+
+    fn read_store(&mut self, conn: &Connection, up_to: u64) -> anyhow::Result<usize> {
+        let mut q =
+            conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT 10000"))?;
+        let mut n = 0;
+        let limit = i64::try_from(up_to).unwrap_or(i64::MAX);
+        loop {
+            let rows: Vec<RecordRow> =
+                q.query_map([i64::try_from(self.cursor).unwrap_or(i64::MAX), limit], row_to_record)?.collect::<Result<_, _>>()?;
+            if rows.is_empty() {
+                return Ok(n);
+            }
+            for r in rows {
+                self.add(r);
+                n += 1;
+            }
+        }
+    }
+
+    /// Takes committed versions handed over by the node's commit tap, in commit order. Versions
+    /// at or before the cursor (already read from the store) are ignored. Returns the number of
+    /// seqs between the cursor and the first new version that neither the store read nor the
+    /// tap brought (0 when the tap is contiguous with what was read: the normal case).
+    pub fn push(&mut self, rows: Vec<RecordRow>) -> u64 {
+        let mut missing = 0;
+        for r in rows {
+            if r.seq <= self.cursor {
+                continue;
+            }
+            missing += r.seq - self.cursor - 1;
+            self.add(r);
+        }
+        missing
+    }
+
+    fn add(&mut self, r: RecordRow) {
+        self.time = self.time.max(r.stamp.physical);
+        self.cursor = r.seq;
+        self.pending_bytes += r.data.len() + r.key.len() + r.component.len() + 64;
+        self.pending.push((self.time, r));
+        if self.pending_since.is_none() {
+            self.pending_since = Some(Instant::now());
+        }
     }
 
     /// Whether the pending entries should be written now.

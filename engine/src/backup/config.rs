@@ -6,6 +6,7 @@
 //! archive = true                  # continuous log archive for point-in-time restore
 //! segment_age = "60s"             # an archive segment is written at least this often
 //! segment_mb = 8                  # ... or once this much is pending
+//! peer = "pbx2"                   # also send each scheduled snapshot to this peer's inbox
 //!
 //! [[backup.schedule]]             # the whole store every 6 hours
 //! every = "6h"
@@ -37,6 +38,9 @@ pub struct BackupSection {
     pub segment_mb: u64,
     /// zstd level of snapshots.
     pub level: i32,
+    /// A `[[peer]]` whose inbox also receives each scheduled snapshot (over the peer protocol)
+    /// when it is up; the local target always keeps it.
+    pub peer: Option<String>,
     #[serde(rename = "schedule")]
     pub schedules: Vec<ScheduleSection>,
     pub retention: RetentionSection,
@@ -50,6 +54,7 @@ impl Default for BackupSection {
             segment_age: "60s".to_owned(),
             segment_mb: 8,
             level: 3,
+            peer: None,
             schedules: Vec::new(),
             retention: RetentionSection::default(),
         }
@@ -113,6 +118,9 @@ impl BackupSection {
         }
         if self.target.is_none() && !self.schedules.is_empty() {
             out.push(("target".to_owned(), "schedules need a target directory".to_owned()));
+        }
+        if self.peer.is_some() && self.target.is_none() {
+            out.push(("peer".to_owned(), "snapshots sent to a peer are taken into a local target first: set `target` too".to_owned()));
         }
         for (i, s) in self.schedules.iter().enumerate() {
             if let Err(p) = s.resolve() {

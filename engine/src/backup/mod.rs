@@ -12,6 +12,7 @@
 //!   days) as pure functions.
 //! - [`restore`]: a store rebuilt in a temporary file and renamed into place.
 //! - [`service`]: the scheduler and archiver thread of a running node.
+//! - [`peer`]: snapshots sent to the passive peer's inbox over the peer protocol.
 //! - [`config`]: the `[backup]` configuration section.
 //!
 //! A backup target directory holds `snapshots/*.tsnap` and `archive/*.tseg`.
@@ -19,6 +20,7 @@
 pub mod archive;
 pub mod config;
 pub mod container;
+pub mod peer;
 pub mod policy;
 pub mod restore;
 pub mod service;

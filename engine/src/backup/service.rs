@@ -1,20 +1,24 @@
-//! The backup thread of a running node: tails the change feed into the log archive, takes the
-//! scheduled snapshots and applies retention. It reads the store through its own connection, so
-//! it never waits on, or holds up, the node's writer.
+//! The backup thread of a running node: writes every committed version (from the node's commit
+//! tap) into the log archive, takes the scheduled snapshots, sends them to the peer's inbox
+//! (`[backup] peer`), applies retention, and keeps the status `GET /v1/admin/backup` and
+//! `/metrics` show. It reads the store through its own connection and takes versions from a
+//! channel the writer never waits on, so it never holds up the node's writer.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tokio::sync::watch;
 
 use super::archive::{self, Archiver, ArchiverOptions};
 use super::config::Plan;
 use super::policy::{self, Snap};
 use super::snapshot::{self, CreateOptions, PluginManifest};
-use super::time;
+use super::{peer, time};
+use crate::node::tap::{BackupView, TapClosed, TapReceiver};
 use crate::node::{Config, Node};
 use crate::plugin::registry::Registry;
 
@@ -22,9 +26,15 @@ use crate::plugin::registry::Registry;
 pub struct BackupService {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    status: SharedStatus,
 }
 
 impl BackupService {
+    /// The thread's status now.
+    pub fn status(&self) -> BackupStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Stops the thread, flushing what the archive has pending.
     pub fn stop(mut self) {
         self.halt();
@@ -85,21 +95,205 @@ pub fn plugins_from_config(config: &Config) -> Vec<PluginManifest> {
         .collect()
 }
 
-/// Starts the backup thread of a node if its configuration names a backup target.
+/// What `GET /v1/admin/backup` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BackupStatus {
+    pub target: String,
+    /// The log archive runs.
+    pub archive: bool,
+    /// Where the archive reads committed versions from: `commit tap` (every version, inside a
+    /// running node) or `store` (the latest version of each key, without a node).
+    pub archive_source: String,
+    /// Everything up to this feed position is in archive segment files.
+    pub archive_seq: u64,
+    /// Read, not yet in a segment file.
+    pub archive_pending: usize,
+    pub archive_segments_written: u64,
+    pub last_segment: Option<String>,
+    /// Times the archive fell behind the writer by more than the tap's bound and re-read the
+    /// store (versions overwritten meanwhile are then not archived separately).
+    pub archive_gaps: u64,
+    /// Versions the archive holds no copy of (overwritten before they could be read).
+    pub archive_unarchived: u64,
+    pub last_snapshot: Option<SnapshotInfo>,
+    pub next_scheduled: Vec<NextSnapshot>,
+    pub snapshots_taken: u64,
+    pub snapshots_failed: u64,
+    /// The peer whose inbox receives each scheduled snapshot (`[backup] peer`).
+    pub peer: Option<String>,
+    pub last_peer_send: Option<PeerSend>,
+    pub peer_sends_ok: u64,
+    pub peer_sends_failed: u64,
+    /// The last failure of any backup action (kept after a later success, for the record).
+    pub last_error: Option<BackupError>,
+    /// Areas whose last attempt failed (`archive`, `snapshot`, `peer`, `config`).
+    pub failing: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SnapshotInfo {
+    pub file: String,
+    pub scope: String,
+    pub created_ms: u64,
+    pub created: String,
+    pub last_seq: u64,
+    pub records: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NextSnapshot {
+    pub scope: String,
+    pub due_ms: u64,
+    pub due: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PeerSend {
+    pub peer: String,
+    pub file: String,
+    pub at_ms: u64,
+    pub ok: bool,
+    /// Where the peer stored it, or why it was not sent (the snapshot is then only in the local
+    /// target).
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BackupError {
+    pub at_ms: u64,
+    pub at: String,
+    pub message: String,
+}
+
+type SharedStatus = Arc<Mutex<BackupStatus>>;
+
+fn update(status: &SharedStatus, f: impl FnOnce(&mut BackupStatus)) {
+    f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// Records a failure of one area (`archive`, `snapshot`, `peer`, `config`): `last_error`, and
+/// the area is failing until its next success.
+fn note_error(status: &SharedStatus, area: &str, message: String) {
+    let at_ms = time::now_ms();
+    update(status, |s| {
+        s.last_error = Some(BackupError { at_ms, at: time::format_ms(at_ms), message });
+        if !s.failing.iter().any(|a| a == area) {
+            s.failing.push(area.to_owned());
+            s.failing.sort();
+        }
+    });
+}
+
+fn note_ok(status: &SharedStatus, area: &str) {
+    update(status, |s| s.failing.retain(|a| a != area));
+}
+
+struct View(SharedStatus);
+
+impl BackupView for View {
+    fn status(&self) -> serde_json::Value {
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        serde_json::to_value(s).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        metrics_text(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Prometheus lines of the backup thread.
+pub fn metrics_text(s: &BackupStatus) -> String {
+    let mut out = String::new();
+    let mut line = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    };
+    let last = s.last_snapshot.as_ref();
+    line(
+        "tandem_backup_last_snapshot_timestamp_seconds",
+        "gauge",
+        "When the newest snapshot in the target was taken (0: none).",
+        format!("{}", last.map_or(0.0, |l| l.created_ms as f64 / 1000.0)),
+    );
+    line(
+        "tandem_backup_last_snapshot_seq",
+        "gauge",
+        "Feed position of the newest snapshot.",
+        format!("{}", last.map_or(0, |l| l.last_seq)),
+    );
+    let next = s.next_scheduled.iter().map(|n| n.due_ms).min();
+    line(
+        "tandem_backup_next_snapshot_timestamp_seconds",
+        "gauge",
+        "When the next scheduled snapshot is due (0: no schedule).",
+        format!("{}", next.map_or(0.0, |n| n as f64 / 1000.0)),
+    );
+    line("tandem_backup_snapshots_total", "counter", "Scheduled snapshots taken since start.", s.snapshots_taken.to_string());
+    line(
+        "tandem_backup_snapshot_failures_total",
+        "counter",
+        "Scheduled snapshots that failed since start.",
+        s.snapshots_failed.to_string(),
+    );
+    line("tandem_backup_archive_seq", "gauge", "Everything up to this feed position is in archive segments.", s.archive_seq.to_string());
+    line("tandem_backup_archive_pending", "gauge", "Versions read by the archive and not yet in a segment.", s.archive_pending.to_string());
+    line(
+        "tandem_backup_archive_segments_total",
+        "counter",
+        "Archive segments written since start.",
+        s.archive_segments_written.to_string(),
+    );
+    line(
+        "tandem_backup_archive_gaps_total",
+        "counter",
+        "Times the archive fell behind the writer and re-read the store.",
+        s.archive_gaps.to_string(),
+    );
+    line(
+        "tandem_backup_archive_unarchived_total",
+        "counter",
+        "Versions not archived separately (overwritten before the archive read them).",
+        s.archive_unarchived.to_string(),
+    );
+    line("tandem_backup_peer_sends_total", "counter", "Snapshots stored by the peer's inbox since start.", s.peer_sends_ok.to_string());
+    line(
+        "tandem_backup_peer_send_failures_total",
+        "counter",
+        "Snapshots that could not be sent to the peer (kept in the local target).",
+        s.peer_sends_failed.to_string(),
+    );
+    line(
+        "tandem_backup_error",
+        "gauge",
+        "1 while the last attempt of some backup action (archive, snapshot, peer send) failed.",
+        u8::from(!s.failing.is_empty()).to_string(),
+    );
+    out
+}
+
+/// Starts the backup thread of a node if its configuration names a backup target: the archive
+/// takes every committed version from the node's commit tap, and `GET /v1/admin/backup` and
+/// `/metrics` show its status.
 pub fn start(node: &Arc<Node>) -> anyhow::Result<Option<BackupService>> {
     let config = node.config();
     let Some(target) = config.raw.backup.target_dir(&config.file) else { return Ok(None) };
     let plugins = plugins_from_registry(node.registry());
-    spawn(config, &target, plugins, Some(node.watch_seq())).map(Some)
+    let svc = spawn_with(config, &target, plugins, Some(node.clone()))?;
+    node.set_backup_view(Arc::new(View(svc.status.clone())));
+    Ok(Some(svc))
 }
 
-/// Starts the backup thread for the store of `config` (tests call this with no node).
+/// Starts the backup thread for the store of `config` with no node: the archive reads the
+/// store (tests, tools).
 pub fn spawn(
     config: &Config,
     target: &Path,
     plugins: Vec<PluginManifest>,
-    seq: Option<watch::Receiver<u64>>,
+    _seq: Option<watch::Receiver<u64>>,
 ) -> anyhow::Result<BackupService> {
+    spawn_with(config, target, plugins, None)
+}
+
+fn spawn_with(config: &Config, target: &Path, plugins: Vec<PluginManifest>, node: Option<Arc<Node>>) -> anyhow::Result<BackupService> {
     let section = config.raw.backup.clone();
     let plans = section.plans().map_err(|p| anyhow::anyhow!("backup.schedule in {}: {p}", config.file.display()))?;
     let store_path = config.store_path();
@@ -107,6 +301,25 @@ pub fn spawn(
         segment_bytes: usize::try_from(section.segment_mb << 20).unwrap_or(usize::MAX),
         segment_age: section.segment_age(),
     });
+    let status: SharedStatus = Arc::new(Mutex::new(BackupStatus {
+        target: target.display().to_string(),
+        archive: section.archive,
+        archive_source: if node.is_some() { "commit tap" } else { "store" }.to_owned(),
+        peer: section.peer.clone(),
+        ..Default::default()
+    }));
+    let peer = match &section.peer {
+        None => None,
+        Some(name) => match peer::PeerTarget::from_config(config, name) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let msg = format!("backup.peer: {e:#}; snapshots stay in the local target only");
+                tracing::error!("{msg}");
+                note_error(&status, "config", msg);
+                None
+            }
+        },
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let mut worker = Worker {
         store_path,
@@ -118,15 +331,18 @@ pub fn spawn(
         archive_opts,
         archiver: None,
         last_open: None,
-        force_poll: true,
+        tap: None,
+        caught_up: false,
         job: None,
         failed: std::collections::HashMap::new(),
-        seq,
+        node,
+        peer,
+        status: status.clone(),
         stop: stop.clone(),
     };
     let thread = std::thread::Builder::new().name("tandem-backup".into()).spawn(move || worker.run())?;
     tracing::info!(target = %target.display(), "backup: archive and schedules running");
-    Ok(BackupService { stop, thread: Some(thread) })
+    Ok(BackupService { stop, thread: Some(thread), status })
 }
 
 struct Worker {
@@ -140,12 +356,16 @@ struct Worker {
     archiver: Option<Archiver>,
     /// When opening the archiver was last tried (the target may be unreachable at start).
     last_open: Option<Instant>,
-    /// Read the feed at the next pass even if no commit was signalled.
-    force_poll: bool,
+    /// The node's commit tap, once subscribed.
+    tap: Option<TapReceiver>,
+    /// The archive read the store up to the tap's start.
+    caught_up: bool,
     /// The thread taking scheduled snapshots, if one runs; it returns the scopes that failed.
     job: Option<JoinHandle<Vec<String>>>,
     failed: std::collections::HashMap<String, Instant>,
-    seq: Option<watch::Receiver<u64>>,
+    node: Option<Arc<Node>>,
+    peer: Option<peer::PeerTarget>,
+    status: SharedStatus,
     stop: Arc<AtomicBool>,
 }
 
@@ -155,27 +375,26 @@ impl Worker {
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             self.open_archiver();
-            let changed =
-                std::mem::take(&mut self.force_poll) || stopping || self.seq.as_mut().is_none_or(|rx| rx.has_changed().unwrap_or(true));
-            if let Some(a) = self.archiver.as_mut() {
-                if changed {
-                    if let Some(rx) = self.seq.as_mut() {
-                        rx.borrow_and_update();
-                    }
-                    if let Err(e) = a.poll() {
-                        self.force_poll = true;
-                        tracing::warn!(error = %format!("{e:#}"), "backup: reading the change feed for the archive failed; retrying");
-                    }
-                } else if let Err(e) = a.poll_idle() {
-                    tracing::warn!(error = %format!("{e:#}"), "backup: writing an archive segment failed; retrying");
+            if self.archiver.is_some() {
+                if let Err(e) = self.archive_pass(stopping) {
+                    let msg = format!("the log archive: {e:#}");
+                    tracing::warn!(error = %msg, "backup: archive pass failed; retrying");
+                    note_error(&self.status, "archive", msg);
                 }
+                self.note_archive();
             }
             if stopping {
-                if let Some(a) = self.archiver.as_mut()
-                    && let Err(e) = a.flush()
-                {
-                    tracing::error!(error = %format!("{e:#}"), "backup: the last archive segment could not be written");
+                if let Some(a) = self.archiver.as_mut() {
+                    match a.flush() {
+                        Ok(Some(p)) => update(&self.status, |s| {
+                            s.archive_segments_written += 1;
+                            s.last_segment = Some(p.display().to_string());
+                        }),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "backup: the last archive segment could not be written"),
+                    }
                 }
+                self.note_archive();
                 if let Some(job) = self.job.take() {
                     let _ = job.join();
                 }
@@ -185,7 +404,87 @@ impl Worker {
                 last_schedule_check = Some(Instant::now());
                 self.run_schedules(time::now_ms());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if self.tap.is_none() || self.archiver.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// One pass of the archive. With a node: subscribe to its commit tap, read the store up to
+    /// where the tap starts, then take every committed version from the tap (waiting up to 20 ms
+    /// for one). Without: read the store.
+    fn archive_pass(&mut self, stopping: bool) -> anyhow::Result<()> {
+        let Some(a) = self.archiver.as_mut() else { return Ok(()) };
+        let Some(node) = &self.node else {
+            a.poll()?;
+            return Ok(());
+        };
+        if self.tap.is_none() {
+            self.tap = Some(node.commit_tap().subscribe());
+            self.caught_up = false;
+        }
+        let Some(tap) = self.tap.as_ref() else { return Ok(()) };
+        if !self.caught_up {
+            let before = a.cursor();
+            a.poll_until(tap.from_seq)?;
+            self.caught_up = true;
+            tracing::debug!(from = before, to = tap.from_seq, "backup: archive read the store up to the commit tap");
+        }
+        let mut wait = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
+        let mut closed = false;
+        loop {
+            let got = if wait.is_zero() { tap.try_recv() } else { tap.recv_timeout(wait) };
+            wait = Duration::ZERO;
+            match got {
+                Ok(Some(rows)) => {
+                    let missing = a.push(rows);
+                    if missing > 0 {
+                        let msg = format!("the log archive lacks {missing} versions before seq {}", a.cursor());
+                        tracing::warn!("backup: {msg}");
+                        update(&self.status, |s| s.archive_unarchived += missing);
+                        note_error(&self.status, "archive", msg);
+                    }
+                }
+                Ok(None) => break,
+                Err(TapClosed) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            self.tap = None;
+            let cursor = a.cursor();
+            if node.commit_tap().overflows() > self.status.lock().unwrap_or_else(|e| e.into_inner()).archive_gaps {
+                let msg = format!(
+                    "the log archive fell behind the writer by more than {} versions at seq {cursor}: it reads the store to catch up, and versions overwritten meanwhile are not archived separately",
+                    crate::node::tap::TAP_MAX_ENTRIES
+                );
+                tracing::warn!("backup: {msg}");
+                update(&self.status, |s| s.archive_gaps += 1);
+                note_error(&self.status, "archive", msg);
+            }
+        }
+        if a.due() {
+            let seg = a.flush()?;
+            if let Some(p) = seg {
+                update(&self.status, |s| {
+                    s.archive_segments_written += 1;
+                    s.last_segment = Some(p.display().to_string());
+                });
+                note_ok(&self.status, "archive");
+            }
+        }
+        Ok(())
+    }
+
+    fn note_archive(&self) {
+        if let Some(a) = &self.archiver {
+            let (seq, pending) = (a.flushed_seq(), a.pending());
+            update(&self.status, |s| {
+                s.archive_seq = seq;
+                s.archive_pending = pending;
+            });
         }
     }
 
@@ -201,16 +500,18 @@ impl Worker {
             Ok(a) => {
                 tracing::info!(target = %self.target.display(), from_seq = a.flushed_seq(), "backup: log archive running");
                 self.archiver = Some(a);
-                self.force_poll = true;
+                self.tap = None;
             }
             Err(e) => {
-                tracing::error!(target = %self.target.display(), error = %format!("{e:#}"), "backup: cannot start the log archive; retrying in 5 s")
+                let msg = format!("cannot start the log archive in {}: {e:#}; retrying in 5 s", self.target.display());
+                tracing::error!("backup: {msg}");
+                note_error(&self.status, "archive", msg);
             }
         }
     }
 
     /// Starts the snapshots that are due, on a thread of their own so the archive keeps up
-    /// meanwhile (one batch at a time), then applies retention.
+    /// meanwhile (one batch at a time), then applies retention and sends them to the peer.
     fn run_schedules(&mut self, now: u64) {
         if self.plans.is_empty() {
             return;
@@ -227,48 +528,131 @@ impl Worker {
         }
         let existing = snapshot::list(&self.target);
         let mut due = Vec::new();
+        let mut next = Vec::new();
+        let mut newest: Option<SnapshotInfo> = None;
+        for (p, m) in &existing {
+            if let Ok(m) = m
+                && newest.as_ref().is_none_or(|n| m.created_ms >= n.created_ms)
+            {
+                newest = Some(SnapshotInfo {
+                    file: p.display().to_string(),
+                    scope: m.scope_label(),
+                    created_ms: m.created_ms,
+                    created: m.created.clone(),
+                    last_seq: m.last_seq,
+                    records: m.records(),
+                });
+            }
+        }
         for plan in &self.plans {
             let label = plan.scope_label();
+            let last =
+                existing.iter().filter_map(|(_, m)| m.as_ref().ok()).filter(|m| m.scope_label() == label).map(|m| m.created_ms).max();
+            let due_ms = plan.schedule.next_due(last, now);
+            next.push(NextSnapshot { scope: label.clone(), due_ms, due: time::format_ms(due_ms) });
             // A failed snapshot is retried after a minute, not at every pass.
             if self.failed.get(&label).is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
                 continue;
             }
-            let last =
-                existing.iter().filter_map(|(_, m)| m.as_ref().ok()).filter(|m| m.scope_label() == label).map(|m| m.created_ms).max();
-            if plan.schedule.due(last, now) {
+            if due_ms <= now {
                 due.push(plan.clone());
             }
         }
+        update(&self.status, |s| {
+            s.next_scheduled = next;
+            s.last_snapshot = newest;
+        });
         if due.is_empty() {
             return;
         }
         let (store_path, target, level, plugins, retention) =
             (self.store_path.clone(), self.target.clone(), self.level, self.plugins.clone(), self.retention);
+        let (status, peer) = (self.status.clone(), self.peer.clone());
         let job = std::thread::Builder::new().name("tandem-snapshot".into()).spawn(move || {
             let mut failed = Vec::new();
-            let mut took = false;
+            let mut took = Vec::new();
             for plan in due {
                 let label = plan.scope_label();
-                let opts = CreateOptions { components: plan.components, level, plugins: plugins.clone(), ..Default::default() };
+                let opts = CreateOptions { components: plan.components.clone(), level, plugins: plugins.clone(), ..Default::default() };
                 match snapshot::create(&store_path, &target, &opts) {
                     Ok((path, m)) => {
-                        took = true;
                         tracing::info!(file = %path.display(), records = m.records(), seq = m.last_seq, "backup: snapshot taken");
+                        let next_ms = plan.schedule.next_due(Some(m.created_ms), time::now_ms());
+                        update(&status, |s| {
+                            for n in s.next_scheduled.iter_mut().filter(|n| n.scope == label) {
+                                n.due_ms = next_ms;
+                                n.due = time::format_ms(next_ms);
+                            }
+                            s.snapshots_taken += 1;
+                            s.last_snapshot = Some(SnapshotInfo {
+                                file: path.display().to_string(),
+                                scope: m.scope_label(),
+                                created_ms: m.created_ms,
+                                created: m.created.clone(),
+                                last_seq: m.last_seq,
+                                records: m.records(),
+                            });
+                        });
+                        note_ok(&status, "snapshot");
+                        took.push(path);
                     }
                     Err(e) => {
-                        tracing::error!(scope = %label, error = %format!("{e:#}"), "backup: scheduled snapshot failed; retrying in 60 s");
+                        let msg = format!("scheduled snapshot of {label} failed: {e:#}; retrying in 60 s");
+                        tracing::error!("backup: {msg}");
+                        update(&status, |s| s.snapshots_failed += 1);
+                        note_error(&status, "snapshot", msg);
                         failed.push(label);
                     }
                 }
             }
-            if took {
+            if let Some(peer) = &peer {
+                for path in &took {
+                    send_to_peer(peer, path, &status);
+                }
+            }
+            if !took.is_empty() {
                 apply_retention(&target, time::now_ms(), retention);
             }
             failed
         });
         match job {
             Ok(j) => self.job = Some(j),
-            Err(e) => tracing::error!(error = %e, "backup: cannot start a snapshot thread"),
+            Err(e) => {
+                tracing::error!(error = %e, "backup: cannot start a snapshot thread");
+                note_error(&self.status, "snapshot", format!("cannot start a snapshot thread: {e}"));
+            }
+        }
+    }
+}
+
+/// Sends a snapshot to the peer's inbox and records the outcome; a peer that is down leaves the
+/// snapshot in the local target only, and the status says so.
+fn send_to_peer(peer: &peer::PeerTarget, path: &Path, status: &SharedStatus) {
+    let at_ms = time::now_ms();
+    let file = path.display().to_string();
+    match peer.send_blocking(path) {
+        Ok(stored) => {
+            tracing::info!(peer = %stored.peer, file = %file, stored = %stored.path, "backup: snapshot stored in the peer's inbox");
+            update(status, |s| {
+                s.peer_sends_ok += 1;
+                s.last_peer_send = Some(PeerSend {
+                    peer: stored.peer.clone(),
+                    file,
+                    at_ms,
+                    ok: true,
+                    message: format!("stored by {} as {}", stored.peer, stored.path),
+                });
+            });
+            note_ok(status, "peer");
+        }
+        Err(e) => {
+            let msg = format!("{e:#}; the snapshot is in the local target only");
+            tracing::warn!(peer = %peer.peer.name, "backup: {msg}");
+            update(status, |s| {
+                s.peer_sends_failed += 1;
+                s.last_peer_send = Some(PeerSend { peer: peer.peer.name.clone(), file, at_ms, ok: false, message: msg.clone() });
+            });
+            note_error(status, "peer", msg);
         }
     }
 }

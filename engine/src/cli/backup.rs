@@ -84,6 +84,10 @@ pub struct CreateArgs {
     /// Only these components (repeat); default: the whole store.
     #[arg(long = "component", value_name = "NAME")]
     pub components: Vec<String>,
+    /// Also send the snapshot to this peer's inbox over the peer protocol (a `[[peer]]` of the
+    /// configuration); it stays in the local target either way.
+    #[arg(long, value_name = "PEER")]
+    pub to_peer: Option<String>,
     /// Print the manifest as JSON.
     #[arg(long)]
     pub json: bool,
@@ -185,6 +189,8 @@ fn human_bytes(n: u64) -> String {
 fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
     let config = a.at.config()?;
     let target = a.at.target(Some(&config))?;
+    // Before the snapshot: a peer that is not configured is a usage error, not a failed send.
+    let peer = a.to_peer.as_deref().map(|name| crate::backup::peer::PeerTarget::from_config(&config, name)).transpose()?;
     let pb = bar(0, "snapshot");
     let progress = |done: u64, total: u64| {
         pb.set_length(total);
@@ -214,6 +220,18 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
             human_bytes(m.body.compressed_bytes),
             started.elapsed().as_secs_f64()
         );
+    }
+    if let Some(peer) = peer {
+        match peer.send_blocking(&path) {
+            Ok(stored) => {
+                eprintln!("sent to peer {}: stored in its inbox as {} ({})", stored.peer, stored.path, human_bytes(stored.bytes));
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                eprintln!("the snapshot is in the local target only: {}", path.display());
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,7 @@
 //! | `POST /v1/conflicts/{id}/resolve` | `{"value": doc}` or `{"delete": true}`: a write that supersedes the versions |
 //! | `POST /v1/admin/promote` | make this node the warm primary, in a new epoch |
 //! | `POST /v1/admin/demote?timeout_ms=` | close warm writes, wait for the standbys to acknowledge everything |
+//! | `GET /v1/admin/backup` | the backup thread: last snapshot, next scheduled, archive position, peer sends, last error |
 //!
 //! Every route but `/healthz` needs `Authorization: Bearer TOKEN`. Errors are JSON
 //! `{"error": {"code", "message", "violations"?, "retry_after_s"?}}` with a stable code.
@@ -164,6 +165,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/conflicts/{id}/resolve", post(resolve_conflict))
         .route("/v1/admin/promote", post(promote))
         .route("/v1/admin/demote", post(demote))
+        .route("/v1/admin/backup", get(backup_status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -217,6 +219,18 @@ async fn demote(State(s): State<ApiState>, q: Result<Query<DemoteParams>, QueryR
     match s.node.demote(timeout).await {
         Ok(v) => json_of(&v),
         Err(e) => ApiError::from_node(e, &s.node, None).into_response(),
+    }
+}
+
+async fn backup_status(State(s): State<ApiState>) -> Response {
+    match s.node.backup_status() {
+        Some(v) => json_of(&v),
+        None => ApiError::new(
+            404,
+            "no_backup",
+            "no backup runs on this node: set `[backup] target` in its tandem.toml (see docs/operations.md, \"Cold backup\")",
+        )
+        .into_response(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`memory`]: each component's records in memory.
 //! - [`service`]: [`Node`], the write path (lanes, plugin threads, the writer thread with group
 //!   commit), reads, remote versions, the change feed, conflicts, status and metrics.
+//! - [`tap`]: every committed version for the log archive; the backup thread's status.
 //! - [`admission`]: load shedding decisions.
 //! - [`api`]: the axum routes; [`server`]: a node serving its API on its own runtime;
 //!   [`client`]: a blocking client.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tap;
 pub mod types;
 
 pub use config::Config;

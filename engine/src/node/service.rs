@@ -224,6 +224,8 @@ struct Ctx {
     conflicts_open: AtomicU64,
     metrics: NodeMetrics,
     seq_tx: watch::Sender<u64>,
+    /// Every committed version, for the log archive (see [`super::tap`]).
+    tap: super::tap::CommitTap,
 }
 
 /// Jobs for the writer thread.
@@ -281,6 +283,8 @@ pub struct Node {
     seq_rx: watch::Receiver<u64>,
     /// Replication's say on local writes (see [`super::gate`]).
     gate: super::gate::GateCell,
+    /// The backup thread's status and metrics (see [`super::tap`]).
+    backup: super::tap::BackupCell,
 }
 
 fn micros_since(t: Instant) -> u64 {
@@ -895,6 +899,9 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             let open = ctx.conflicts_open.load(Ordering::Relaxed);
             ctx.conflicts_open.store((open + outcome.recorded).saturating_sub(outcome.resolved), Ordering::Relaxed);
             let mut seqs = outcome.seqs.iter();
+            let tapped = ctx.tap.active();
+            let epoch = store.meta().epoch;
+            let mut tap = Vec::with_capacity(if tapped { total } else { 0 });
             let mut idem = ctx.idem.lock().unwrap_or_else(|e| e.into_inner());
             let mut offset = 0;
             let mut replies = Vec::with_capacity(group.len());
@@ -902,6 +909,18 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
                 for p in &writes {
                     let Some(&seq) = seqs.next() else { break };
                     let comp = &p.component;
+                    if tapped {
+                        tap.push(super::store::RecordRow {
+                            component: comp.name().to_owned(),
+                            key: p.key.clone(),
+                            data: p.data.to_vec(),
+                            tombstone: p.tombstone,
+                            stamp: p.stamp.clone(),
+                            origin: p.origin.clone(),
+                            epoch,
+                            seq,
+                        });
+                    }
                     comp.mem.apply(
                         &p.key,
                         MemRecord {
@@ -954,6 +973,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             }
             drop(idem);
             let last = store.meta().last_seq;
+            ctx.tap.publish(tap, last);
             ctx.last_seq.store(last, Ordering::SeqCst);
             ctx.seq_tx.send_replace(last);
             for (reply, part) in replies {
@@ -1418,6 +1438,7 @@ impl Node {
             conflicts_open: AtomicU64::new(0),
             metrics: NodeMetrics::default(),
             seq_tx,
+            tap: super::tap::CommitTap::default(),
         });
         // Idempotency keys, open conflicts, and components the store has but the config lacks.
         {
@@ -1508,6 +1529,7 @@ impl Node {
             started: Instant::now(),
             seq_rx,
             gate: Default::default(),
+            backup: Default::default(),
             config,
         };
         node.spawn_maintenance(stop_rx);
@@ -1676,6 +1698,21 @@ impl Node {
     /// Installs replication's write gate (once).
     pub fn set_gate(&self, gate: Arc<dyn super::gate::WriteGate>) -> bool {
         self.gate.set(gate)
+    }
+
+    /// Every committed version, for the log archive.
+    pub fn commit_tap(&self) -> &super::tap::CommitTap {
+        &self.ctx.tap
+    }
+
+    /// Installs the backup thread's status and metrics (once).
+    pub fn set_backup_view(&self, view: Arc<dyn super::tap::BackupView>) -> bool {
+        self.backup.set(view)
+    }
+
+    /// The backup thread's status, if one runs.
+    pub fn backup_status(&self) -> Option<serde_json::Value> {
+        self.backup.get().map(|b| b.status())
     }
 
     /// Waits for what the gate requires of a write committed at `seq` (a `standby` ack).
@@ -2173,6 +2210,9 @@ impl Node {
         let mut text = e.finish();
         if let Some(g) = self.gate.get() {
             text.push_str(&g.metrics());
+        }
+        if let Some(b) = self.backup.get() {
+            text.push_str(&b.metrics());
         }
         text
     }

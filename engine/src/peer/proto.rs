@@ -144,6 +144,30 @@ pub enum Msg {
     Refuse {
         reason: String,
     },
+    /// Cold backup: a snapshot file offered to the listener's inbox, instead of a subscription
+    /// (see `crate::backup::peer`). Answered by `SnapshotReady`, `SnapshotStored` (already
+    /// there) or `Refuse`.
+    SnapshotOffer {
+        name: String,
+        size: u64,
+        /// sha256 of the whole file, hex.
+        sha256: String,
+    },
+    /// The listener takes the offered file.
+    SnapshotReady,
+    /// A piece of the file, at the offset the receiver expects.
+    SnapshotChunk {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// The whole file was sent.
+    SnapshotDone,
+    /// The listener checked the file and stored it under its name.
+    SnapshotStored {
+        path: String,
+        last_seq: u64,
+        records: u64,
+    },
 }
 
 impl Msg {
@@ -188,5 +212,18 @@ mod tests {
             }],
         });
         assert_eq!(Msg::decode(&m.encode().expect("encode")).expect("decode"), m);
+    }
+
+    #[test]
+    fn snapshot_messages_round_trip() {
+        for m in [
+            Msg::SnapshotOffer { name: "x.tsnap".into(), size: 9, sha256: "ab".repeat(32) },
+            Msg::SnapshotReady,
+            Msg::SnapshotChunk { offset: 4, bytes: vec![1, 2, 3] },
+            Msg::SnapshotDone,
+            Msg::SnapshotStored { path: "/i/x.tsnap".into(), last_seq: 7, records: 3 },
+        ] {
+            assert_eq!(Msg::decode(&m.encode().expect("encode")).expect("decode"), m);
+        }
     }
 }

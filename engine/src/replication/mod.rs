@@ -731,6 +731,9 @@ impl Replication {
         peer::send(&mut wr, &Msg::Hello(self.hello()), false).await?;
         let (after, wanted) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer::recv(&mut rd)).await {
             Ok(Ok(Msg::Subscribe { after_seq, components })) => (after_seq, components),
+            Ok(Ok(Msg::SnapshotOffer { name: file, size, sha256 })) => {
+                return self.receive_snapshot(&name, (file, size, sha256), &mut rd, &mut wr).await;
+            }
             Ok(Ok(other)) => return Err(LinkError::Protocol(format!("expected subscribe, got {other:?}"))),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(LinkError::Timeout("waiting for the peer's subscription".into())),
@@ -752,6 +755,16 @@ impl Replication {
             self.note_error(&name, e);
         }
         r
+    }
+
+    /// Cold backup: a peer sends a snapshot to this node's inbox (`crate::backup::peer`).
+    async fn receive_snapshot<R, W>(&self, peer: &str, offer: (String, u64, String), rd: &mut R, wr: &mut W) -> Result<(), LinkError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let config = self.node.config();
+        crate::backup::peer::receive(&config.data_dir, config.raw.backup.retention(), peer, offer, rd, wr).await.map(|_| ())
     }
 
     async fn stream<R, W>(

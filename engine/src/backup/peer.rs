@@ -1,0 +1,369 @@
+//! Snapshots sent to the passive peer's inbox over the peer protocol (mutual TLS, the peer's
+//! listener).
+//!
+//! The sender dials the peer, exchanges hellos as a replication link does, then offers the file
+//! ([`Msg::SnapshotOffer`]: name, size, sha256). The receiver answers [`Msg::SnapshotReady`]
+//! (or [`Msg::SnapshotStored`] at once when it already holds that very file, or
+//! [`Msg::Refuse`]). The file follows in [`Msg::SnapshotChunk`]s of at most [`CHUNK`] bytes, each
+//! at the offset the receiver expects, then [`Msg::SnapshotDone`]. The receiver writes into a
+//! hidden temporary file in `DATA_DIR/backup/inbox/snapshots/`, checks the size and the sha256
+//! of what arrived, fsyncs, checks the snapshot completely (the same checks as `tandem snapshot
+//! verify`), and only then renames it to its name and answers [`Msg::SnapshotStored`]. A
+//! truncated, corrupted or unverifiable transfer is refused with a message naming what is wrong,
+//! and the temporary file removed (also when the link drops).
+//!
+//! The inbox is laid out as a backup target, so `tandem restore --target DATA_DIR/backup/inbox`
+//! and `tandem snapshot list|verify --target ...` work on it; the receiving node's retention
+//! applies to it after each stored snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::Digest as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{policy, service, snapshot, time};
+use crate::node::Config;
+use crate::node::config::PeerSection;
+use crate::peer::proto::{Hello, Msg};
+use crate::peer::tls::Credentials;
+use crate::peer::{self, LinkError, PROTOCOL_VERSION};
+
+/// Bytes per chunk sent.
+pub const CHUNK: usize = 1 << 20;
+/// Largest chunk a receiver accepts.
+pub const MAX_CHUNK: usize = 4 << 20;
+/// How long a receiver waits for the next chunk, and a sender for each answer.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a sender waits for the receiver to check the whole file.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// The inbox of a node: a backup target directory.
+pub fn inbox(data_dir: &Path) -> PathBuf {
+    data_dir.join("backup").join("inbox")
+}
+
+/// What the receiver says it stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub peer: String,
+    /// The file on the peer.
+    pub path: String,
+    pub bytes: u64,
+    pub last_seq: u64,
+    pub records: u64,
+}
+
+/// A peer to send snapshots to, with this node's credentials.
+#[derive(Clone, Debug)]
+pub struct PeerTarget {
+    pub us: String,
+    pub peer: PeerSection,
+    pub creds: Credentials,
+}
+
+impl PeerTarget {
+    /// The peer `name` of `config`, and the cluster credentials the configuration names.
+    pub fn from_config(config: &Config, name: &str) -> anyhow::Result<PeerTarget> {
+        let raw = &config.raw;
+        let Some(peer) = raw.peers.iter().find(|p| p.name == name).cloned() else {
+            let known: Vec<&str> = raw.peers.iter().map(|p| p.name.as_str()).collect();
+            anyhow::bail!("{} has no [[peer]] named {name:?} (peers: {known:?})", config.file.display());
+        };
+        let c = &raw.cluster;
+        let (Some(ca), Some(cert), Some(key)) = (&c.ca, &c.cert, &c.key) else {
+            anyhow::bail!(
+                "{} has no cluster credentials (cluster.ca, cluster.cert, cluster.key): `tandem init` writes them",
+                config.file.display()
+            );
+        };
+        let base = config.file.parent().map(PathBuf::from).unwrap_or_default();
+        let creds = crate::peer::tls::load(&base.join(ca), &base.join(cert), &base.join(key)).context("loading the cluster credentials")?;
+        Ok(PeerTarget { us: raw.node.name.clone(), peer, creds })
+    }
+
+    /// Sends a snapshot file, blocking (a runtime of its own: callers are backup threads and the
+    /// CLI).
+    pub fn send_blocking(&self, file: &Path) -> anyhow::Result<Stored> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime to send the snapshot")?;
+        rt.block_on(send(self, file))
+    }
+}
+
+/// The sha256 of some bytes, hex (as offers carry it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn sha256_of(file: &Path) -> anyhow::Result<(u64, String)> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).with_context(|| format!("cannot read {}", file.display()))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
+async fn answer<R: AsyncRead + Unpin>(rd: &mut R, within: Duration, what: &str) -> Result<Msg, LinkError> {
+    tokio::time::timeout(within, peer::recv(rd)).await.map_err(|_| LinkError::Timeout(what.to_owned()))?
+}
+
+/// Sends a snapshot to the peer's inbox and waits until the peer has checked and stored it.
+pub async fn send(target: &PeerTarget, file: &Path) -> anyhow::Result<Stored> {
+    let name =
+        file.file_name().map(|n| n.to_string_lossy().into_owned()).with_context(|| format!("{} is not a file name", file.display()))?;
+    // Never offer a file that does not verify here.
+    snapshot::verify(file).with_context(|| format!("{} does not verify: not sent", file.display()))?;
+    let (size, sha256) = sha256_of(file)?;
+    let peer_name = &target.peer.name;
+    let fail = |e: LinkError| anyhow::anyhow!("sending {name} to peer {peer_name} ({}): {e}", target.peer.address);
+    let tls = peer::dial(&target.peer.address, &target.creds, PROTOCOL_VERSION, STEP_TIMEOUT).await.map_err(fail)?;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let hello = Hello { node: target.us.clone(), epoch: 0, api: None, primary: None, last_seq: 0, components: Vec::new() };
+    peer::send(&mut wr, &Msg::Hello(hello), false).await.map_err(fail)?;
+    match answer(&mut rd, STEP_TIMEOUT, "waiting for the peer's hello").await.map_err(fail)? {
+        Msg::Hello(h) if h.node == *peer_name => {}
+        Msg::Hello(h) => return Err(fail(LinkError::Protocol(format!("the peer answered as {:?}", h.node)))),
+        Msg::Refuse { reason } => return Err(fail(LinkError::Refused(reason))),
+        other => return Err(fail(LinkError::Protocol(format!("expected hello, got {}", kind(&other))))),
+    }
+    peer::send(&mut wr, &Msg::SnapshotOffer { name: name.clone(), size, sha256 }, false).await.map_err(fail)?;
+    match answer(&mut rd, STEP_TIMEOUT, "waiting for the peer to accept the snapshot").await.map_err(fail)? {
+        Msg::SnapshotReady => {}
+        Msg::SnapshotStored { path, last_seq, records } => {
+            return Ok(Stored { peer: peer_name.clone(), path, bytes: size, last_seq, records });
+        }
+        Msg::Refuse { reason } => return Err(fail(LinkError::Refused(reason))),
+        other => return Err(fail(LinkError::Protocol(format!("expected ready, got {}", kind(&other))))),
+    }
+    // Blocking reads: the sender runs on a runtime of its own (`send_blocking`).
+    let mut f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let mut k = 0;
+        while k < CHUNK {
+            let n = std::io::Read::read(&mut f, &mut buf[k..]).with_context(|| format!("cannot read {}", file.display()))?;
+            if n == 0 {
+                break;
+            }
+            k += n;
+        }
+        if k == 0 {
+            break;
+        }
+        peer::send(&mut wr, &Msg::SnapshotChunk { offset, bytes: buf[..k].to_vec() }, false).await.map_err(fail)?;
+        offset += k as u64;
+    }
+    if offset != size {
+        anyhow::bail!("{} changed while it was sent ({offset} bytes read, {size} when offered)", file.display());
+    }
+    peer::send(&mut wr, &Msg::SnapshotDone, false).await.map_err(fail)?;
+    match answer(&mut rd, VERIFY_TIMEOUT, "waiting for the peer to check the snapshot").await.map_err(fail)? {
+        Msg::SnapshotStored { path, last_seq, records } => Ok(Stored { peer: peer_name.clone(), path, bytes: size, last_seq, records }),
+        Msg::Refuse { reason } => Err(fail(LinkError::Refused(reason))),
+        other => Err(fail(LinkError::Protocol(format!("expected stored, got {}", kind(&other))))),
+    }
+}
+
+fn kind(m: &Msg) -> &'static str {
+    match m {
+        Msg::Hello(_) => "hello",
+        Msg::Subscribe { .. } => "subscribe",
+        Msg::Batch(_) => "batch",
+        Msg::Ack { .. } => "ack",
+        Msg::Heartbeat { .. } => "heartbeat",
+        Msg::Refuse { .. } => "refuse",
+        Msg::SnapshotOffer { .. } => "snapshot offer",
+        Msg::SnapshotReady => "snapshot ready",
+        Msg::SnapshotChunk { .. } => "snapshot chunk",
+        Msg::SnapshotDone => "snapshot done",
+        Msg::SnapshotStored { .. } => "snapshot stored",
+        #[allow(unreachable_patterns)]
+        _ => "another message",
+    }
+}
+
+/// Whether `name` may name a file in the inbox: a snapshot file name, no directories.
+pub fn valid_name(name: &str) -> bool {
+    name.len() <= 200
+        && !name.starts_with('.')
+        && name.ends_with(&format!(".{}", snapshot::EXTENSION))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
+}
+
+/// The temporary file of a transfer, removed unless kept.
+struct Partial {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+static TRANSFERS: AtomicU64 = AtomicU64::new(0);
+
+/// Receives an offered snapshot into the inbox under `data_dir` (the listener's side, after the
+/// hello exchange). Returns where it was stored; a refusal is sent to the peer and returned.
+pub async fn receive<R, W>(
+    data_dir: &Path,
+    retention: policy::Retention,
+    from: &str,
+    offer: (String, u64, String),
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<PathBuf, LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (name, size, sha256) = offer;
+    match receive_inner(data_dir, retention, from, &name, size, &sha256, rd, wr).await {
+        Ok(p) => Ok(p),
+        Err(Refusal::Link(e)) => Err(e),
+        Err(Refusal::Say(reason)) => {
+            let reason = format!("snapshot {name} from {from} refused: {reason}");
+            tracing::error!(peer = %from, "{reason}");
+            peer::send(wr, &Msg::Refuse { reason: reason.clone() }, false).await?;
+            Err(LinkError::Refused(reason))
+        }
+    }
+}
+
+enum Refusal {
+    /// Tell the peer.
+    Say(String),
+    /// The link failed.
+    Link(LinkError),
+}
+
+impl From<LinkError> for Refusal {
+    fn from(e: LinkError) -> Self {
+        Refusal::Link(e)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_inner<R, W>(
+    data_dir: &Path,
+    retention: policy::Retention,
+    from: &str,
+    name: &str,
+    size: u64,
+    sha256: &str,
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<PathBuf, Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let say = |s: String| Refusal::Say(s);
+    if !valid_name(name) {
+        return Err(say(format!("{name:?} is not a snapshot file name")));
+    }
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(say(format!("{sha256:?} is not a sha256")));
+    }
+    let target = inbox(data_dir);
+    let dir = snapshot::dir(&target);
+    std::fs::create_dir_all(&dir).map_err(|e| say(format!("cannot create {}: {e}", dir.display())))?;
+    let dest = dir.join(name);
+    if dest.exists() {
+        let d = dest.clone();
+        let same = tokio::task::spawn_blocking(move || sha256_of(&d).ok()).await.ok().flatten();
+        if same.as_ref().is_some_and(|(n, h)| *n == size && h == sha256) {
+            let m = snapshot::read_manifest(&dest).map_err(|e| say(e.to_string()))?;
+            let stored = Msg::SnapshotStored { path: dest.display().to_string(), last_seq: m.last_seq, records: m.records() };
+            peer::send(wr, &stored, false).await?;
+            return Ok(dest);
+        }
+        return Err(say(format!("{} already holds a different file of that name", dest.display())));
+    }
+    let n = TRANSFERS.fetch_add(1, Ordering::Relaxed);
+    let mut partial = Partial { path: dir.join(format!(".{name}.receiving-{}-{n}", std::process::id())), keep: false };
+    // Chunks are written as they come (a page-cache write of at most a chunk); the fsync and the
+    // checks run off the async workers.
+    let mut f = std::fs::File::create(&partial.path).map_err(|e| say(format!("cannot create {}: {e}", partial.path.display())))?;
+    peer::send(wr, &Msg::SnapshotReady, false).await?;
+    let mut hasher = sha2::Sha256::new();
+    let mut got = 0u64;
+    loop {
+        let m = tokio::time::timeout(STEP_TIMEOUT, peer::recv(rd))
+            .await
+            .map_err(|_| LinkError::Timeout(format!("no snapshot chunk from {from} for {} s", STEP_TIMEOUT.as_secs())))??;
+        match m {
+            Msg::SnapshotChunk { offset, bytes } => {
+                if offset != got {
+                    return Err(say(format!("a chunk at offset {offset}, expected {got}")));
+                }
+                if bytes.len() > MAX_CHUNK {
+                    return Err(say(format!("a chunk of {} bytes exceeds the limit of {MAX_CHUNK}", bytes.len())));
+                }
+                if got + bytes.len() as u64 > size {
+                    return Err(say(format!("more than the {size} bytes offered")));
+                }
+                hasher.update(&bytes);
+                std::io::Write::write_all(&mut f, &bytes).map_err(|e| say(format!("cannot write {}: {e}", partial.path.display())))?;
+                got += bytes.len() as u64;
+            }
+            Msg::SnapshotDone => break,
+            other => return Err(say(format!("expected a chunk, got {}", kind(&other)))),
+        }
+    }
+    if got != size {
+        return Err(say(format!("truncated: {got} of the {size} bytes offered arrived")));
+    }
+    let computed = hex::encode(hasher.finalize());
+    if computed != sha256 {
+        return Err(say(format!("corrupted in transfer: sha256 {computed}, the sender offered {sha256}")));
+    }
+    let p = partial.path.clone();
+    let checked = tokio::task::spawn_blocking(move || -> Result<snapshot::Manifest, String> {
+        f.sync_all().map_err(|e| format!("cannot fsync {}: {e}", p.display()))?;
+        drop(f);
+        snapshot::verify(&p).map_err(|e| format!("the file does not verify: {e:#}"))
+    })
+    .await
+    .map_err(|e| say(format!("checking: {e}")))?;
+    let m = checked.map_err(say)?;
+    std::fs::rename(&partial.path, &dest).map_err(|e| say(format!("cannot rename into {}: {e}", dest.display())))?;
+    partial.keep = true;
+    super::container::sync_dir(&dir);
+    tracing::info!(peer = %from, file = %dest.display(), bytes = size, seq = m.last_seq, "backup: snapshot received into the inbox");
+    // The inbox keeps what the node's retention keeps.
+    let t = target.clone();
+    let _ = tokio::task::spawn_blocking(move || service::apply_retention(&t, time::now_ms(), retention)).await;
+    let stored = Msg::SnapshotStored { path: dest.display().to_string(), last_seq: m.last_seq, records: m.records() };
+    peer::send(wr, &stored, false).await?;
+    Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_names_are_plain_snapshot_file_names() {
+        assert!(valid_name("20261125T023000000Z-pbx1-all.tsnap"));
+        assert!(valid_name("20261125T023000000Z-pbx1-trunks+ivr.tsnap"));
+        for bad in ["../x.tsnap", "a/b.tsnap", ".hidden.tsnap", "x.tseg", "x.tsnap/", "", "a\\b.tsnap"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}
