@@ -245,9 +245,11 @@ fn store_last_seq(path: &Path) -> Option<u64> {
 fn reset_positions(data_dir: &Path, m: &Manifest, us: &str, last_seq: u64, epoch: u64) -> anyhow::Result<PositionsNote> {
     let file = data_dir.join("replication").join("positions.json");
     let mut note = PositionsNote::default();
-    let mut positions = std::collections::BTreeMap::new();
+    let mut positions = serde_json::Map::new();
     if m.is_full() && m.node != us {
-        positions.insert(m.node.clone(), crate::replication::Position { seq: last_seq, epoch, warm: true });
+        // The shape of `crate::replication::Position`: every change of that node's feed up to
+        // `seq`, warm ones included, is in the restored store.
+        positions.insert(m.node.clone(), serde_json::json!({ "seq": last_seq, "epoch": epoch, "warm": true }));
         note.resume = Some((m.node.clone(), last_seq, epoch));
     }
     if file.exists() {
