@@ -7,6 +7,7 @@ pub mod backup;
 pub mod bundled;
 pub mod cli;
 pub mod conformance;
+pub mod failover;
 pub mod node;
 pub mod peer;
 pub mod plugin;

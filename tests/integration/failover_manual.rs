@@ -155,10 +155,10 @@ fn failover_planned_switch_over_loses_no_acknowledged_write_and_fences_the_old_p
     let r = st.replication.expect("replication status");
     assert_eq!((r["role"].as_str(), r["epoch"].as_u64()), (Some("primary"), Some(new_epoch)), "{r}");
     let note = r["automatic_failover"].as_str().unwrap_or_default();
-    assert!(note.contains("not available yet") && note.contains("tandem promote") && note.contains("witness"), "{note}");
+    assert!(note.contains("automatic failover is off") && note.contains("tandem promote") && note.contains("witness"), "{note}");
     let (code, out) = cli(&a, &a_dir, &["status"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("warm role standby") && out.contains("automatic failover is not available yet"), "{out}");
+    assert!(out.contains("warm role standby") && out.contains("automatic failover is off"), "{out}");
 
     // The role is durable: a restarted a is still a standby of b.
     drop(a);

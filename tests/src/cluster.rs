@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::write_node_dir;
+use crate::{TEST_TOKEN, copy_shared_cache, write_node_dir};
 
 /// A free loopback port for a node to bind later. Taken below the kernel's ephemeral range
 /// (32768 and up on Linux), so that no outgoing connection grabs it in between, from a start
@@ -59,4 +59,54 @@ pub fn write_cluster_node(root: &Path, def: &NodeDef<'_>, components: &[&str], c
     let text = text.replacen("listen = \"127.0.0.1:1\"", &format!("listen = \"127.0.0.1:{}\"", def.port), 1);
     std::fs::write(&file, text).expect("write the config");
     dir
+}
+
+fn format_addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// The node directories of a failover cluster.
+pub struct Trio {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    pub w: PathBuf,
+}
+
+/// Data nodes a (primary) and b with warm trunks acknowledged by the standby, and witness w:
+/// automatic failover is on.
+pub fn trio(root: &Path) -> Trio {
+    let (ap, bp, wp) = (free_port(), free_port(), free_port());
+    let cluster = "mode = \"warm\"\nprimary = \"a\"";
+    let extra = |_: &str| {
+        format!(
+            "\n[witness]\nname = \"w\"\naddress = \"{}\"\n\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"standby\"\n",
+            format_addr(wp)
+        )
+    };
+    let a = write_cluster_node(
+        root,
+        &NodeDef { name: "a", port: ap, peers: vec![("b".into(), format_addr(bp))], cluster, extra: &extra("a") },
+        &["trunks"],
+        None,
+    );
+    let b = write_cluster_node(
+        root,
+        &NodeDef { name: "b", port: bp, peers: vec![("a".into(), format_addr(ap))], cluster, extra: &extra("b") },
+        &["trunks"],
+        Some(&a),
+    );
+    let w = root.join("w");
+    std::fs::create_dir_all(&w).expect("witness dir");
+    write_credentials(&w, "w", Some(&a));
+    let text = format!(
+        "[node]\nname = \"w\"\nrole = \"witness\"\nlisten = \"{}\"\napi = \"127.0.0.1:0\"\n\n[api]\ntoken = \"{TEST_TOKEN}\"\n\n[cluster]\nmode = \"warm\"\nca = \"creds/cluster-ca.pem\"\ncert = \"creds/node.pem\"\nkey = \"creds/node.key\"\n\n[[peer]]\nname = \"a\"\naddress = \"{}\"\n\n[[peer]]\nname = \"b\"\naddress = \"{}\"\n",
+        format_addr(wp),
+        format_addr(ap),
+        format_addr(bp)
+    );
+    std::fs::write(w.join("tandem.toml"), text).expect("witness config");
+    for d in [&a, &b] {
+        copy_shared_cache(d);
+    }
+    Trio { a, b, w }
 }

@@ -2,7 +2,9 @@
 //! directories on loopback ports, with the bundled plugins and cluster credentials made for the
 //! occasion: a warm component (trunks) written on the primary shows up on the standby, which
 //! refuses writes naming the primary; a hot component (crm) written on both nodes at once
-//! converges to the same digest. Every step prints the time it took.
+//! converges to the same digest. Then the primary stops without a word and the standby takes
+//! over by itself (a witness gives the third vote): the takeover time is printed. Every step
+//! prints the time it took.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -28,7 +30,29 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn write_node(root: &Path, name: &str, port: u16, peer: (&str, u16), ca_from: Option<&Path>) -> anyhow::Result<std::path::PathBuf> {
+fn write_witness(root: &Path, port: u16, peers: [(&str, u16); 2], ca_from: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let dir = root.join("w");
+    std::fs::create_dir_all(&dir).context("creating the witness directory")?;
+    crate::peer::tls::write_node_credentials(&dir, "w", Some(ca_from))?;
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    let text = format!(
+        "[node]\nname = \"w\"\nrole = \"witness\"\nlisten = \"127.0.0.1:{port}\"\napi = \"127.0.0.1:0\"\n\n[api]\ntoken = \"{token}\"\n\n\
+         [cluster]\nmode = \"warm\"\nca = \"cluster-ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n\
+         [[peer]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\n\n[[peer]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\n",
+        peers[0].0, peers[0].1, peers[1].0, peers[1].1
+    );
+    std::fs::write(dir.join(crate::node::config::CONFIG_FILE), text).context("writing the witness configuration")?;
+    Ok(dir)
+}
+
+fn write_node(
+    root: &Path,
+    name: &str,
+    port: u16,
+    peer: (&str, u16),
+    witness: u16,
+    ca_from: Option<&Path>,
+) -> anyhow::Result<std::path::PathBuf> {
     let dir = root.join(name);
     crate::bundled::write_all(&dir.join("plugins")).context("writing the bundled plugins")?;
     crate::peer::tls::write_node_credentials(&dir, name, ca_from)?;
@@ -37,7 +61,7 @@ fn write_node(root: &Path, name: &str, port: u16, peer: (&str, u16), ca_from: Op
     let text = format!(
         "[node]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\napi = \"127.0.0.1:0\"\n\n[api]\ntoken = \"{token}\"\n\n\
          [cluster]\nmode = \"warm\"\nprimary = \"a\"\nca = \"cluster-ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n\
-         [[peer]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\n\n[plugins]\ncache_dir = {:?}\nwatch = false\n\n[runtime]\nworkers = 2\n\n\
+         [[peer]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\n\n[witness]\nname = \"w\"\naddress = \"127.0.0.1:{witness}\"\n\n[plugins]\ncache_dir = {:?}\nwatch = false\n\n[runtime]\nworkers = 2\n\n\
          [components.trunks]\nplugin = \"plugins/trunks.wasm\"\nmode = \"warm\"\nack = \"standby\"\npriority = \"high\"\n\n\
          [components.crm]\nplugin = \"plugins/crm.wasm\"\nmode = \"hot\"\n",
         peer.0,
@@ -67,9 +91,10 @@ fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::Builder::new().prefix("tandem-demo-").tempdir().context("creating a temporary directory")?;
     let root = tmp.path().to_path_buf();
-    let (pa, pb) = (free_port()?, free_port()?);
-    let a_dir = write_node(&root, "a", pa, ("b", pb), None)?;
-    let b_dir = write_node(&root, "b", pb, ("a", pa), Some(&a_dir))?;
+    let (pa, pb, pw) = (free_port()?, free_port()?, free_port()?);
+    let a_dir = write_node(&root, "a", pa, ("b", pb), pw, None)?;
+    let b_dir = write_node(&root, "b", pb, ("a", pa), pw, Some(&a_dir))?;
+    let w_dir = write_witness(&root, pw, [("a", pa), ("b", pb)], &a_dir)?;
     // The bundled plugins, briefly (compiled into the cache the two nodes then share).
     let t = Instant::now();
     let runtime =
@@ -87,12 +112,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     println!("  {} plugins in {}\n", crate::bundled::BUNDLED.len(), ms(t.elapsed()));
     drop(runtime);
-    println!("A two-node cluster in {} (peer links: mutual TLS with a cluster CA made just now)", root.display());
+    println!("A two-node cluster and a witness in {} (peer links: mutual TLS with a cluster CA made just now)", root.display());
 
     let t = Instant::now();
+    let w = start(&w_dir)?;
     let a = start(&a_dir)?;
     let b = start(&b_dir)?;
-    println!("  nodes a and b started in {} (plugins compiled once, then cached)", ms(t.elapsed()));
+    println!("  nodes a and b and witness w started in {} (plugins compiled once, then cached)", ms(t.elapsed()));
+    let role = |s: &Server| s.replication().map(|r| r.status().role).unwrap_or_default();
+    let elected = wait("a to hold the primary's lease", Duration::from_secs(20), || role(&a) == "primary")?;
+    println!("  consensus (a, b, w) assigned a as the warm primary; a holds its lease after {}", ms(elected));
     let plugins = a.node().registry().status();
     println!(
         "  components: {}",
@@ -154,8 +183,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for p in st.peers {
         println!("\nPeer {} from a: following {}, applied seq {}, acknowledged {}", p.name, p.following, p.applied_seq, p.acked_by_peer);
     }
+
+    // Failover: the primary goes away without a word; the standby takes over by itself.
+    println!("\nFailover (lease {} ms, the witness gives the third vote):", crate::failover::timing_of(&a.node().config().raw).lease_ms);
+    let before = b.block_on(b.node().get("trunks", "carrier-main")).ok().flatten().is_some();
+    let t = Instant::now();
     drop(a);
+    wait("b to take over", Duration::from_secs(30), || role(&b) == "primary")?;
+    let takeover = t.elapsed();
+    let epoch = b.node().epoch();
+    println!("  a stopped; b accepts warm writes {} later, in epoch {epoch}", ms(takeover));
+    let t = Instant::now();
+    let ack = b.block_on(b.node().put("trunks", "carrier-backup", doc, None));
+    match ack {
+        Ok(_) => println!("  put on b: acknowledged in {}; the trunk written on a before is on b: {before}", ms(t.elapsed())),
+        Err(e) => println!("  put on b: {e}"),
+    }
+    println!("  takeover time: {}", ms(takeover));
     drop(b);
+    drop(w);
     if args.keep {
         let kept = tmp.keep();
         println!("\nNode directories kept in {}", kept.display());

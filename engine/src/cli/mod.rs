@@ -51,7 +51,11 @@ pub enum Command {
 
 /// Sets up tracing to stderr.
 pub fn init_logging(args: &LogArgs) {
-    let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| args.log_level.clone());
+    let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| {
+        // The consensus library reports every unreachable voter at error level: during a
+        // failover that is expected, and Tandem's own lines say what matters.
+        if args.log_level.contains("openraft") { args.log_level.clone() } else { format!("{},openraft=off", args.log_level) }
+    });
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if args.log_json {

@@ -775,6 +775,27 @@ fn render_replication(o: &mut String, r: &serde_json::Value) {
     let _ = writeln!(o, "\nreplication: primary {}, peer listen {}", str_of(r, "primary"), str_of(r, "listen"));
     let _ = writeln!(o, "  warm role {}, epoch {}", str_of(r, "role"), r["epoch"].as_u64().unwrap_or(0));
     let _ = writeln!(o, "  failover: {}", str_of(r, "automatic_failover"));
+    if let Some(f) = r.get("failover").filter(|f| f.is_object()) {
+        let a = &f["assignment"];
+        let _ = writeln!(
+            o,
+            "  consensus: leader {}, term {}; assignment {}: primary {} in epoch {}{}; lease {} ms, held here: {}",
+            str_of(f, "leader"),
+            num(f, "term"),
+            num(a, "index"),
+            str_of(a, "primary"),
+            num(a, "epoch"),
+            a.get("old")
+                .and_then(|x| x.as_str())
+                .map(|old| format!(" (took over from {old} at its position {})", num(a, "fork")))
+                .unwrap_or_default(),
+            num(f, "lease_ms"),
+            f.get("lease").and_then(|x| x.as_bool()).unwrap_or(false)
+        );
+        if let Some(e) = f.get("last_event").and_then(|x| x.as_str()).filter(|e| !e.is_empty()) {
+            let _ = writeln!(o, "  last failover event: {e}");
+        }
+    }
     for p in r.get("peers").and_then(|p| p.as_array()).into_iter().flatten() {
         let up = p.get("following").and_then(|x| x.as_bool()).unwrap_or(false);
         let _ = writeln!(

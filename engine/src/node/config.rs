@@ -227,6 +227,17 @@ pub struct ClusterSection {
     /// How long a standby of the synchronous set may be unreachable before the primary records
     /// that it left the set and `standby` acks fall back to local (default 5000).
     pub sync_drop_ms: Option<u64>,
+    /// Automatic failover (default: on when the cluster has three voters: two data nodes and
+    /// a witness, or more). Off, only `tandem promote` changes the primary.
+    pub failover: Option<bool>,
+    /// The primary's lease (ms): a primary that has not heard from a quorum within it, less
+    /// the drift margin, stops taking writes; a standby takes over after it plus the margin.
+    /// Default 500 on local links, 3000 when a peer is on a geo link.
+    pub lease_ms: Option<u64>,
+    /// How often the primary renews its lease (default: a tenth of the lease).
+    pub heartbeat_ms: Option<u64>,
+    /// The clock-rate difference allowed between nodes, per mille of the lease (default 100).
+    pub drift_permille: Option<u64>,
 }
 
 /// When a warm write is acknowledged.
@@ -490,6 +501,9 @@ impl Config {
             if let Err(p) = check_host_port(&w.address) {
                 bad("witness.address".into(), p);
             }
+        }
+        if let Err(p) = crate::failover::timing_of(&raw).check() {
+            bad("cluster.lease_ms".into(), p);
         }
         if raw.clock.max_ahead_ms == 0 {
             bad("clock.max_ahead_ms".into(), "must be more than 0".into());

@@ -140,6 +140,10 @@ pub enum Msg {
         last_seq: u64,
         epoch: u64,
     },
+    /// A request of the failover coordinator (JSON of `failover::Request`), answered by one
+    /// [`Msg::FailoverReply`].
+    Failover(Vec<u8>),
+    FailoverReply(Vec<u8>),
     /// The sender refuses to go on (reason for the log and status).
     Refuse {
         reason: String,

@@ -1,0 +1,352 @@
+//! Leases and endorsements: the pure decisions that keep a cut-off primary from taking writes
+//! once any other node may be promoted. Every function takes the time (ms of the deciding
+//! node's own monotonic clock) as an argument and does no I/O.
+//!
+//! The argument, with `L` the lease, `m` the drift margin (`L * drift`), and clocks whose rates
+//! differ by less than `drift`:
+//! - the primary sends lease requests; a voter grants one only while the consensus state names
+//!   the requester as primary and it has not endorsed the requester's removal;
+//! - the primary takes (and acknowledges) writes only while a quorum of voters, itself
+//!   included, granted requests it *sent* less than `L - m` ago (its clock);
+//! - a voter endorses a promotion only `L + m` (its clock) after it last granted the primary a
+//!   lease, and grants it no lease after that.
+//!
+//! A promotion needs endorsements from a quorum, which shares a voter with every lease quorum:
+//! that voter granted its last lease at some instant `g`; the primary's lease from it ends
+//! before `g + L - m` (primary clock) and the endorsement happens after `g + L + m` (voter
+//! clock): with drift under `m / L`, the lease is over before the endorsement.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Lease timing, per link profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// The lease (ms).
+    pub lease_ms: u64,
+    /// The largest clock-rate difference between two nodes, in parts per thousand.
+    pub drift_permille: u64,
+    /// How often the primary renews its lease (ms): the heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+impl Timing {
+    /// The local profile: a 500 ms lease renewed every 50 ms, 10% drift margin.
+    pub const LOCAL: Timing = Timing { lease_ms: 500, drift_permille: 100, heartbeat_ms: 50 };
+    /// The geo profile: a 3 s lease renewed every 300 ms.
+    pub const GEO: Timing = Timing { lease_ms: 3_000, drift_permille: 100, heartbeat_ms: 300 };
+
+    pub fn margin_ms(&self) -> u64 {
+        self.lease_ms.saturating_mul(self.drift_permille) / 1_000
+    }
+
+    /// How long a granted request keeps the primary's lease, from when it was sent.
+    pub fn hold_ms(&self) -> u64 {
+        self.lease_ms.saturating_sub(self.margin_ms())
+    }
+
+    /// How long a voter refuses to endorse a promotion after it last granted the primary.
+    pub fn refuse_ms(&self) -> u64 {
+        self.lease_ms.saturating_add(self.margin_ms())
+    }
+
+    /// Checks the timing is usable: the heartbeat must renew the lease several times over.
+    pub fn check(&self) -> Result<(), String> {
+        if self.drift_permille == 0 || self.drift_permille >= 500 {
+            return Err(format!("the drift margin must be between 1 and 499 per mille, not {}", self.drift_permille));
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms.saturating_mul(3) > self.hold_ms() {
+            return Err(format!(
+                "the heartbeat ({} ms) must fit at least three times in the lease less its margin ({} ms)",
+                self.heartbeat_ms,
+                self.hold_ms()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The primary's side: which voters granted which request.
+#[derive(Clone, Debug, Default)]
+pub struct Holder {
+    /// Voter -> when the newest request it granted was sent (holder's clock).
+    grants: BTreeMap<String, u64>,
+    /// No lease before this instant (a manual promotion waits out the old primary's lease).
+    not_before: u64,
+    /// The newest synchronous-set version a quorum granted requests carrying, per voter.
+    sync_versions: BTreeMap<String, u64>,
+}
+
+impl Holder {
+    /// Starts holding (a new primary): no grants yet, no lease before `not_before`.
+    pub fn new(not_before: u64) -> Holder {
+        Holder { not_before, ..Default::default() }
+    }
+
+    /// `voter` granted the request sent at `sent_at`, which carried synchronous-set `version`.
+    pub fn granted(&mut self, voter: &str, sent_at: u64, version: u64) {
+        let g = self.grants.entry(voter.to_owned()).or_insert(sent_at);
+        *g = (*g).max(sent_at);
+        let v = self.sync_versions.entry(voter.to_owned()).or_insert(version);
+        *v = (*v).max(version);
+    }
+
+    /// Until when the lease holds (exclusive), for a cluster of `voters` voters counting this
+    /// node; `None` when a quorum never granted.
+    pub fn valid_until(&self, voters: usize, timing: &Timing) -> Option<u64> {
+        let others_needed = quorum(voters).saturating_sub(1);
+        if others_needed == 0 {
+            return None; // a single voter never holds a lease: failover needs three.
+        }
+        let mut sent: Vec<u64> = self.grants.values().copied().collect();
+        sent.sort_unstable_by(|a, b| b.cmp(a));
+        let oldest_needed = *sent.get(others_needed - 1)?;
+        let until = oldest_needed.saturating_add(timing.hold_ms());
+        (until > self.not_before).then_some(until)
+    }
+
+    /// Whether the lease holds at `now`.
+    pub fn valid(&self, now: u64, voters: usize, timing: &Timing) -> bool {
+        now >= self.not_before && self.valid_until(voters, timing).is_some_and(|u| now < u)
+    }
+
+    /// The newest synchronous-set version a quorum (this node included) has seen.
+    pub fn confirmed_sync_version(&self, voters: usize) -> u64 {
+        let others_needed = quorum(voters).saturating_sub(1);
+        let mut v: Vec<u64> = self.sync_versions.values().copied().collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        if others_needed == 0 { 0 } else { v.get(others_needed - 1).copied().unwrap_or(0) }
+    }
+}
+
+/// A voter's side: when it last granted each primary, and whom it endorsed the removal of.
+#[derive(Clone, Debug)]
+pub struct Voter {
+    /// When this voter started: it may have granted leases before a restart, so it counts as
+    /// having heard every primary then.
+    started_at: u64,
+    heard: BTreeMap<String, u64>,
+    revoked: BTreeSet<String>,
+}
+
+/// Why a lease request was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotThePrimary(Option<String>),
+    Revoked,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotThePrimary(Some(p)) => write!(f, "the consensus state names {p} as the primary"),
+            Refusal::NotThePrimary(None) => write!(f, "the consensus state names no primary yet"),
+            Refusal::Revoked => write!(f, "this voter endorsed a promotion: it grants this primary no lease until the next assignment"),
+        }
+    }
+}
+
+impl Voter {
+    pub fn new(now: u64) -> Voter {
+        Voter { started_at: now, heard: BTreeMap::new(), revoked: BTreeSet::new() }
+    }
+
+    /// A lease request from `from` while the consensus state names `assigned`.
+    pub fn on_lease(&mut self, from: &str, assigned: Option<&str>, now: u64) -> Result<(), Refusal> {
+        if assigned != Some(from) {
+            return Err(Refusal::NotThePrimary(assigned.map(str::to_owned)));
+        }
+        if self.revoked.contains(from) {
+            return Err(Refusal::Revoked);
+        }
+        let h = self.heard.entry(from.to_owned()).or_insert(now);
+        *h = (*h).max(now);
+        Ok(())
+    }
+
+    /// How long since this voter last granted `primary` a lease (or started).
+    pub fn silent_ms(&self, primary: &str, now: u64) -> u64 {
+        now.saturating_sub(self.heard.get(primary).copied().unwrap_or(self.started_at).max(self.started_at))
+    }
+
+    /// Whether this voter would endorse removing `primary` now.
+    pub fn may_endorse(&self, primary: &str, now: u64, timing: &Timing) -> bool {
+        self.revoked.contains(primary) || self.silent_ms(primary, now) >= timing.refuse_ms()
+    }
+
+    /// Endorses removing `primary` (it gets no lease from this voter afterwards). `forced` is a
+    /// manual promotion: the new primary then waits out the lease (see [`Timing::refuse_ms`]).
+    pub fn endorse(&mut self, primary: &str, now: u64, timing: &Timing, forced: bool) -> bool {
+        if forced || self.may_endorse(primary, now, timing) {
+            self.revoked.insert(primary.to_owned());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether this voter endorsed removing `primary`.
+    pub fn revoked(&self, primary: &str) -> bool {
+        self.revoked.contains(primary)
+    }
+
+    /// A new assignment was applied: endorsements were for the previous one.
+    pub fn on_assignment(&mut self) {
+        self.revoked.clear();
+    }
+}
+
+/// The quorum of `voters`.
+pub fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// What a voter told the deciding node in a poll.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollReply {
+    pub node: String,
+    /// It holds data (a witness does not).
+    pub data: bool,
+    /// How long since it last granted the primary a lease.
+    pub silent_ms: u64,
+    pub may_endorse: bool,
+    pub revoked: bool,
+    /// Its position in the primary's feed, and its epoch.
+    pub applied: u64,
+    pub epoch: u64,
+    /// The newest synchronous set it heard from the primary.
+    pub sync: SyncView,
+    /// The primary it believes in (its durable role), for the first assignment.
+    pub believes: Option<String>,
+}
+
+/// The synchronous set as the primary announces it in lease requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncView {
+    pub version: u64,
+    /// Whether promotions are restricted to the set (some warm component acknowledges with
+    /// `standby`).
+    pub required: bool,
+    /// Member -> the primary's position from which it holds every acknowledged write.
+    pub members: BTreeMap<String, u64>,
+}
+
+/// Which node to promote when `primary` is gone: a data node that answered, never the old
+/// primary, a member of the freshest synchronous set known (complete from its join position)
+/// when promotions are restricted to it; the one furthest in the primary's feed, by name on a
+/// tie.
+pub fn pick_candidate(primary: &str, replies: &[PollReply]) -> Option<(String, u64)> {
+    let sync = replies.iter().map(|r| &r.sync).max_by_key(|s| s.version)?;
+    replies
+        .iter()
+        .filter(|r| r.data && r.node != primary && r.may_endorse)
+        .filter(|r| !sync.required || sync.members.get(&r.node).is_some_and(|from| r.applied >= *from))
+        .max_by(|a, b| a.applied.cmp(&b.applied).then_with(|| b.node.cmp(&a.node)))
+        .map(|r| (r.node.clone(), r.applied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timing = Timing { lease_ms: 1_000, drift_permille: 100, heartbeat_ms: 100 };
+
+    #[test]
+    fn a_lease_needs_a_quorum_of_recent_grants() {
+        let mut h = Holder::new(0);
+        assert!(!h.valid(10, 3, &T), "no grant, no lease");
+        h.granted("w", 100, 0);
+        assert!(h.valid(150, 3, &T), "itself and one of three is a quorum");
+        assert!(h.valid(999, 3, &T));
+        assert!(!h.valid(1_000, 3, &T), "the lease ends lease - margin after the request was sent");
+        assert!(!h.valid(150, 5, &T), "two of five is not a quorum");
+        h.granted("x", 50, 0);
+        assert_eq!(h.valid_until(5, &T), Some(950), "the older of the two grants bounds it");
+        assert_eq!(Holder::new(0).valid_until(1, &T), None);
+    }
+
+    #[test]
+    fn a_manual_promotion_waits_out_the_old_lease() {
+        let mut h = Holder::new(2_000);
+        h.granted("w", 1_500, 0);
+        assert!(!h.valid(1_600, 3, &T));
+        h.granted("w", 1_900, 0);
+        assert!(h.valid(2_000, 3, &T));
+    }
+
+    #[test]
+    fn a_voter_grants_only_the_assigned_primary_and_not_after_endorsing() {
+        let mut v = Voter::new(0);
+        assert_eq!(v.on_lease("a", Some("b"), 5), Err(Refusal::NotThePrimary(Some("b".into()))));
+        assert_eq!(v.on_lease("a", Some("a"), 5), Ok(()));
+        assert!(!v.may_endorse("a", 5 + 1_099, &T), "silent for less than lease + margin");
+        assert!(!v.endorse("a", 1_000, &T, false));
+        assert!(v.endorse("a", 5 + 1_100, &T, false));
+        assert_eq!(v.on_lease("a", Some("a"), 1_200), Err(Refusal::Revoked));
+        v.on_assignment();
+        assert_eq!(v.on_lease("a", Some("a"), 1_300), Ok(()));
+    }
+
+    #[test]
+    fn a_restarted_voter_counts_as_having_just_heard_everyone() {
+        let v = Voter::new(10_000);
+        assert!(!v.may_endorse("a", 10_500, &T));
+        assert!(v.may_endorse("a", 11_100, &T));
+    }
+
+    /// The property the whole scheme rests on, over many interleavings: with clock rates that
+    /// differ by less than the margin, no voter endorses while the primary's lease from it holds.
+    #[test]
+    fn no_endorsement_while_a_lease_holds_under_drift() {
+        use rand08::{Rng, SeedableRng};
+        let mut rng = rand08::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..2_000 {
+            // Real time in µs; each clock runs at its own rate within ±4.9%.
+            let rate_p = 1.0 + rng.gen_range(-0.049..0.049);
+            let rate_v = 1.0 + rng.gen_range(-0.049..0.049);
+            let p_clock = |real: f64| (real * rate_p / 1_000.0) as u64;
+            let v_clock = |real: f64| (real * rate_v / 1_000.0) as u64;
+            let mut h = Holder::new(0);
+            let mut v = Voter::new(0);
+            let mut real = rng.gen_range(0.0..1_000_000.0);
+            let sent = p_clock(real);
+            real += rng.gen_range(0.0..50_000.0);
+            v.on_lease("p", Some("p"), v_clock(real)).expect("granted");
+            real += rng.gen_range(0.0..50_000.0);
+            h.granted("v", sent, 0);
+            // Find the first real instant the voter endorses; the lease must be over then.
+            let mut t = real;
+            while !v.may_endorse("p", v_clock(t), &T) {
+                t += 1_000.0;
+            }
+            assert!(!h.valid(p_clock(t), 3, &T), "lease held at {t} while the voter endorsed (rates {rate_p} {rate_v})");
+        }
+    }
+
+    #[test]
+    fn the_candidate_is_the_furthest_sync_member_never_the_old_primary_or_a_witness() {
+        let sync = SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 10), ("c".into(), 50)]) };
+        let r = |node: &str, data: bool, applied: u64| PollReply {
+            node: node.into(),
+            data,
+            may_endorse: true,
+            applied,
+            sync: sync.clone(),
+            ..Default::default()
+        };
+        let replies = vec![r("a", true, 100), r("b", true, 40), r("c", true, 45), r("w", false, 0)];
+        assert_eq!(pick_candidate("a", &replies), Some(("b".into(), 40)), "c is a member only from 50");
+        let mut older = replies.clone();
+        older[0].sync = SyncView { version: 2, required: true, members: BTreeMap::from([("c".into(), 0)]) };
+        older[1].sync = older[0].sync.clone();
+        assert_eq!(pick_candidate("a", &older), Some(("b".into(), 40)), "the freshest set wins");
+        let none = vec![r("w", false, 0)];
+        assert_eq!(pick_candidate("a", &none), None);
+        let mut free = replies;
+        for x in &mut free {
+            x.sync.required = false;
+        }
+        assert_eq!(pick_candidate("a", &free), Some(("c".into(), 45)));
+    }
+}

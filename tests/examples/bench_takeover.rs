@@ -1,0 +1,55 @@
+//! Takeover time: a warm primary is SIGKILLed (a real `tandem run` process, with its standby and
+//! a witness, on loopback) and the time until the standby's `/healthz?need=writes` says it
+//! takes writes is measured, over repeated trials; prints the median and p99.
+//!
+//!     cargo run --profile bench -p tandem-tests --example bench_takeover -- [TRIALS]
+
+use std::time::{Duration, Instant};
+
+use tandem_tests::NodeProcess;
+use tandem_tests::cluster::trio;
+
+fn writable(c: &tandem::node::client::Client) -> bool {
+    c.raw("GET", "/healthz?need=writes", None, &[], Some("")).is_ok_and(|r| r.status == 200)
+}
+
+fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < timeout, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let trials: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    tandem_tests::warm_shared_cache();
+    let mut times = Vec::with_capacity(trials);
+    for trial in 0..trials {
+        let root = tempfile::tempdir().expect("tempdir");
+        let t = trio(root.path());
+        let _w = NodeProcess::start(&t.w);
+        let a = NodeProcess::start(&t.a);
+        let b = NodeProcess::start(&t.b);
+        let (ca, cb) = (a.client(), b.client());
+        wait("a takes writes", Duration::from_secs(60), || writable(&ca));
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Instant::now();
+        a.kill();
+        wait("b takes writes", Duration::from_secs(60), || writable(&cb));
+        let took = killed.elapsed();
+        println!("trial {:>3}: {:>7.1} ms", trial + 1, took.as_secs_f64() * 1000.0);
+        times.push(took);
+    }
+    times.sort();
+    let pick = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "takeover over {} trials (lease 500 ms, local profile): median {:.1} ms, p99 {:.1} ms, min {:.1} ms, max {:.1} ms",
+        times.len(),
+        pick(0.5).as_secs_f64() * 1000.0,
+        pick(0.99).as_secs_f64() * 1000.0,
+        times[0].as_secs_f64() * 1000.0,
+        times[times.len() - 1].as_secs_f64() * 1000.0
+    );
+}

@@ -1,0 +1,146 @@
+//! Automatic failover between real processes on loopback: two data nodes and a witness; the
+//! primary is SIGKILLed or SIGSTOPped under a `standby`-ack write load; the standby takes over
+//! by itself, no acknowledged write is lost, and the old primary never takes writes again
+//! until the cluster says so (it comes back as a standby).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tandem_tests::NodeProcess;
+use tandem_tests::cluster::trio;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn writable(c: &tandem::node::client::Client) -> bool {
+    c.raw("GET", "/healthz?need=writes", None, &[], Some("")).is_ok_and(|r| r.status == 200)
+}
+
+fn trunk(i: usize) -> String {
+    format!("{{\"host\": \"h{i}.carrier.example\", \"transport\": \"udp\", \"max_channels\": 10}}")
+}
+
+/// Writes to `c` until stopped; returns the keys acknowledged.
+fn load(c: tandem::node::client::Client, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut i = 0;
+        while !stop.load(Ordering::SeqCst) && i < 100_000 {
+            let key = format!("trunk-{i:06}");
+            if c.put("trunks", &key, &trunk(i), None).is_ok() {
+                acked.lock().expect("acked").push(key);
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < WAIT, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    started.elapsed()
+}
+
+/// The replication part of a node's status.
+fn status(c: &tandem::node::client::Client) -> serde_json::Value {
+    c.status().expect("status").replication.unwrap_or_default()
+}
+
+#[test]
+fn failover_sigkill_of_the_primary_the_standby_takes_over_with_every_acknowledged_write() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let t = trio(root.path());
+    let w = NodeProcess::start(&t.w);
+    let a = NodeProcess::start(&t.a);
+    let b = NodeProcess::start(&t.b);
+    let (ca, cb) = (a.client(), b.client());
+    wait_until("a takes writes under a lease", || writable(&ca));
+    let st = status(&cb);
+    assert!(st["automatic_failover"].as_str().is_some_and(|s| s.starts_with("on")), "{st}");
+    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writer = load(ca.clone(), stop.clone(), acked.clone());
+    std::thread::sleep(Duration::from_millis(800));
+    // Never two writable nodes while both run.
+    assert!(!writable(&cb));
+    a.kill();
+    let killed = Instant::now();
+    wait_until("b takes writes", || writable(&cb));
+    let takeover = killed.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let acked = acked.lock().expect("acked").clone();
+    assert!(acked.len() > 50, "the load ran: {} writes acknowledged", acked.len());
+    for k in &acked {
+        assert!(cb.get("trunks", k).is_ok(), "acknowledged {k} was lost in the takeover");
+    }
+    let st = status(&cb);
+    assert_eq!(st["failover"]["assignment"]["primary"].as_str(), Some("b"), "{st}");
+    assert_eq!(st["failover"]["assignment"]["old"].as_str(), Some("a"), "{st}");
+    assert!(takeover < Duration::from_secs(10), "takeover took {takeover:?}");
+    cb.put("trunks", "after-takeover", &trunk(1), None).expect("b takes writes");
+
+    // The old primary comes back as a standby and catches up.
+    let a = NodeProcess::start(&t.a);
+    let ca = a.client();
+    let started = Instant::now();
+    while ca.get("trunks", "after-takeover").is_err() {
+        if started.elapsed() > WAIT {
+            let log = std::fs::read_to_string(t.a.join("node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!("a did not follow b; a's status {}\nlog (newest first):\n{}", status(&ca), tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!writable(&ca), "the old primary must not take writes");
+    assert!(ca.put("trunks", "on-old-primary", &trunk(2), None).is_err());
+    drop(w);
+}
+
+#[test]
+fn failover_a_stopped_primary_loses_its_lease_and_never_takes_writes_after_the_takeover() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let t = trio(root.path());
+    let _w = NodeProcess::start(&t.w);
+    let a = NodeProcess::start(&t.a);
+    let b = NodeProcess::start(&t.b);
+    let (ca, cb) = (a.client(), b.client());
+    wait_until("a takes writes under a lease", || writable(&ca));
+    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
+    ca.put("trunks", "before", &trunk(0), None).expect("write before");
+    let pid = a.child.id().to_string();
+    let signal = |s: &str| {
+        std::process::Command::new("kill").args([s, &pid]).status().expect("kill");
+    };
+    signal("-STOP");
+    wait_until("b takes writes", || writable(&cb));
+    cb.put("trunks", "during", &trunk(1), None).expect("b takes writes");
+    signal("-CONT");
+    // At once on waking, a's lease is over: it refuses writes, then follows b.
+    let refused = ca.put("trunks", "after-wake", &trunk(2), None);
+    assert!(refused.is_err(), "the woken old primary accepted a write: {refused:?}");
+    wait_until("a follows b", || ca.get("trunks", "during").is_ok());
+    assert!(!writable(&ca));
+    assert!(cb.get("trunks", "before").is_ok());
+    assert!(cb.get("trunks", "after-wake").is_err());
+}
+
+#[test]
+fn failover_the_demo_kills_its_primary_and_prints_the_takeover_time() {
+    let out = std::process::Command::new(tandem_tests::tandem_bin()).arg("demo").output().expect("run tandem demo");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("assigned a as the warm primary"), "{text}");
+    assert!(text.contains("the trunk written on a before is on b: true"), "{text}");
+    let ms: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("takeover time: "))
+        .and_then(|v| v.trim_end_matches(" ms").parse().ok())
+        .unwrap_or_else(|| panic!("no takeover time in:\n{text}"));
+    assert!(ms > 0.0 && ms < 20_000.0, "takeover time {ms} ms");
+}
