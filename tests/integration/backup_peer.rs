@@ -356,3 +356,53 @@ fn backup_restored_secondary_catches_up_from_the_primary_from_where_the_backup_e
     ca.put("trunks", "t999", r#"{"host": "late.example"}"#, None).expect("put");
     wait_until("a later write reaches the secondary", WAIT, || client(&b).get("trunks", "t999").is_ok());
 }
+
+#[test]
+fn backup_archive_that_falls_behind_the_writer_says_so_and_catches_up_from_the_store() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = root.path().join("a");
+    let target = root.path().join("backup");
+    let extra = format!("\n[backup]\ntarget = {:?}\nsegment_age = \"200ms\"\n", target.display().to_string());
+    write_node_dir(&a, "a", &["trunks"], &extra);
+    let server = start_node(&a);
+    // A tap that holds at most 10 versions: one commit of 30 versions overflows it.
+    server.node().commit_tap().set_limits(10, 1 << 20);
+    let backup = service::start(server.node()).expect("backup thread").expect("a target is configured");
+    let c = client(&server);
+    c.put("trunks", "before", r#"{"host": "before.example"}"#, None).expect("put");
+    wait_until("the archive has the first write", WAIT, || backup.status().archive_seq >= 1);
+    let writes: Vec<(String, tandem::plugin::Op)> =
+        (0..30).map(|i| ("burst".to_owned(), tandem::plugin::Op::Put(format!(r#"{{"host": "b{i}.example"}}"#)))).collect();
+    for r in server.block_on(server.node().write_many("trunks", writes)).expect("batch") {
+        r.expect("write");
+    }
+    let last = server.node().last_seq();
+    assert_eq!(last, 31);
+    wait_until("the archive catches up", WAIT, || backup.status().archive_seq >= last);
+    assert_eq!(server.node().commit_tap().overflows(), 1);
+    let st = backup_status(&server);
+    assert_eq!(st["archive_gaps"], 1, "{st}");
+    // 30 versions of one key in one commit: the store holds the last, 29 are not archived.
+    assert_eq!(st["archive_unarchived"], 29, "{st}");
+    assert!(st["last_error"]["message"].as_str().is_some_and(|m| m.contains("fell behind the writer")), "{st}");
+    let m = c.metrics().expect("metrics");
+    assert_eq!(metric(&m, "tandem_backup_archive_gaps_total"), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "tandem_backup_archive_unarchived_total"), Some(29.0), "{m}");
+    // The archive is exact again after the gap: every later version is there.
+    for i in 0..5 {
+        c.put("trunks", "after", &format!(r#"{{"host": "a{i}.example"}}"#), None).expect("put");
+    }
+    let last = server.node().last_seq();
+    wait_until("the archive reaches the last write", WAIT, || backup.status().archive_seq >= last);
+    let skipped: u64 = archive::list(&target).iter().map(|(_, m)| m.as_ref().map_or(0, |m| m.skipped)).sum();
+    assert_eq!(skipped, 29, "the segments count the versions of the gap, and only those");
+    backup.stop();
+    // The latest state restores exactly.
+    let dest = root.path().join("r").join("store.db");
+    snapshot::create(&a.join("store.db"), &target, &snapshot::CreateOptions::default()).expect("snapshot");
+    let r =
+        restore::restore(&RestoreOptions { target: Some(target.clone()), node_name: "r".into(), dest: dest.clone(), ..Default::default() })
+            .expect("restore");
+    assert_eq!(r.records, 3);
+    assert!(stored_value(&dest, "trunks", "burst").is_some_and(|v| v.contains("b29.example")));
+}

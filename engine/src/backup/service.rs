@@ -426,13 +426,26 @@ impl Worker {
         let Some(tap) = self.tap.as_ref() else { return Ok(()) };
         if !self.caught_up {
             let before = a.cursor();
-            a.poll_until(tap.from_seq)?;
+            let read = a.poll_until(tap.from_seq)? as u64;
             self.caught_up = true;
-            tracing::debug!(from = before, to = tap.from_seq, "backup: archive read the store up to the commit tap");
+            // Seqs in the range read from the store that it no longer holds: overwritten (or
+            // purged) before the archive could read them.
+            let lacking = tap.from_seq.saturating_sub(before).saturating_sub(read);
+            if lacking > 0 {
+                update(&self.status, |s| s.archive_unarchived += lacking);
+            }
+            tracing::debug!(from = before, to = tap.from_seq, read, lacking, "backup: archive read the store up to the commit tap");
         }
         let mut wait = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
         let mut closed = false;
+        // Bounded, so that segments and schedules get their turn under a steady stream; stopping
+        // drains everything.
+        let mut groups = 0usize;
         loop {
+            if !stopping && groups >= 4096 {
+                break;
+            }
+            groups += 1;
             let got = if wait.is_zero() { tap.try_recv() } else { tap.recv_timeout(wait) };
             wait = Duration::ZERO;
             match got {
@@ -457,8 +470,7 @@ impl Worker {
             let cursor = a.cursor();
             if node.commit_tap().overflows() > self.status.lock().unwrap_or_else(|e| e.into_inner()).archive_gaps {
                 let msg = format!(
-                    "the log archive fell behind the writer by more than {} versions at seq {cursor}: it reads the store to catch up, and versions overwritten meanwhile are not archived separately",
-                    crate::node::tap::TAP_MAX_ENTRIES
+                    "the log archive fell behind the writer (more versions pending than the commit tap holds) at seq {cursor}: it reads the store to catch up, and versions overwritten meanwhile are not archived separately"
                 );
                 tracing::warn!("backup: {msg}");
                 update(&self.status, |s| s.archive_gaps += 1);

@@ -41,11 +41,24 @@ struct Pending {
 }
 
 /// The commit tap of a node.
-#[derive(Default)]
 pub struct CommitTap {
     active: AtomicBool,
     inner: Mutex<Inner>,
     overflows: AtomicU64,
+    max_entries: AtomicUsize,
+    max_bytes: AtomicUsize,
+}
+
+impl Default for CommitTap {
+    fn default() -> Self {
+        CommitTap {
+            active: AtomicBool::new(false),
+            inner: Mutex::new(Inner::default()),
+            overflows: AtomicU64::new(0),
+            max_entries: AtomicUsize::new(TAP_MAX_ENTRIES),
+            max_bytes: AtomicUsize::new(TAP_MAX_BYTES),
+        }
+    }
 }
 
 /// A consumer's end of the tap.
@@ -110,6 +123,13 @@ impl CommitTap {
         TapReceiver { rx, pending, from_seq: inner.last_seq }
     }
 
+    /// Sets how far behind the consumer may fall (versions, bytes) before the tap closes
+    /// (default [`TAP_MAX_ENTRIES`], [`TAP_MAX_BYTES`]); tests make it small.
+    pub fn set_limits(&self, entries: usize, bytes: usize) {
+        self.max_entries.store(entries, Ordering::Relaxed);
+        self.max_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// Whether a consumer is subscribed (the writer builds entries only then).
     pub fn active(&self) -> bool {
         self.active.load(Ordering::Acquire)
@@ -130,8 +150,8 @@ impl CommitTap {
         }
         let bytes: usize = entries.iter().map(entry_bytes).sum();
         let n = entries.len();
-        let over = inner.pending.entries.load(Ordering::Acquire) + n > TAP_MAX_ENTRIES
-            || inner.pending.bytes.load(Ordering::Acquire) + bytes > TAP_MAX_BYTES;
+        let over = inner.pending.entries.load(Ordering::Acquire) + n > self.max_entries.load(Ordering::Relaxed)
+            || inner.pending.bytes.load(Ordering::Acquire) + bytes > self.max_bytes.load(Ordering::Relaxed);
         if over {
             inner.tx = None;
             self.active.store(false, Ordering::Release);
