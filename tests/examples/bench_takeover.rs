@@ -2,7 +2,10 @@
 //! a witness, on loopback) and the time until the standby's `/healthz?need=writes` says it
 //! takes writes is measured, over repeated trials; prints the median and p99.
 //!
-//!     cargo run --profile bench -p tandem-tests --example bench_takeover -- [TRIALS]
+//!     cargo run -p tandem-tests --example bench_takeover -- [TRIALS]
+//!
+//! (The nodes are `tandem run` processes of the dev build: the takeover time is set by the lease
+//! and the heartbeat, not by how fast the code runs.)
 
 use std::time::{Duration, Instant};
 

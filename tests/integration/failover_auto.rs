@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_tests::NodeProcess;
-use tandem_tests::cluster::trio;
+use tandem_tests::cluster::{free_port, trio, trio_on};
+use tandem_tests::fault_proxy::FaultProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -143,4 +144,58 @@ fn failover_the_demo_kills_its_primary_and_prints_the_takeover_time() {
         .and_then(|v| v.trim_end_matches(" ms").parse().ok())
         .unwrap_or_else(|| panic!("no takeover time in:\n{text}"));
     assert!(ms > 0.0 && ms < 20_000.0, "takeover time {ms} ms");
+}
+
+/// A partition cuts the primary off from both others: it stops taking writes within its lease,
+/// the standby takes over; a write the old primary committed but could not get acknowledged
+/// (no standby heard it) is not lost when the partition heals: it goes to the old primary's
+/// conflict queue, and the old primary rewinds and follows.
+#[test]
+fn failover_a_partitioned_primary_steps_down_and_its_unacknowledged_write_goes_to_the_conflict_queue() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ports = [free_port(), free_port(), free_port()];
+    let local = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().expect("addr") };
+    // Every link that touches a goes through a proxy of its own.
+    let to_a_from_b = FaultProxy::start(local(ports[0]));
+    let to_a_from_w = FaultProxy::start(local(ports[0]));
+    let to_b_from_a = FaultProxy::start(local(ports[1]));
+    let to_w_from_a = FaultProxy::start(local(ports[2]));
+    let proxies = [&to_a_from_b, &to_a_from_w, &to_b_from_a, &to_w_from_a];
+    let t = trio_on(root.path(), ports, |from, to| match (from, to) {
+        ("b", "a") => to_a_from_b.addr().to_string(),
+        ("w", "a") => to_a_from_w.addr().to_string(),
+        ("a", "b") => to_b_from_a.addr().to_string(),
+        ("a", "w") => to_w_from_a.addr().to_string(),
+        (_, "b") => format!("127.0.0.1:{}", ports[1]),
+        _ => format!("127.0.0.1:{}", ports[2]),
+    });
+    let _w = NodeProcess::start(&t.w);
+    let a = NodeProcess::start(&t.a);
+    let b = NodeProcess::start(&t.b);
+    let (ca, cb) = (a.client(), b.client());
+    wait_until("a takes writes under a lease", || writable(&ca));
+    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
+    ca.put("trunks", "acknowledged", &trunk(0), None).expect("write before the partition");
+
+    for p in proxies {
+        p.set_blocked(true);
+    }
+    // Committed on a, but no standby acknowledges it: the client hears "outcome unknown".
+    let orphan = ca.put("trunks", "orphan", &trunk(1), None);
+    assert!(orphan.is_err(), "a write without its standby's acknowledgement must not be acknowledged: {orphan:?}");
+    wait_until("a stops taking writes (its lease ran out)", || !writable(&ca));
+    wait_until("b takes writes", || writable(&cb));
+    cb.put("trunks", "on-b", &trunk(2), None).expect("b takes writes");
+
+    for p in proxies {
+        p.set_blocked(false);
+    }
+    wait_until("a follows b", || ca.get("trunks", "on-b").is_ok());
+    wait_until("a rewound the orphan", || ca.get("trunks", "orphan").is_err());
+    let conflicts = ca.raw("GET", "/v1/conflicts", None, &[], None).expect("conflicts");
+    assert!(conflicts.body.contains("orphan") && conflicts.body.contains("fork point"), "{}", conflicts.body);
+    assert!(status(&ca)["alarms"].to_string().contains("conflict queue"), "{}", status(&ca));
+    assert!(cb.get("trunks", "acknowledged").is_ok());
+    assert!(cb.get("trunks", "orphan").is_err(), "the orphan never reached b");
+    assert!(!writable(&ca));
 }

@@ -75,23 +75,37 @@ pub struct Trio {
 /// Data nodes a (primary) and b with warm trunks acknowledged by the standby, and witness w:
 /// automatic failover is on.
 pub fn trio(root: &Path) -> Trio {
-    let (ap, bp, wp) = (free_port(), free_port(), free_port());
+    let ports = [free_port(), free_port(), free_port()];
+    trio_on(root, ports, |_, to| format_addr(ports[index(to)]))
+}
+
+fn index(name: &str) -> usize {
+    match name {
+        "a" => 0,
+        "b" => 1,
+        _ => 2,
+    }
+}
+
+/// [`trio`] with the peer ports of a, b and w given, and `route(from, to)` the address `from`
+/// dials for `to` (e.g. a fault proxy).
+pub fn trio_on(root: &Path, ports: [u16; 3], route: impl Fn(&str, &str) -> String) -> Trio {
     let cluster = "mode = \"warm\"\nprimary = \"a\"";
-    let extra = |_: &str| {
+    let extra = |from: &str| {
         format!(
             "\n[witness]\nname = \"w\"\naddress = \"{}\"\n\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"standby\"\n",
-            format_addr(wp)
+            route(from, "w")
         )
     };
     let a = write_cluster_node(
         root,
-        &NodeDef { name: "a", port: ap, peers: vec![("b".into(), format_addr(bp))], cluster, extra: &extra("a") },
+        &NodeDef { name: "a", port: ports[0], peers: vec![("b".into(), route("a", "b"))], cluster, extra: &extra("a") },
         &["trunks"],
         None,
     );
     let b = write_cluster_node(
         root,
-        &NodeDef { name: "b", port: bp, peers: vec![("a".into(), format_addr(ap))], cluster, extra: &extra("b") },
+        &NodeDef { name: "b", port: ports[1], peers: vec![("a".into(), route("b", "a"))], cluster, extra: &extra("b") },
         &["trunks"],
         Some(&a),
     );
@@ -100,9 +114,9 @@ pub fn trio(root: &Path) -> Trio {
     write_credentials(&w, "w", Some(&a));
     let text = format!(
         "[node]\nname = \"w\"\nrole = \"witness\"\nlisten = \"{}\"\napi = \"127.0.0.1:0\"\n\n[api]\ntoken = \"{TEST_TOKEN}\"\n\n[cluster]\nmode = \"warm\"\nca = \"creds/cluster-ca.pem\"\ncert = \"creds/node.pem\"\nkey = \"creds/node.key\"\n\n[[peer]]\nname = \"a\"\naddress = \"{}\"\n\n[[peer]]\nname = \"b\"\naddress = \"{}\"\n",
-        format_addr(wp),
-        format_addr(ap),
-        format_addr(bp)
+        format_addr(ports[2]),
+        route("w", "a"),
+        route("w", "b")
     );
     std::fs::write(w.join("tandem.toml"), text).expect("witness config");
     for d in [&a, &b] {

@@ -54,6 +54,12 @@ pub enum NodeError {
         "outcome unknown: committed on this node, but no standby of the synchronous set confirmed it within {0} ms; retry with the same idempotency key"
     )]
     OutcomeUnknown(u64),
+    /// A warm write committed here, but this node lost its primary's lease before it could be
+    /// acknowledged: another node may have taken over without it.
+    #[error(
+        "outcome unknown: committed on this node, but it lost its primary lease (no quorum of voters heard from it in time) before acknowledging; another node may have taken over: retry on the primary with the same idempotency key"
+    )]
+    LeaseLost,
 }
 
 impl NodeError {
@@ -80,6 +86,7 @@ impl NodeError {
             NodeError::Witness => "witness",
             NodeError::NotPrimary { .. } => "not_primary",
             NodeError::OutcomeUnknown(_) => "outcome_unknown",
+            NodeError::LeaseLost => "lease_lost",
         }
     }
 
@@ -98,7 +105,7 @@ impl NodeError {
             NodeError::Store(_) => 500,
             NodeError::IdempotencyReused(_) => 409,
             NodeError::NotPrimary { .. } => 421,
-            NodeError::OutcomeUnknown(_) => 504,
+            NodeError::OutcomeUnknown(_) | NodeError::LeaseLost => 504,
         }
     }
 
@@ -106,7 +113,7 @@ impl NodeError {
     /// idempotency key). Every refusal here happens before the commit, or the commit failed
     /// as a whole, except a store I/O failure, whose outcome is unknown.
     pub fn outcome_known(&self) -> bool {
-        !matches!(self, NodeError::StoreFailed(_) | NodeError::OutcomeUnknown(_))
+        !matches!(self, NodeError::StoreFailed(_) | NodeError::OutcomeUnknown(_) | NodeError::LeaseLost)
     }
 
     /// The violations, for 422 answers.

@@ -78,6 +78,11 @@ pub enum ApplyMode {
     /// Warm standby: the primary's version replaces the local one if its stamp is newer; not
     /// validated again.
     Replace,
+    /// A returning old primary rewinds a version written after the fork point (the node that
+    /// took over never received it): the local version, if its stamp is still the remote
+    /// version's, goes to the conflict queue for an operator and is replaced by a tombstone of
+    /// stamp zero, which the new primary's version of the key (if any) then replaces.
+    Fork,
 }
 
 /// What applying a remote version did.
@@ -647,6 +652,28 @@ fn prepare_remote(
     };
     let same = |p: &Prior, s: &Stored| p.tombstone == s.tombstone && p.data[..] == s.data[..];
     let (stored, stamp, origin, conflict) = match (mode, &prior) {
+        (ApplyMode::Fork, None) => return Ok(Step::Done(WriteOutcome::Remote(Applied::Unchanged))),
+        (ApplyMode::Fork, Some(p)) if p.stamp != version.stamp => {
+            // Written again since (the new primary's version arrived): nothing to rewind.
+            return Ok(Step::Done(WriteOutcome::Remote(Applied::Unchanged)));
+        }
+        (ApplyMode::Fork, Some(p)) => {
+            let orphan = version_json(session, comp, &key, &p.origin, &p.stamp, &p.data, p.tombstone);
+            let conflict = ConflictRow {
+                id: conflict_id(comp.name(), &key, &p.data),
+                component: comp.name().to_owned(),
+                key: key.clone(),
+                reason: "written on this node after the fork point, while it was the primary: the node that took over never received it; this node now follows that node".to_owned(),
+                violations: "[]".to_owned(),
+                versions: serde_json::Value::Array(vec![orphan]).to_string(),
+                detected_p: ctx.clock.wall_ms(),
+                detected_seq: 0,
+                resolved_seq: None,
+                resolution: None,
+            };
+            let rewound = Stored { data: Vec::new(), tombstone: true };
+            (rewound, Stamp::new(0, 0, ""), p.origin.clone(), Some(conflict))
+        }
         (ApplyMode::Replace, Some(p)) if p.stamp >= version.stamp => {
             return Ok(Step::Done(WriteOutcome::Remote(if same(p, &version.stored) { Applied::Unchanged } else { Applied::Older })));
         }

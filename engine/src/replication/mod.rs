@@ -265,12 +265,19 @@ impl WriteGate for Gate {
     fn after_commit(&self, component: &str, seq: u64) -> Option<AckWait> {
         let g = &self.0;
         let policy = g.policies.get(component)?;
-        if policy.mode != Mode::Warm || policy.ack != Ack::Standby || !g.takes_writes() {
+        if policy.mode != Mode::Warm {
             return None;
         }
-        if g.sync_set.borrow().members.is_empty() {
-            // The set is empty, and that is on disk: local acknowledgement.
-            return None;
+        // With automatic failover, a warm write is acknowledged only while the lease holds.
+        let lease = g.failover.get().cloned();
+        let check_lease = move || match &lease {
+            Some(c) if !c.holds_lease() => Err(NodeError::LeaseLost),
+            _ => Ok(()),
+        };
+        // An empty set is on disk: local acknowledgement.
+        if policy.ack != Ack::Standby || !g.takes_writes() || g.sync_set.borrow().members.is_empty() {
+            g.failover.get()?;
+            return Some(Box::pin(async move { check_lease() }));
         }
         let mut rx = if policy.priority == Priority::High { g.sync_acked_high.subscribe() } else { g.sync_acked.subscribe() };
         let mut set = g.sync_set.subscribe();
@@ -281,7 +288,7 @@ impl WriteGate for Gate {
             tokio::pin!(deadline);
             loop {
                 if *rx.borrow_and_update() >= seq || set.borrow_and_update().members.is_empty() {
-                    return Ok(());
+                    return check_lease();
                 }
                 tokio::select! {
                     _ = &mut deadline => return Err(NodeError::OutcomeUnknown(ms)),
@@ -1260,6 +1267,11 @@ impl Replication {
             return;
         }
         let role = Role { primary: Some(primary.clone()), accepting: true };
+        if primary != self.gate.us && a.old.as_deref() == Some(self.gate.us.as_str()) && self.gate.is_primary() {
+            // Before following the new primary: what this node wrote after the fork point goes
+            // to the conflict queue, and the node rewinds to what the new primary has.
+            self.rewind_to_fork(&primary, a.fork).await;
+        }
         if primary == self.gate.us && !self.gate.is_primary() {
             // A new primary starts with an empty synchronous set (its standbys join as they
             // catch up): the set of the old primary named nodes that may be gone with it.
@@ -1279,17 +1291,51 @@ impl Replication {
         }
         if primary == self.gate.us {
             tracing::warn!(epoch = a.epoch, previous = ?a.old, fork = a.fork, "the cluster made this node the warm primary");
-        } else if a.old.as_deref() == Some(self.gate.us.as_str()) {
-            let ours = self.node.last_seq();
-            if ours > a.fork {
-                let msg = format!(
-                    "this node was the primary until {primary} took over at position {} of its feed; its feed goes on to {ours}: writes after the fork point that never reached {primary} are kept here but not replicated (compare digests, resolve by hand)",
-                    a.fork
-                );
-                tracing::error!("{msg}");
-                self.shared().alarms.insert("fork".into(), msg);
+        }
+    }
+
+    /// A returning old primary: each warm record it wrote after `fork` (its feed position the
+    /// new primary had) is recorded in the conflict queue and rewound (see [`ApplyMode::Fork`]).
+    async fn rewind_to_fork(&self, primary: &str, fork: u64) {
+        const MAX: usize = 1_000_000;
+        let warm: Vec<String> = self.gate.policies.iter().filter(|(_, p)| p.mode == Mode::Warm).map(|(n, _)| n.clone()).collect();
+        let mut orphans: BTreeMap<String, Vec<RemoteVersion>> = BTreeMap::new();
+        let (mut after, mut count) = (fork, 0usize);
+        while count < MAX {
+            let changes = match self.node.changes_of(warm.clone(), after, 1_000).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("reading the feed after the fork point {fork}: {e}; writes after it stay as they are");
+                    return;
+                }
+            };
+            let Some(last) = changes.last().map(|c| c.seq) else { break };
+            after = last;
+            count += changes.len();
+            for c in changes {
+                orphans.entry(c.component.clone()).or_default().push(RemoteVersion {
+                    key: c.key,
+                    stored: c.stored,
+                    stamp: c.stamp,
+                    origin: c.origin,
+                });
             }
         }
+        if count == 0 {
+            return;
+        }
+        let mut queued = 0usize;
+        for (component, versions) in orphans {
+            match self.node.apply_remote(&component, versions, ApplyMode::Fork).await {
+                Ok(results) => queued += results.iter().filter(|r| matches!(r, Ok(crate::node::service::Applied::Stored { .. }))).count(),
+                Err(e) => tracing::error!(component = %component, "rewinding to the fork point: {e}"),
+            }
+        }
+        let msg = format!(
+            "this node was the primary until {primary} took over at position {fork} of its feed: {queued} record(s) written here after that never reached {primary}; they are in the conflict queue (`tandem conflicts`) and this node follows {primary}"
+        );
+        tracing::error!("{msg}");
+        self.shared().alarms.insert("fork".into(), msg);
     }
 
     fn note_epoch(&self, epoch: u64) {
@@ -1300,6 +1346,9 @@ impl Replication {
     /// A peer that is the warm primary in a newer epoch than this node's: this node follows it
     /// (an old primary that was demoted, or cut off during a promotion, steps down here).
     async fn adopt(&self, theirs: &Hello) -> Result<(), LinkError> {
+        if self.gate.failover.get().is_some() {
+            return Ok(()); // the consensus assigns the primary
+        }
         if theirs.primary.as_deref() != Some(theirs.node.as_str()) || theirs.epoch <= self.node.epoch() {
             return Ok(());
         }
