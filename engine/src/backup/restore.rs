@@ -456,3 +456,42 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path, seq_floor: u64) -> 
         Ok(Built { epoch, records, replayed, last_seq, reached_ms, components, unarchived })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::Position;
+
+    fn read(dir: &Path) -> std::collections::BTreeMap<String, Position> {
+        serde_json::from_slice(&std::fs::read(dir.join("replication").join("positions.json")).expect("positions")).expect("JSON")
+    }
+
+    #[test]
+    fn positions_resume_the_source_after_a_full_snapshot_and_nothing_after_a_partial_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let full = Manifest { node: "pbx1".into(), ..Default::default() };
+        // No earlier file, a snapshot of this very node: nothing to write.
+        let note = reset_positions(dir.path(), &Manifest { node: "pbx2".into(), ..Default::default() }, "pbx2", 9, 1).expect("reset");
+        assert_eq!(note, PositionsNote::default());
+        assert!(!dir.path().join("replication").join("positions.json").exists());
+        // Stale positions of an older store: replaced, kept aside.
+        std::fs::create_dir_all(dir.path().join("replication")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("replication").join("positions.json"),
+            r#"{"pbx1": {"seq": 999, "epoch": 1}, "pbx3": {"seq": 5, "epoch": 0}}"#,
+        )
+        .expect("write");
+        let note = reset_positions(dir.path(), &full, "pbx2", 42, 3).expect("reset");
+        assert_eq!(note.resume, Some(("pbx1".to_owned(), 42, 3)));
+        let kept = note.previous.expect("the old file is kept");
+        assert!(std::fs::read_to_string(&kept).expect("kept").contains("999"));
+        let p = read(dir.path());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p["pbx1"].seq, p["pbx1"].epoch), (42, 3));
+        // Some components only: every feed is read again.
+        let partial = Manifest { node: "pbx1".into(), scope: vec!["trunks".into()], ..Default::default() };
+        let note = reset_positions(dir.path(), &partial, "pbx2", 50, 3).expect("reset");
+        assert_eq!(note.resume, None);
+        assert!(read(dir.path()).is_empty());
+    }
+}
