@@ -199,3 +199,39 @@ fn failover_a_partitioned_primary_steps_down_and_its_unacknowledged_write_goes_t
     assert!(cb.get("trunks", "orphan").is_err(), "the orphan never reached b");
     assert!(!writable(&ca));
 }
+
+/// `tandem demote` then `tandem promote` with failover on: the promotion goes through the
+/// consensus (the old primary's lease is revoked first, the new primary waits it out) and no
+/// write is lost.
+#[test]
+fn failover_planned_switch_over_goes_through_the_consensus() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let t = trio(root.path());
+    let _w = NodeProcess::start(&t.w);
+    let a = NodeProcess::start(&t.a);
+    let b = NodeProcess::start(&t.b);
+    let (ca, cb) = (a.client(), b.client());
+    wait_until("a takes writes under a lease", || writable(&ca));
+    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
+    for i in 0..20 {
+        ca.put("trunks", &format!("before-{i}"), &trunk(i), None).expect("write on a");
+    }
+    let demoted = ca.demote(10_000).expect("demote a");
+    assert_eq!(demoted["caught_up"].as_bool(), Some(true), "{demoted}");
+    let promoted = cb.promote().expect("promote b");
+    assert_eq!(promoted["role"].as_str(), Some("primary"), "{promoted}");
+    assert!(promoted["takes_writes_after_ms"].as_u64().is_some_and(|ms| ms >= 500), "the new primary waits out the old lease: {promoted}");
+    wait_until("b takes writes", || writable(&cb));
+    cb.put("trunks", "after", &trunk(99), None).expect("b takes writes");
+    let st = status(&cb);
+    assert_eq!(st["failover"]["assignment"]["primary"].as_str(), Some("b"), "{st}");
+    wait_until("a follows b", || ca.get("trunks", "after").is_ok());
+    assert!(!writable(&ca));
+    for i in 0..20 {
+        assert!(cb.get("trunks", &format!("before-{i}")).is_ok(), "before-{i} was lost in the switch-over");
+    }
+    assert!(
+        ca.raw("GET", "/v1/conflicts", None, &[], None).expect("conflicts").body.contains("[]"),
+        "a planned switch-over leaves no conflict"
+    );
+}

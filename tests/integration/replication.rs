@@ -300,7 +300,7 @@ fn replication_refuses_another_protocol_version_naming_both_and_resets_on_a_corr
     let r = a.block_on(tandem::peer::dial(&addr(ap), &creds, 99, Duration::from_secs(5)));
     match r {
         Err(tandem::peer::LinkError::Refused(reason)) => {
-            assert!(reason.contains("protocol 1") && reason.contains("version 99"), "{reason}");
+            assert!(reason.contains(&format!("protocol {}", tandem::peer::PROTOCOL_VERSION)) && reason.contains("version 99"), "{reason}");
         }
         other => panic!("expected a refusal, got {:?}", other.err()),
     }

@@ -12,8 +12,8 @@ pub mod frame;
 pub mod proto;
 pub mod tls;
 
-/// The peer protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The peer protocol version this build speaks (2: failover requests and snapshot transfers).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 use std::time::Duration;
 
