@@ -15,3 +15,4 @@ mod plugins_new;
 mod plugins_reload;
 mod plugins_sandbox;
 mod replication;
+mod replication_tombstones;

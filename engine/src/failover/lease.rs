@@ -191,9 +191,13 @@ impl Voter {
         self.revoked.contains(primary)
     }
 
-    /// A new assignment was applied: endorsements were for the previous one.
-    pub fn on_assignment(&mut self) {
+    /// A new assignment naming `primary` was applied at `now`: endorsements were for the
+    /// previous one, and the new primary's silence counts from now (it had no reason to renew
+    /// a lease before).
+    pub fn on_assignment(&mut self, primary: &str, now: u64) {
         self.revoked.clear();
+        let h = self.heard.entry(primary.to_owned()).or_insert(now);
+        *h = (*h).max(now);
     }
 }
 
@@ -284,8 +288,17 @@ mod tests {
         assert!(!v.endorse("a", 1_000, &T, false));
         assert!(v.endorse("a", 5 + 1_100, &T, false));
         assert_eq!(v.on_lease("a", Some("a"), 1_200), Err(Refusal::Revoked));
-        v.on_assignment();
+        v.on_assignment("a", 1_250);
         assert_eq!(v.on_lease("a", Some("a"), 1_300), Ok(()));
+    }
+
+    #[test]
+    fn a_new_primary_is_silent_only_from_its_assignment_on() {
+        let mut v = Voter::new(0);
+        assert!(v.may_endorse("b", 50_000, &T), "never heard b since the start");
+        v.on_assignment("b", 50_000);
+        assert!(!v.may_endorse("b", 50_500, &T), "b was just made primary: it gets a lease's time to renew");
+        assert!(v.may_endorse("b", 51_100, &T));
     }
 
     #[test]

@@ -405,11 +405,16 @@ impl Coordinator {
 
     fn poll_reply(&self, primary: Option<&str>) -> PollReply {
         let now = self.now();
-        let s = self.state();
         let timing = self.settings.timing;
-        let (silent, may, revoked) = match (primary, s.voter.as_ref()) {
-            (Some(p), Some(v)) => (v.silent_ms(p, now), v.may_endorse(p, now, &timing), v.revoked(p)),
-            _ => (0, false, false),
+        // The state lock is never held while calling the data side (it takes locks of its own,
+        // and calls back into `holds_lease`).
+        let (silent, may, revoked, sync) = {
+            let s = self.state();
+            let (silent, may, revoked) = match (primary, s.voter.as_ref()) {
+                (Some(p), Some(v)) => (v.silent_ms(p, now), v.may_endorse(p, now, &timing), v.revoked(p)),
+                _ => (0, false, false),
+            };
+            (silent, may, revoked, s.sync_heard.clone())
         };
         PollReply {
             node: self.settings.us.clone(),
@@ -419,7 +424,7 @@ impl Coordinator {
             revoked,
             applied: primary.map_or(0, |p| self.data.applied_from(p)),
             epoch: self.data.epoch(),
-            sync: s.sync_heard.clone(),
+            sync,
             believes: self.data.believes(),
         }
     }
@@ -437,8 +442,8 @@ impl Coordinator {
                 {
                     let now = self.now();
                     let mut s = self.state();
-                    if let Some(v) = s.voter.as_mut() {
-                        v.on_assignment();
+                    if let (Some(v), Some(p)) = (s.voter.as_mut(), a.primary.as_deref()) {
+                        v.on_assignment(p, now);
                     }
                     if a.primary.as_deref() == Some(self.settings.us.as_str()) {
                         s.holder = Some(Holder::new(now.saturating_add(a.not_before_ms)));

@@ -287,6 +287,12 @@ pub struct StoreSection {
     pub idempotency_ttl_s: u64,
     /// How often retention, window eviction and key expiry run.
     pub maintenance_interval_ms: u64,
+    /// How long a deletion's tombstone is kept before it may be purged, once every data peer
+    /// has it (0: never purge).
+    pub tombstone_keep_ms: u64,
+    /// How long a peer that does not acknowledge may hold tombstones back: past it they are
+    /// purged anyway (loudly), and that peer is bootstrapped from a snapshot when it returns.
+    pub peer_hold_max_ms: u64,
 }
 
 impl Default for StoreSection {
@@ -298,6 +304,8 @@ impl Default for StoreSection {
             probe_interval_ms: 1000,
             idempotency_ttl_s: 86_400,
             maintenance_interval_ms: 10_000,
+            tombstone_keep_ms: 7 * 86_400_000,
+            peer_hold_max_ms: 30 * 86_400_000,
         }
     }
 }

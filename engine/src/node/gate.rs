@@ -36,6 +36,11 @@ pub trait WriteGate: Send + Sync {
     fn role(&self) -> Option<(String, bool)> {
         None
     }
+    /// The feed position up to which tombstones may be purged: what every data peer
+    /// acknowledged (`None`: no peer holds them back).
+    fn purge_horizon(&self) -> Option<u64> {
+        None
+    }
     /// Makes this node the warm primary in a new epoch.
     fn promote(&self) -> AdminWait {
         no_replication()

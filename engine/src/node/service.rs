@@ -237,6 +237,7 @@ struct Ctx {
 enum Job {
     Commit { writes: Vec<Prepared>, reply: oneshot::Sender<Result<CommitOutcome, StoreError>> },
     Purge { component: String, before: Option<u64>, keep: Option<u64>, reply: oneshot::Sender<Result<usize, StoreError>> },
+    PurgeTombstones { before: u64, through: u64, hard_before: u64, reply: oneshot::Sender<Result<usize, StoreError>> },
     ExpireIdem { before_ms: u64 },
     SetEpoch { epoch: u64, reply: oneshot::Sender<Result<u64, StoreError>> },
     SetMaxSize { bytes: u64, reply: oneshot::Sender<Result<(), StoreError>> },
@@ -287,7 +288,7 @@ pub struct Node {
     started: Instant,
     seq_rx: watch::Receiver<u64>,
     /// Replication's say on local writes (see [`super::gate`]).
-    gate: super::gate::GateCell,
+    gate: Arc<super::gate::GateCell>,
     /// The backup thread's status and metrics (see [`super::tap`]).
     backup: super::tap::BackupCell,
 }
@@ -822,6 +823,26 @@ fn writer_loop(mut store: Store, ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<
                                 }
                             }
                             comp.metrics.purged.fetch_add(removed.len() as u64, Ordering::Relaxed);
+                        }
+                        removed.len()
+                    })
+                };
+                if let Err(e) = &result {
+                    note_store_error(&ctx, e);
+                }
+                let _ = reply.send(result);
+            }
+            Job::PurgeTombstones { before, through, hard_before, reply } => {
+                let result = if ctx.health.refusal().is_some() {
+                    Ok(0)
+                } else {
+                    store.purge_tombstones(before, through, hard_before).map(|removed| {
+                        for (component, key) in &removed {
+                            if let Some(comp) = ctx.components.get(component) {
+                                comp.mem.remove(key);
+                                comp.records.fetch_sub(1, Ordering::Relaxed);
+                                comp.metrics.purged.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         removed.len()
                     })
@@ -1575,6 +1596,8 @@ impl Node {
         let pool = self.pool.clone();
         let every = Duration::from_millis(self.config.raw.store.maintenance_interval_ms);
         let ttl_ms = self.config.raw.store.idempotency_ttl_s.saturating_mul(1000);
+        let gate = self.gate.clone();
+        let tombstones = Tombstones::of(&self.config);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1584,6 +1607,7 @@ impl Node {
                     _ = stop.changed() => return,
                 }
                 maintain(&ctx, &writer, &pool, ttl_ms).await;
+                purge_tombstones(&ctx, &writer, &gate, tombstones).await;
             }
         });
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
@@ -1594,6 +1618,49 @@ impl Node {
     pub async fn maintain_now(&self) {
         let ttl_ms = self.config.raw.store.idempotency_ttl_s.saturating_mul(1000);
         maintain(&self.ctx, &self.writer, &self.pool, ttl_ms).await;
+        purge_tombstones(&self.ctx, &self.writer, &self.gate, Tombstones::of(&self.config)).await;
+    }
+
+    /// The highest feed position of a purged tombstone: a peer behind it missed deletions.
+    pub async fn tombstones_purged_through(&self) -> Result<u64, NodeError> {
+        let ctx = self.ctx.clone();
+        self.store_read(move || Ok(ctx.readers.with(store::tombstones_purged_through)?)).await
+    }
+
+    /// How many tombstones old enough to purge a peer at `after_seq` holds back.
+    pub async fn tombstones_held(&self, after_seq: u64, older_than_ms: u64) -> Result<u64, NodeError> {
+        let ctx = self.ctx.clone();
+        let before = self.ctx.clock.wall_ms().saturating_sub(older_than_ms);
+        self.store_read(move || Ok(ctx.readers.with(|c| store::tombstones_held(c, after_seq, before))?)).await
+    }
+
+    /// A consistent snapshot of some components as the change feed after `after_seq` (one read
+    /// transaction, in seq order), `chunk` versions at a time with the position it is complete
+    /// up to. The channel is bounded: a slow consumer holds the read back, not memory.
+    pub fn snapshot_feed(
+        &self,
+        components: Vec<String>,
+        after_seq: u64,
+        chunk: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<(Vec<Change>, u64), NodeError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let ctx = self.ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = ctx.readers.with(|c| {
+                store::stream_snapshot(c, &components, after_seq, chunk, |rows, as_of| {
+                    tx.blocking_send(Ok((rows.into_iter().map(Change::from).collect(), as_of))).is_ok()
+                })
+            });
+            match r {
+                Ok(as_of) => {
+                    let _ = tx.blocking_send(Ok((Vec::new(), as_of)));
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(NodeError::from(e)));
+                }
+            }
+        });
+        rx
     }
 
     /// The node's configuration.
@@ -2282,6 +2349,39 @@ fn conflict_view(c: ConflictRow) -> api::ConflictView {
 }
 
 /// One round of upkeep.
+/// When tombstones (deletions) are purged: `store.tombstone_keep_ms` after the deletion, once
+/// every data peer has them; past `store.peer_hold_max_ms` whatever the peers.
+#[derive(Clone, Copy, Debug)]
+struct Tombstones {
+    keep_ms: u64,
+    hold_max_ms: u64,
+}
+
+impl Tombstones {
+    fn of(config: &Config) -> Tombstones {
+        Tombstones { keep_ms: config.raw.store.tombstone_keep_ms, hold_max_ms: config.raw.store.peer_hold_max_ms }
+    }
+}
+
+async fn purge_tombstones(ctx: &Arc<Ctx>, writer: &crossbeam_channel::Sender<Job>, gate: &super::gate::GateCell, t: Tombstones) {
+    if t.keep_ms == 0 {
+        return;
+    }
+    let now = ctx.clock.wall_ms();
+    // Only positions every data peer acknowledged; without replication, all.
+    let through = gate.get().and_then(|g| g.purge_horizon()).unwrap_or(u64::MAX);
+    let hard_before = now.saturating_sub(t.hold_max_ms.max(t.keep_ms));
+    let (tx, rx) = oneshot::channel();
+    let job = Job::PurgeTombstones { before: now.saturating_sub(t.keep_ms), through, hard_before, reply: tx };
+    if writer.send(job).is_ok() {
+        match rx.await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, through, "tombstones purged"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "purging tombstones failed; retried at the next round"),
+            _ => {}
+        }
+    }
+}
+
 async fn maintain(ctx: &Arc<Ctx>, writer: &crossbeam_channel::Sender<Job>, pool: &Arc<PluginPool>, ttl_ms: u64) {
     let now = ctx.clock.wall_ms();
     for comp in ctx.components.values() {

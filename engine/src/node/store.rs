@@ -565,6 +565,45 @@ impl Store {
         Ok(removed)
     }
 
+    /// Deletes tombstones (deletions) stamped before `before_physical` and at feed positions up
+    /// to `through_seq`, plus any stamped before `hard_before_physical` whatever their position
+    /// (a peer held them back too long). Records the highest position purged (`meta`
+    /// `tombstones_purged_through`, in the same transaction): a peer whose position is below it
+    /// missed deletions and is bootstrapped. Returns the (component, key) pairs removed.
+    pub fn purge_tombstones(
+        &mut self,
+        before_physical: u64,
+        through_seq: u64,
+        hard_before_physical: u64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut removed = Vec::new();
+        let mut highest = 0u64;
+        {
+            let mut q = tx.prepare_cached(
+                "DELETE FROM records WHERE tombstone = 1 AND stamp_p < ?1 AND (seq <= ?2 OR stamp_p < ?3)
+                 RETURNING component, key, seq",
+            )?;
+            let rows = q.query_map(params![sql_i64(before_physical), sql_i64(through_seq), sql_i64(hard_before_physical)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, sql_u64(r.get::<_, i64>(2)?)))
+            })?;
+            for row in rows {
+                let (c, k, seq) = row?;
+                highest = highest.max(seq);
+                removed.push((c, k));
+            }
+        }
+        if highest > 0 {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('tombstones_purged_through', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                [highest.to_string()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
     /// Forgets idempotency keys created before `before_ms`.
     pub fn expire_idempotency(&mut self, before_ms: u64) -> Result<usize, StoreError> {
         Ok(self.conn.execute("DELETE FROM idempotency WHERE created_ms < ?1", [sql_i64(before_ms)])?)
@@ -699,6 +738,63 @@ pub fn changes_of(conn: &Connection, components: &[String], after_seq: u64, limi
         out.push(row?);
     }
     Ok(out)
+}
+
+/// The highest feed position of a purged tombstone (0: none purged).
+pub fn tombstones_purged_through(conn: &Connection) -> Result<u64, StoreError> {
+    let v: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'tombstones_purged_through'", [], |r| r.get(0)).optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Tombstones stamped before `before_physical` at positions past `after_seq`: what a peer at
+/// `after_seq` holds back.
+pub fn tombstones_held(conn: &Connection, after_seq: u64, before_physical: u64) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM records WHERE tombstone = 1 AND seq > ?1 AND stamp_p < ?2",
+        params![sql_i64(after_seq), sql_i64(before_physical)],
+        |r| r.get(0),
+    )?;
+    Ok(sql_u64(n))
+}
+
+/// A consistent snapshot of some components' records, as the change feed from `after_seq`:
+/// one read transaction, in seq order, handed to `sink` `chunk` records at a time (it returns
+/// false to stop). Returns the feed position the snapshot is complete up to.
+pub fn stream_snapshot(
+    conn: &Connection,
+    components: &[String],
+    after_seq: u64,
+    chunk: usize,
+    mut sink: impl FnMut(Vec<RecordRow>, u64) -> bool,
+) -> Result<u64, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let as_of: u64 =
+        tx.query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| r.get::<_, String>(0)).map(|v| v.parse().unwrap_or(0))?;
+    {
+        let marks = vec!["?"; components.len().max(1)].join(",");
+        let mut q = tx
+            .prepare(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE seq > ? AND seq <= ? AND component IN ({marks}) ORDER BY seq"))?;
+        let mut args: Vec<rusqlite::types::Value> =
+            vec![rusqlite::types::Value::Integer(sql_i64(after_seq)), rusqlite::types::Value::Integer(sql_i64(as_of))];
+        args.extend(components.iter().map(|c| rusqlite::types::Value::Text(c.clone())));
+        if components.is_empty() {
+            args.push(rusqlite::types::Value::Null);
+        }
+        let rows = q.query_map(rusqlite::params_from_iter(args), row_to_record)?;
+        let mut batch = Vec::with_capacity(chunk.max(1));
+        for row in rows {
+            batch.push(row?);
+            if batch.len() >= chunk.max(1) && !sink(std::mem::take(&mut batch), as_of) {
+                return Ok(as_of);
+            }
+        }
+        if !batch.is_empty() {
+            sink(batch, as_of);
+        }
+    }
+    tx.finish()?;
+    Ok(as_of)
 }
 
 /// (records, live records) of a component.

@@ -246,6 +246,11 @@ impl WriteGate for Gate {
         Some((g.role_name().to_owned(), !warm || g.takes_writes()))
     }
 
+    fn purge_horizon(&self) -> Option<u64> {
+        // Replication not running (yet): nothing is known of the peers, purge nothing.
+        self.1.get().and_then(|r| r.upgrade()).map_or(Some(0), |r| r.purge_horizon())
+    }
+
     fn promote(&self) -> AdminWait {
         let r = self.1.get().and_then(|r| r.upgrade());
         Box::pin(async move {
@@ -311,6 +316,8 @@ struct Shared {
     samples: Option<Vec<u64>>,
     /// The highest epoch heard from any peer (a promotion goes past it).
     max_epoch: u64,
+    /// Peer -> the position of this node's feed it acknowledged (`replication/acked.json`).
+    acked: BTreeMap<String, u64>,
 }
 
 /// Replication of one node.
@@ -430,7 +437,13 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         let epoch = node.epoch().max(seen) + 1;
         node.set_epoch(epoch).await.with_context(|| format!("beginning epoch {epoch} as the warm primary"))?;
     }
-    let mut shared = Shared { positions, max_epoch: seen, ..Default::default() };
+    let acked_file = config.data_dir.join("replication").join("acked.json");
+    let acked: BTreeMap<String, u64> = match std::fs::read(&acked_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", acked_file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", acked_file.display())),
+    };
+    let mut shared = Shared { positions, max_epoch: seen, acked, ..Default::default() };
     for p in &peers {
         let applied = shared.positions.get(&p.name).map(|p| p.seq).unwrap_or(0);
         shared.peers.insert(
@@ -468,6 +481,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     }
     tasks.push(tokio::spawn(repl.clone().digest_loop()));
     tasks.push(tokio::spawn(repl.clone().sync_loop(sync_file)));
+    tasks.push(tokio::spawn(repl.clone().acked_loop(acked_file)));
     repl.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
     let _ = hook.1.set(Arc::downgrade(&repl));
     match crate::failover::voters_of(&config.raw) {
@@ -581,6 +595,9 @@ impl Replication {
 
     /// Replication status: links, positions, lag, alarms.
     pub fn status(&self) -> Status {
+        // Before the shared lock: the coordinator's status takes its own lock (never both).
+        let failover = self.gate.failover.get().map(|f| f.status());
+        let role = self.gate.role_name().to_owned();
         let s = self.shared();
         let components = self
             .gate
@@ -604,7 +621,7 @@ impl Replication {
         Status {
             node: self.gate.us.clone(),
             primary: self.gate.primary(),
-            role: self.gate.role_name().to_owned(),
+            role,
             epoch: self.node.epoch(),
             automatic_failover: match (self.gate.failover.get(), crate::failover::voters_of(cfg)) {
                 (Some(_), Ok(v)) => format!("on: {} voters ({})", v.len(), v.join(", ")),
@@ -617,7 +634,7 @@ impl Replication {
             alarms: s.alarms.values().cloned().collect(),
             digests: s.digests.clone(),
             sync_set: self.gate.sync_set.borrow().clone(),
-            failover: self.gate.failover.get().map(|f| f.status()),
+            failover,
         }
     }
 
@@ -888,11 +905,24 @@ impl Replication {
             .filter(|c| self.gate.policies.get(c).is_some_and(|p| state::sends(p, self.gate.is_primary())))
             .collect();
         // The peer's position in this node's feed is on its disk: an acknowledgement.
-        self.peer_status(&name, |p| {
-            p.subscribed = true;
-            p.acked_by_peer = p.acked_by_peer.max(after);
-        });
-        let r = self.stream(&name, profile, after, allowed, &mut rd, &mut wr).await;
+        self.peer_status(&name, |p| p.subscribed = true);
+        self.note_acked(&name, after);
+        let purged = self.node.tombstones_purged_through().await.unwrap_or(0);
+        let fell_off = after > 0 && after < purged;
+        if fell_off {
+            tracing::warn!(
+                peer = %name,
+                position = after,
+                purged_through = purged,
+                "the peer fell off: deletions it missed were purged here (it was away past store.peer_hold_max_ms); it is bootstrapped from a snapshot merged into its store"
+            );
+            self.shared().alarms.insert(
+                format!("fell-off:{name}"),
+                format!("{name} fell off this node's feed at {after} (tombstones purged through {purged}): bootstrapped from a snapshot; deletions it missed are not applied there"),
+            );
+        }
+        let bootstrap = after == 0 || fell_off;
+        let r = self.stream(&name, profile, if fell_off { 0 } else { after }, allowed, bootstrap, &mut rd, &mut wr).await;
         self.peer_status(&name, |p| p.subscribed = false);
         if let Err(e) = &r {
             self.note_error(&name, e);
@@ -916,6 +946,7 @@ impl Replication {
         profile: LinkProfile,
         after: u64,
         allowed: std::collections::BTreeSet<String>,
+        bootstrap: bool,
         rd: &mut R,
         wr: &mut W,
     ) -> Result<(), LinkError>
@@ -962,6 +993,56 @@ impl Replication {
             let mut role_rx = self.gate.role.subscribe();
             let primary_at_start = self.gate.primary();
             let mut last_sent = Instant::now();
+            if bootstrap {
+                // A consistent snapshot (one read transaction) streamed as batches in feed
+                // order; the peer merges it into its store, then follows the feed from its end.
+                // With a priority lane, the high-priority components' snapshot goes first (on
+                // the lane: it moves `high`, not the bulk position).
+                let mut passes = Vec::new();
+                if lane {
+                    passes.push((high.clone(), true));
+                }
+                passes.push((allowed.iter().cloned().collect::<Vec<String>>(), false));
+                for (components, on_lane) in passes {
+                    let mut snap = self.node.snapshot_feed(components, 0, profile.max_batch);
+                    loop {
+                        while !window.can_send(profile.window) {
+                            match ack_rx.recv().await {
+                                Some(Ok(Msg::Ack { seq, .. })) => {
+                                    if !window.acked(seq) {
+                                        return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent")));
+                                    }
+                                    self.note_acked(peer, seq);
+                                }
+                                Some(Ok(Msg::Heartbeat { .. })) => {}
+                                Some(Ok(Msg::Refuse { reason })) => return Err(LinkError::Refused(reason)),
+                                Some(Ok(other)) => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
+                                Some(Err(e)) => return Err(e),
+                                None => return Err(LinkError::Protocol("reader ended".into())),
+                            }
+                        }
+                        let (changes, as_of) = match snap.recv().await {
+                            Some(Ok(c)) => c,
+                            Some(Err(e)) => return Err(read_err(e)),
+                            None => return Err(LinkError::Apply("the snapshot reader ended".into())),
+                        };
+                        let done = changes.is_empty();
+                        let last = changes.last().map_or(as_of, |c| c.seq);
+                        let changes = changes.into_iter().map(to_wire).collect();
+                        let (up_to, lane_to) = if on_lane { (window.sent_up_to, last) } else { (last, last.max(high_sent)) };
+                        high_sent = high_sent.max(lane_to);
+                        let batch = Batch { epoch: self.node.epoch(), up_to, high: high_sent.max(up_to), changes };
+                        peer::send(wr, &Msg::Batch(batch), profile.compress).await?;
+                        window.sent(up_to);
+                        last_sent = Instant::now();
+                        if done {
+                            break;
+                        }
+                    }
+                }
+                tracing::info!(peer, up_to = window.sent_up_to, "snapshot sent: the peer follows the feed from here");
+                high_sent = high_sent.max(window.sent_up_to);
+            }
             loop {
                 while window.can_send(profile.window) && self.node.last_seq() > window.sent_up_to {
                     // The priority lane first: high-priority changes past the bulk position are
@@ -1020,7 +1101,7 @@ impl Replication {
                                 self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
                                 self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
                             }
-                            self.peer_status(peer, |p| p.acked_by_peer = seq);
+                            self.note_acked(peer, seq);
                         }
                         Some(Ok(Msg::Heartbeat { .. })) => {}
                         Some(Ok(Msg::Refuse { reason })) => return Err(LinkError::Refused(reason)),
@@ -1336,6 +1417,74 @@ impl Replication {
         );
         tracing::error!("{msg}");
         self.shared().alarms.insert("fork".into(), msg);
+    }
+
+    /// A peer acknowledged (has on disk) this node's feed up to `seq`.
+    fn note_acked(&self, peer: &str, seq: u64) {
+        let mut s = self.shared();
+        if let Some(p) = s.peers.get_mut(peer) {
+            p.acked_by_peer = seq;
+        }
+        let a = s.acked.entry(peer.to_owned()).or_insert(0);
+        // Positions only move forward, except when the peer starts over (a bootstrap).
+        *a = if seq == 0 { 0 } else { (*a).max(seq) };
+    }
+
+    /// Up to where tombstones may be purged: the lowest position a data peer that ever
+    /// subscribed acknowledged (a peer that never did, e.g. a passive cold server, never
+    /// holds purging back; it is bootstrapped when it arrives).
+    fn purge_horizon(&self) -> Option<u64> {
+        if self.gate.policies.values().all(|p| p.mode == Mode::Cold) {
+            return None;
+        }
+        self.shared().acked.values().min().copied()
+    }
+
+    /// Keeps `replication/acked.json` (peer -> acknowledged position) and warns when a peer
+    /// holds tombstones back so long it is about to fall off.
+    async fn acked_loop(self: Arc<Self>, file: PathBuf) {
+        let mut stop = self.stop.subscribe();
+        let mut saved: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last_check = Instant::now() - Duration::from_secs(3600);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let acked = self.shared().acked.clone();
+            if acked != saved {
+                let text = serde_json::to_vec_pretty(&acked).unwrap_or_default();
+                let f = file.clone();
+                match tokio::task::spawn_blocking(move || write_durably(&f, &text)).await {
+                    Ok(Ok(())) => saved = acked.clone(),
+                    Ok(Err(e)) => tracing::warn!("cannot record the peers' positions in {}: {e}", file.display()),
+                    Err(_) => {}
+                }
+            }
+            let raw = &self.node.config().raw.store;
+            if raw.tombstone_keep_ms == 0 || last_check.elapsed() < Duration::from_millis(raw.maintenance_interval_ms) {
+                continue;
+            }
+            last_check = Instant::now();
+            let warn_after = raw.peer_hold_max_ms.max(raw.tombstone_keep_ms) / 10 * 8;
+            for (peer, seq) in acked {
+                let held = self.node.tombstones_held(seq, warn_after).await.unwrap_or(0);
+                let key = format!("falling-off:{peer}");
+                if held > 0 {
+                    let msg = format!(
+                        "{peer} has not acknowledged {held} deletion(s) older than {} s: past store.peer_hold_max_ms ({} s) they are purged anyway and {peer} is bootstrapped from a snapshot when it returns",
+                        warn_after / 1000,
+                        raw.peer_hold_max_ms / 1000
+                    );
+                    if !self.shared().alarms.contains_key(&key) {
+                        tracing::warn!(peer = %peer, held, "{msg}");
+                    }
+                    self.shared().alarms.insert(key, msg);
+                } else {
+                    self.shared().alarms.remove(&key);
+                }
+            }
+        }
     }
 
     fn note_epoch(&self, epoch: u64) {
