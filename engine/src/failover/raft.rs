@@ -5,6 +5,9 @@
 //! The state machine holds one thing: the current [`Assignment`] (which node is the warm
 //! primary, in which epoch, and where it forked from the one before).
 
+// openraft's storage traits fix the error type (`StorageError`, large): not ours to box.
+#![allow(clippy::result_large_err)]
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
