@@ -229,6 +229,13 @@ fn failover_planned_switch_over_goes_through_the_consensus() {
     cb.put("trunks", "after", &trunk(99), None).expect("b takes writes");
     let st = status(&cb);
     assert_eq!(st["failover"]["assignment"]["primary"].as_str(), Some("b"), "{st}");
+    // `tandem status` shows the consensus.
+    let out = std::process::Command::new(tandem_tests::tandem_bin())
+        .args(["status", "--api", &b.addr, "--token", tandem_tests::TEST_TOKEN])
+        .output()
+        .expect("tandem status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("failover: on: 3 voters (a, b, w)") && text.contains("primary b in epoch"), "{text}");
     wait_until("a follows b", || ca.get("trunks", "after").is_ok());
     assert!(!writable(&ca));
     for i in 0..20 {

@@ -379,7 +379,11 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     };
     let creds = crate::peer::tls::load(&base.join(ca), &base.join(cert), &base.join(key)).context("loading the cluster credentials")?;
     let us = config.raw.node.name.clone();
-    let configured = cluster.primary.clone().or_else(|| {
+    let is_witness = config.raw.node.role == crate::node::config::Role::Witness;
+    let configured = cluster.primary.clone().filter(|p| !is_witness || *p != us).or_else(|| {
+        if is_witness {
+            return None; // a witness is never the primary; the consensus tells it who is
+        }
         let mut names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).chain([us.as_str()]).collect();
         names.sort_unstable();
         names.first().map(|s| (*s).to_owned())
