@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Rounds; each round runs every measurement once, and medians are reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Also run the internal path with the backup thread's log archive on (every committed
+    /// version handed to it through the commit tap), right after the same run without it.
+    #[arg(long)]
+    pub archive: bool,
 }
 
 /// Plain rusqlite: upserts of (component, key, bytes) in transactions of a given size, WAL,
@@ -109,7 +113,7 @@ fn internal_run(server: &Server, component: &str, doc: &str, keys: &[String], ba
 
 fn node_config(dir: &Path, component: &str, plugin: &Path) -> anyhow::Result<Config> {
     let text = format!(
-        "[node]\nname = \"bench\"\nlisten = \"127.0.0.1:1\"\napi = \"127.0.0.1:0\"\n[api]\ntoken = \"bench-token-0123456789\"\n[components.{component}]\nplugin = {}\n",
+        "[node]\nname = \"bench\"\nlisten = \"127.0.0.1:1\"\napi = \"127.0.0.1:0\"\n[api]\ntoken = \"bench-token-0123456789\"\n[components.{component}]\nplugin = {}\n[backup]\ntarget = \"backup\"\nsegment_age = \"1s\"\n",
         super::config::toml_str(&plugin.display().to_string())
     );
     let file = dir.join(CONFIG_FILE);
@@ -205,6 +209,37 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         record(format!("plain SQLite, batch {}", args.batch), n as f64 / base, args.batch as f64, n);
         let secs = internal_run(&server, &args.component, &example.input, &keys(&format!("i{round}-"), n), args.batch, 2)?;
         record(format!("node internal path, batch {}", args.batch), n as f64 / secs, args.batch as f64, n);
+        if args.archive {
+            // The same run with a consumer that only drains the commit tap: the writer's share.
+            let rx = node.commit_tap().subscribe();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let drain = {
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        if rx.recv_timeout(std::time::Duration::from_millis(20)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            };
+            let secs = internal_run(&server, &args.component, &example.input, &keys(&format!("t{round}-"), n), args.batch, 2)?;
+            record(format!("node internal path, batch {}, commit tap drained", args.batch), n as f64 / secs, args.batch as f64, n);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = drain.join();
+            // The same run with the log archive taking every committed version.
+            let backup = crate::backup::service::start(&node)?.context("the bench node has a backup target")?;
+            let secs = internal_run(&server, &args.component, &example.input, &keys(&format!("a{round}-"), n), args.batch, 2)?;
+            record(format!("node internal path, batch {}, log archive on", args.batch), n as f64 / secs, args.batch as f64, n);
+            let started = Instant::now();
+            for k in keys(&format!("a1{round}-"), singles) {
+                server.block_on(node.put(&args.component, &k, &example.input, None)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            record("node internal path, batch 1, log archive on".into(), singles as f64 / started.elapsed().as_secs_f64(), 1.0, singles);
+            let st = backup.status();
+            backup.stop();
+            println!("round {round}: archive at seq {} of {}, {} gaps", st.archive_seq, node.last_seq(), st.archive_gaps);
+        }
 
         // Single writes, one at a time: fsync-bound on both sides.
         let base = baseline.run(&args.component, &stored_of(&keys(&format!("1s{round}-"), singles)), 1)?;
