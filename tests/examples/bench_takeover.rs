@@ -9,12 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_tests::NodeProcess;
-use tandem_tests::cluster::trio;
-
-fn writable(c: &tandem::node::client::Client) -> bool {
-    c.raw("GET", "/healthz?need=writes", None, &[], Some("")).is_ok_and(|r| r.status == 200)
-}
+use tandem_tests::cluster::{RunningTrio, start_trio, trio, writable};
 
 fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
@@ -33,11 +28,8 @@ fn main() {
     for trial in 0..trials {
         let root = tempfile::tempdir().expect("tempdir");
         let t = trio(root.path());
-        let _w = NodeProcess::start(&t.w);
-        let a = NodeProcess::start(&t.a);
-        let b = NodeProcess::start(&t.b);
+        let RunningTrio { w: _w, a, b } = start_trio(&t);
         let (ca, cb) = (a.client(), b.client());
-        wait("a takes writes", Duration::from_secs(60), || writable(&ca));
         for i in 0..200 {
             let doc = format!("{{\"host\": \"h{i}.carrier.example\", \"transport\": \"udp\", \"max_channels\": 10}}");
             ca.put("trunks", &format!("trunk-{i:04}"), &doc, None).expect("write before the takeover");

@@ -8,14 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_tests::NodeProcess;
-use tandem_tests::cluster::{free_port, trio, trio_on};
+use tandem_tests::cluster::{RunningTrio, free_port, start_trio, trio, trio_on, writable};
 use tandem_tests::fault_proxy::FaultProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn writable(c: &tandem::node::client::Client) -> bool {
-    c.raw("GET", "/healthz?need=writes", None, &[], Some("")).is_ok_and(|r| r.status == 200)
-}
 
 fn trunk(i: usize) -> String {
     format!("{{\"host\": \"h{i}.carrier.example\", \"transport\": \"udp\", \"max_channels\": 10}}")
@@ -54,14 +50,10 @@ fn status(c: &tandem::node::client::Client) -> serde_json::Value {
 fn failover_sigkill_of_the_primary_the_standby_takes_over_with_every_acknowledged_write() {
     let root = tempfile::tempdir().expect("tempdir");
     let t = trio(root.path());
-    let w = NodeProcess::start(&t.w);
-    let a = NodeProcess::start(&t.a);
-    let b = NodeProcess::start(&t.b);
+    let RunningTrio { w, a, b } = start_trio(&t);
     let (ca, cb) = (a.client(), b.client());
-    wait_until("a takes writes under a lease", || writable(&ca));
     let st = status(&cb);
     assert!(st["automatic_failover"].as_str().is_some_and(|s| s.starts_with("on")), "{st}");
-    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -107,12 +99,8 @@ fn failover_sigkill_of_the_primary_the_standby_takes_over_with_every_acknowledge
 fn failover_a_stopped_primary_loses_its_lease_and_never_takes_writes_after_the_takeover() {
     let root = tempfile::tempdir().expect("tempdir");
     let t = trio(root.path());
-    let _w = NodeProcess::start(&t.w);
-    let a = NodeProcess::start(&t.a);
-    let b = NodeProcess::start(&t.b);
+    let RunningTrio { w: _w, a, b } = start_trio(&t);
     let (ca, cb) = (a.client(), b.client());
-    wait_until("a takes writes under a lease", || writable(&ca));
-    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
     ca.put("trunks", "before", &trunk(0), None).expect("write before");
     let pid = a.child.id().to_string();
     let signal = |s: &str| {
@@ -169,12 +157,8 @@ fn failover_a_partitioned_primary_steps_down_and_its_unacknowledged_write_goes_t
         (_, "b") => format!("127.0.0.1:{}", ports[1]),
         _ => format!("127.0.0.1:{}", ports[2]),
     });
-    let _w = NodeProcess::start(&t.w);
-    let a = NodeProcess::start(&t.a);
-    let b = NodeProcess::start(&t.b);
+    let RunningTrio { w: _w, a, b } = start_trio(&t);
     let (ca, cb) = (a.client(), b.client());
-    wait_until("a takes writes under a lease", || writable(&ca));
-    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
     ca.put("trunks", "acknowledged", &trunk(0), None).expect("write before the partition");
 
     for p in proxies {
@@ -207,12 +191,8 @@ fn failover_a_partitioned_primary_steps_down_and_its_unacknowledged_write_goes_t
 fn failover_planned_switch_over_goes_through_the_consensus() {
     let root = tempfile::tempdir().expect("tempdir");
     let t = trio(root.path());
-    let _w = NodeProcess::start(&t.w);
-    let a = NodeProcess::start(&t.a);
-    let b = NodeProcess::start(&t.b);
+    let RunningTrio { w: _w, a, b } = start_trio(&t);
     let (ca, cb) = (a.client(), b.client());
-    wait_until("a takes writes under a lease", || writable(&ca));
-    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
     for i in 0..20 {
         ca.put("trunks", &format!("before-{i}"), &trunk(i), None).expect("write on a");
     }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{TEST_TOKEN, copy_shared_cache, write_node_dir};
+use crate::{NodeProcess, TEST_TOKEN, copy_shared_cache, wait_until, write_node_dir};
 
 /// A free loopback port for a node to bind later. Taken below the kernel's ephemeral range
 /// (32768 and up on Linux), so that no outgoing connection grabs it in between, from a start
@@ -123,4 +123,31 @@ pub fn trio_on(root: &Path, ports: [u16; 3], route: impl Fn(&str, &str) -> Strin
         copy_shared_cache(d);
     }
     Trio { a, b, w }
+}
+
+/// Whether a node takes writes now (`/healthz?need=writes`).
+pub fn writable(c: &tandem::node::client::Client) -> bool {
+    c.raw("GET", "/healthz?need=writes", None, &[], Some("")).is_ok_and(|r| r.status == 200)
+}
+
+/// The processes of a running [`Trio`].
+pub struct RunningTrio {
+    pub w: NodeProcess,
+    pub a: NodeProcess,
+    pub b: NodeProcess,
+}
+
+/// Starts the witness, a and b as `tandem run` processes; returns once a holds the primary's
+/// lease and b is in its synchronous set.
+pub fn start_trio(t: &Trio) -> RunningTrio {
+    let wait = std::time::Duration::from_secs(60);
+    let w = NodeProcess::start(&t.w);
+    let a = NodeProcess::start(&t.a);
+    let b = NodeProcess::start(&t.b);
+    let ca = a.client();
+    wait_until("a takes writes under a lease", wait, || writable(&ca));
+    wait_until("b is in a's synchronous set", wait, || {
+        ca.status().ok().and_then(|s| s.replication).is_some_and(|r| r["sync_set"]["members"].get("b").is_some())
+    });
+    RunningTrio { w, a, b }
 }

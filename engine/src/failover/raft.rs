@@ -425,15 +425,26 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[error("{0}")]
 struct Msg(String);
 
-fn unreachable<E: std::error::Error>(e: String) -> RPCError<u64, BasicNode, E> {
-    RPCError::Unreachable(Unreachable::new(&Msg(e)))
-}
-
 impl Peer {
-    async fn call(&self, req: Request, timeout: Duration) -> Result<Reply, String> {
-        match tokio::time::timeout(timeout, self.transport.call(&self.name, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer from {} within {} ms", self.name, timeout.as_millis())),
+    /// One RPC: the request over the transport, the matching answer picked out of the reply.
+    async fn rpc<T, E: std::error::Error>(
+        &self,
+        req: Request,
+        option: RPCOption,
+        pick: impl FnOnce(Reply) -> Result<Result<T, E>, Reply>,
+    ) -> Result<T, RPCError<u64, BasicNode, E>> {
+        let timeout = option.hard_ttl();
+        let reply = match tokio::time::timeout(timeout, self.transport.call(&self.name, req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e)))),
+            Err(_) => {
+                let e = format!("no answer from {} within {} ms", self.name, timeout.as_millis());
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(e))));
+            }
+        };
+        match pick(reply) {
+            Ok(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(other) => Err(RPCError::Network(NetworkError::new(&Msg(format!("unexpected answer {other:?}"))))),
         }
     }
 }
@@ -444,11 +455,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call(Request::Append(rpc), option.hard_ttl()).await {
-            Ok(Reply::Append(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Ok(other) => Err(RPCError::Network(NetworkError::new(&Msg(format!("unexpected answer {other:?}"))))),
-            Err(e) => Err(unreachable(e)),
-        }
+        self.rpc(Request::Append(rpc), option, |r| if let Reply::Append(r) = r { Ok(r) } else { Err(r) }).await
     }
 
     async fn install_snapshot(
@@ -456,11 +463,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
-        match self.call(Request::Snapshot(rpc), option.hard_ttl()).await {
-            Ok(Reply::Snapshot(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Ok(other) => Err(RPCError::Network(NetworkError::new(&Msg(format!("unexpected answer {other:?}"))))),
-            Err(e) => Err(unreachable(e)),
-        }
+        self.rpc(Request::Snapshot(rpc), option, |r| if let Reply::Snapshot(r) = r { Ok(r) } else { Err(r) }).await
     }
 
     async fn vote(
@@ -468,11 +471,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call(Request::Vote(rpc), option.hard_ttl()).await {
-            Ok(Reply::Vote(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
-            Ok(other) => Err(RPCError::Network(NetworkError::new(&Msg(format!("unexpected answer {other:?}"))))),
-            Err(e) => Err(unreachable(e)),
-        }
+        self.rpc(Request::Vote(rpc), option, |r| if let Reply::Vote(r) = r { Ok(r) } else { Err(r) }).await
     }
 }
 

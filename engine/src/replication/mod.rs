@@ -925,8 +925,8 @@ impl Replication {
                 format!("{name} fell off this node's feed at {after} (tombstones purged through {purged}): bootstrapped from a snapshot; deletions it missed are not applied there"),
             );
         }
-        let bootstrap = after == 0 || fell_off;
-        let r = self.stream(&name, profile, if fell_off { 0 } else { after }, allowed, bootstrap, &mut rd, &mut wr).await;
+        let start = if after == 0 || fell_off { None } else { Some(after) };
+        let r = self.stream(&name, profile, start, allowed, &mut rd, &mut wr).await;
         self.peer_status(&name, |p| p.subscribed = false);
         if let Err(e) = &r {
             self.note_error(&name, e);
@@ -948,9 +948,9 @@ impl Replication {
         &self,
         peer: &str,
         profile: LinkProfile,
-        after: u64,
+        // Where the peer's feed resumes; `None`: a bootstrap from a snapshot.
+        start: Option<u64>,
         allowed: std::collections::BTreeSet<String>,
-        bootstrap: bool,
         rd: &mut R,
         wr: &mut W,
     ) -> Result<(), LinkError>
@@ -958,6 +958,7 @@ impl Replication {
         R: tokio::io::AsyncRead + Unpin + Send,
         W: tokio::io::AsyncWrite + Unpin + Send,
     {
+        let (bootstrap, after) = (start.is_none(), start.unwrap_or(0));
         // Acks come in on their own task, so a slow reader never blocks the sender.
         let (ack_tx, mut ack_rx) = mpsc::channel::<Result<Msg, LinkError>>(64);
         let reader = async {
@@ -1011,19 +1012,7 @@ impl Replication {
                     let mut snap = self.node.snapshot_feed(components, 0, profile.max_batch);
                     loop {
                         while !window.can_send(profile.window) {
-                            match ack_rx.recv().await {
-                                Some(Ok(Msg::Ack { seq, .. })) => {
-                                    if !window.acked(seq) {
-                                        return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent")));
-                                    }
-                                    self.note_acked(peer, seq);
-                                }
-                                Some(Ok(Msg::Heartbeat { .. })) => {}
-                                Some(Ok(Msg::Refuse { reason })) => return Err(LinkError::Refused(reason)),
-                                Some(Ok(other)) => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
-                                Some(Err(e)) => return Err(e),
-                                None => return Err(LinkError::Protocol("reader ended".into())),
-                            }
+                            self.on_peer_msg(peer, &mut window, ack_rx.recv().await)?;
                         }
                         let (changes, as_of) = match snap.recv().await {
                             Some(Ok(c)) => c,
@@ -1094,25 +1083,7 @@ impl Replication {
                     r = role_rx.changed() => if r.is_err() || role_rx.borrow().primary != primary_at_start {
                         return Err(LinkError::Protocol("the warm primary changed: the link is reset".into()));
                     },
-                    m = ack_rx.recv() => match m {
-                        Some(Ok(Msg::Ack { seq, high, epoch })) => {
-                            if !window.acked(seq) {
-                                return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent ({})", window.sent_up_to)));
-                            }
-                            self.note_epoch(epoch);
-                            // An acknowledgement from an older epoch never counts for a `standby` ack.
-                            if epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) {
-                                self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
-                                self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
-                            }
-                            self.note_acked(peer, seq);
-                        }
-                        Some(Ok(Msg::Heartbeat { .. })) => {}
-                        Some(Ok(Msg::Refuse { reason })) => return Err(LinkError::Refused(reason)),
-                        Some(Ok(other)) => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
-                        Some(Err(e)) => return Err(e),
-                        None => return Err(LinkError::Protocol("reader ended".into())),
-                    },
+                    m = ack_rx.recv() => self.on_peer_msg(peer, &mut window, m)?,
                     _ = seq_rx.changed() => {}
                     _ = tokio::time::sleep(hb) => {
                         if self.hello().components != defined {
@@ -1133,6 +1104,31 @@ impl Replication {
                     _ => Err(LinkError::Protocol("link reader ended".into())),
                 }
             }
+        }
+    }
+
+    /// What the pulling peer sent on a link this node streams on: acknowledgements (which
+    /// free the window and count for `standby` acks), heartbeats, or the end of the link.
+    fn on_peer_msg(&self, peer: &str, window: &mut SendWindow, m: Option<Result<Msg, LinkError>>) -> Result<(), LinkError> {
+        match m {
+            Some(Ok(Msg::Ack { seq, high, epoch })) => {
+                if !window.acked(seq) {
+                    return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent ({})", window.sent_up_to)));
+                }
+                self.note_epoch(epoch);
+                // An acknowledgement from an older epoch never counts for a `standby` ack.
+                if epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) {
+                    self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
+                    self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
+                }
+                self.note_acked(peer, seq);
+                Ok(())
+            }
+            Some(Ok(Msg::Heartbeat { .. })) => Ok(()),
+            Some(Ok(Msg::Refuse { reason })) => Err(LinkError::Refused(reason)),
+            Some(Ok(other)) => Err(LinkError::Protocol(format!("unexpected {other:?}"))),
+            Some(Err(e)) => Err(e),
+            None => Err(LinkError::Protocol("reader ended".into())),
         }
     }
 
