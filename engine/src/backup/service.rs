@@ -102,7 +102,7 @@ pub struct BackupStatus {
     /// The log archive runs.
     pub archive: bool,
     /// Where the archive reads committed versions from: `commit tap` (every version, inside a
-    /// running node) or `store` (the latest version of each key, without a node).
+    /// running node) or `store` (the latest version of each key, without a node); `off`.
     pub archive_source: String,
     /// Everything up to this feed position is in archive segment files.
     pub archive_seq: u64,
@@ -304,7 +304,12 @@ fn spawn_with(config: &Config, target: &Path, plugins: Vec<PluginManifest>, node
     let status: SharedStatus = Arc::new(Mutex::new(BackupStatus {
         target: target.display().to_string(),
         archive: section.archive,
-        archive_source: if node.is_some() { "commit tap" } else { "store" }.to_owned(),
+        archive_source: match (section.archive, node.is_some()) {
+            (false, _) => "off",
+            (true, true) => "commit tap",
+            (true, false) => "store",
+        }
+        .to_owned(),
         peer: section.peer.clone(),
         ..Default::default()
     }));
