@@ -1437,7 +1437,9 @@ impl Replication {
         if self.gate.policies.values().all(|p| p.mode == Mode::Cold) {
             return None;
         }
-        self.shared().acked.values().min().copied()
+        // Only peers still configured: one removed from [[peer]] holds nothing back.
+        let s = self.shared();
+        s.acked.iter().filter(|(name, _)| self.peers.iter().any(|p| &p.name == *name)).map(|(_, seq)| *seq).min()
     }
 
     /// Keeps `replication/acked.json` (peer -> acknowledged position) and warns when a peer
