@@ -128,6 +128,13 @@ fn backup_archive_holds_every_version_of_a_key_overwritten_quickly_and_the_statu
     assert_eq!(metric(&m, "tandem_backup_error"), Some(0.0), "{m}");
     assert!(metric(&m, "tandem_backup_next_snapshot_timestamp_seconds").is_some_and(|v| v * 1000.0 > now as f64), "{m}");
     assert!(metric(&m, "tandem_backup_last_snapshot_timestamp_seconds").is_some_and(|v| v > 0.0), "{m}");
+    // `tandem status` shows the same.
+    let out = std::process::Command::new(tandem_tests::tandem_bin())
+        .args(["status", "--api", &server.api_addr().to_string(), "--token", tandem_tests::TEST_TOKEN])
+        .output()
+        .expect("tandem status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("backup: target") && text.contains("last snapshot") && text.contains("log archive (commit tap)"), "{text}");
     backup.stop();
     drop(server);
 

@@ -842,10 +842,56 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(s) => {
             print!("{}", render_status(&s));
+            // The backup thread, when the node has a backup target (404 otherwise).
+            if let Ok(r) = client.raw("GET", "/v1/admin/backup", None, &[], None)
+                && r.status == 200
+                && let Ok(b) = serde_json::from_str::<serde_json::Value>(&r.body)
+            {
+                print!("{}", render_backup(&b));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => refused(e),
     }
+}
+
+/// The backup part of `tandem status` (see `crate::backup::service::BackupStatus`).
+fn render_backup(b: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_owned();
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let mut o = format!("\nbackup: target {}\n", text(b, "target"));
+    match b.get("last_snapshot").filter(|s| s.is_object()) {
+        Some(s) => o.push_str(&format!(
+            "  last snapshot {} ({}, {} records, up to seq {}) at {}\n",
+            text(s, "file"),
+            text(s, "scope"),
+            num(s, "records"),
+            num(s, "last_seq"),
+            text(s, "created")
+        )),
+        None => o.push_str("  no snapshot yet\n"),
+    }
+    for n in b.get("next_scheduled").and_then(|x| x.as_array()).into_iter().flatten() {
+        o.push_str(&format!("  next {} snapshot due {}\n", text(n, "scope"), text(n, "due")));
+    }
+    if b.get("archive").and_then(|x| x.as_bool()).unwrap_or(false) {
+        o.push_str(&format!(
+            "  log archive ({}) up to seq {}, {} pending, {} gap(s), {} version(s) not archived\n",
+            text(b, "archive_source"),
+            num(b, "archive_seq"),
+            num(b, "archive_pending"),
+            num(b, "archive_gaps"),
+            num(b, "archive_unarchived")
+        ));
+    }
+    if let Some(p) = b.get("last_peer_send").filter(|p| p.is_object()) {
+        let ok = p.get("ok").and_then(|x| x.as_bool()).unwrap_or(false);
+        o.push_str(&format!("  last send to {}'s inbox: {} ({})\n", text(p, "peer"), if ok { "ok" } else { "FAILED" }, text(p, "message")));
+    }
+    if let Some(e) = b.get("last_error").filter(|e| e.is_object()) {
+        o.push_str(&format!("  last error at {}: {}\n", text(e, "at"), text(e, "message")));
+    }
+    o
 }
 
 fn promote(a: PromoteArgs) -> anyhow::Result<ExitCode> {
