@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use super::{Limits, LoadedPlugin, PluginError, Runtime, digest};
+use super::{Limits, LoadedPlugin, PluginError, Runtime};
 
 /// How a component's plugin is configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,20 +74,12 @@ impl Registry {
         &self.runtime
     }
 
-    /// Reads, checks and compiles the plugin a spec names.
+    /// Reads, checks and compiles the plugin a spec names. The file's digest serves the pin check
+    /// and the compile cache's key; it is remembered by the cache while the file is unchanged
+    /// (see [`Runtime::load_file`]).
     pub fn load_spec(&self, spec: &PluginSpec) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let bytes = std::fs::read(&spec.path).map_err(|e| PluginError::Load {
-            plugin: spec.component.clone(),
-            message: format!("cannot read {}: {e}", spec.path.display()),
-        })?;
-        // One digest serves the pin check and the compile cache's key.
-        let found = digest(&bytes);
-        if let Some(pinned) = spec.pinned()
-            && found != pinned
-        {
-            return Err(PluginError::DigestMismatch { plugin: spec.component.clone(), expected: pinned, found });
-        }
-        let plugin = self.runtime.load_with_digest(&spec.component, &bytes, found, spec.limits.clone())?;
+        let pinned = spec.pinned();
+        let plugin = self.runtime.load_file(&spec.component, &spec.path, pinned.as_deref(), spec.limits.clone())?;
         if plugin.name() != spec.component {
             return Err(PluginError::Load {
                 plugin: spec.component.clone(),
