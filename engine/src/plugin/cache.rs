@@ -360,7 +360,6 @@ fn check_code(path: &Path, len: u64, crc: u32) -> anyhow::Result<()> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let actual = file.metadata().context("reading its metadata")?.len();
     anyhow::ensure!(actual == len, "{actual} bytes, the meta file says {len}");
-    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     if let Some(actual) = usize::try_from(len).ok().and_then(|len| mapped::crc32(&file, len)) {
         anyhow::ensure!(actual == crc, "CRC-32 {actual:08x}, the meta file says {crc:08x}");
         return Ok(());
@@ -386,42 +385,19 @@ fn check_code(path: &Path, len: u64, crc: u32) -> anyhow::Result<()> {
 
 /// The CRC-32 of a file read through a private read-only mapping, populated at once: no copy into
 /// a buffer (most of the cost of reading compiled code that is in the page cache).
-#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 mod mapped {
-    use std::ffi::c_void;
-    use std::os::fd::AsRawFd as _;
-
-    // Linux's values on every 64-bit architecture Rust supports.
-    const PROT_READ: i32 = 1;
-    const MAP_PRIVATE: i32 = 2;
-    const MAP_POPULATE: i32 = 0x8000;
-
-    #[allow(unsafe_code)]
-    unsafe extern "C" {
-        fn mmap(addr: *mut c_void, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> *mut c_void;
-        fn munmap(addr: *mut c_void, len: usize) -> i32;
-    }
-
     /// The CRC-32 of the first `len` bytes of `file` (its length, checked by the caller), or `None`
     /// if it cannot be mapped (the caller then reads it).
     pub fn crc32(file: &std::fs::File, len: usize) -> Option<u32> {
         if len == 0 {
             return None;
         }
-        // SAFETY: a fresh private read-only mapping of `len` bytes of an open file, which is the
-        // file's length; it is only read while mapped and unmapped before returning. Cache files
-        // are replaced by rename, never rewritten in place; a file truncated under the mapping by
+        // SAFETY: a read-only mapping of an open file, read only while mapped. Cache files are
+        // replaced by rename, never rewritten in place; a file truncated under the mapping by
         // another process would fault here exactly as it would in the code wasmtime maps from it.
         #[allow(unsafe_code)]
-        unsafe {
-            let ptr = mmap(std::ptr::null_mut(), len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, file.as_raw_fd(), 0);
-            if ptr.is_null() || ptr as isize == -1 {
-                return None;
-            }
-            let crc = crc32fast::hash(std::slice::from_raw_parts(ptr.cast::<u8>(), len));
-            munmap(ptr, len);
-            Some(crc)
-        }
+        let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(file) }.ok()?;
+        Some(crc32fast::hash(&map))
     }
 }
 
