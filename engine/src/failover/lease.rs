@@ -92,16 +92,17 @@ impl Holder {
         *v = (*v).max(version);
     }
 
-    /// Until when the lease holds (exclusive), for a cluster of `voters` voters counting this
-    /// node; `None` when a quorum never granted.
+    /// Until when the lease holds (exclusive), for a cluster of `voters` voters; `None` when a
+    /// quorum never granted. This node's own grant counts only if its own voter gave it, under
+    /// the same rules as any other (it may have granted another node a lease just before).
     pub fn valid_until(&self, voters: usize, timing: &Timing) -> Option<u64> {
-        let others_needed = quorum(voters).saturating_sub(1);
-        if others_needed == 0 {
-            return None; // a single voter never holds a lease: failover needs three.
+        let needed = quorum(voters);
+        if voters < 3 {
+            return None; // failover needs three voters
         }
         let mut sent: Vec<u64> = self.grants.values().copied().collect();
         sent.sort_unstable_by(|a, b| b.cmp(a));
-        let oldest_needed = *sent.get(others_needed - 1)?;
+        let oldest_needed = *sent.get(needed - 1)?;
         let until = oldest_needed.saturating_add(timing.hold_ms());
         (until > self.not_before).then_some(until)
     }
@@ -111,12 +112,11 @@ impl Holder {
         now >= self.not_before && self.valid_until(voters, timing).is_some_and(|u| now < u)
     }
 
-    /// The newest synchronous-set version a quorum (this node included) has seen.
+    /// The newest synchronous-set version a quorum (this node's own grant included) has seen.
     pub fn confirmed_sync_version(&self, voters: usize) -> u64 {
-        let others_needed = quorum(voters).saturating_sub(1);
         let mut v: Vec<u64> = self.sync_versions.values().copied().collect();
         v.sort_unstable_by(|a, b| b.cmp(a));
-        if others_needed == 0 { 0 } else { v.get(others_needed - 1).copied().unwrap_or(0) }
+        v.get(quorum(voters) - 1).copied().unwrap_or(0)
     }
 }
 
@@ -126,7 +126,10 @@ pub struct Voter {
     /// When this voter started: it may have granted leases before a restart, so it counts as
     /// having heard every primary then.
     started_at: u64,
+    /// The silence baseline of each primary: its last grant, or its assignment.
     heard: BTreeMap<String, u64>,
+    /// When this voter last granted each node a lease.
+    granted: BTreeMap<String, u64>,
     revoked: BTreeSet<String>,
 }
 
@@ -135,6 +138,8 @@ pub struct Voter {
 pub enum Refusal {
     NotThePrimary(Option<String>),
     Revoked,
+    /// A lease this voter granted another node (or may have, before it restarted) may still hold.
+    Handoff(u64),
 }
 
 impl std::fmt::Display for Refusal {
@@ -143,25 +148,39 @@ impl std::fmt::Display for Refusal {
             Refusal::NotThePrimary(Some(p)) => write!(f, "the consensus state names {p} as the primary"),
             Refusal::NotThePrimary(None) => write!(f, "the consensus state names no primary yet"),
             Refusal::Revoked => write!(f, "this voter endorsed a promotion: it grants this primary no lease until the next assignment"),
+            Refusal::Handoff(ms) => write!(f, "a lease this voter granted another node may hold {ms} ms more"),
         }
     }
 }
 
 impl Voter {
     pub fn new(now: u64) -> Voter {
-        Voter { started_at: now, heard: BTreeMap::new(), revoked: BTreeSet::new() }
+        Voter { started_at: now, heard: BTreeMap::new(), granted: BTreeMap::new(), revoked: BTreeSet::new() }
     }
 
-    /// A lease request from `from` while the consensus state names `assigned`.
-    pub fn on_lease(&mut self, from: &str, assigned: Option<&str>, now: u64) -> Result<(), Refusal> {
+    /// A lease request from `from` while the consensus state names `assigned`. Besides the
+    /// assignment and endorsements, a voter never grants a node a lease while one it granted
+    /// another node may still hold (`lease + margin` after that grant), nor in the first
+    /// `lease + margin` after it started (it may have granted anyone before a restart): so a
+    /// change of primary reaching a voter, however it came about (a promotion committed late,
+    /// by another leader, after the voter restarted and forgot its endorsements), never gives two
+    /// nodes a lease from it at once.
+    pub fn on_lease(&mut self, from: &str, assigned: Option<&str>, now: u64, timing: &Timing) -> Result<(), Refusal> {
         if assigned != Some(from) {
             return Err(Refusal::NotThePrimary(assigned.map(str::to_owned)));
         }
         if self.revoked.contains(from) {
             return Err(Refusal::Revoked);
         }
-        let h = self.heard.entry(from.to_owned()).or_insert(now);
-        *h = (*h).max(now);
+        let last_other = self.granted.iter().filter(|(n, _)| n.as_str() != from).map(|(_, t)| *t).max().unwrap_or(0).max(self.started_at);
+        let free_at = last_other.saturating_add(timing.refuse_ms());
+        if now < free_at {
+            return Err(Refusal::Handoff(free_at - now));
+        }
+        for map in [&mut self.heard, &mut self.granted] {
+            let h = map.entry(from.to_owned()).or_insert(now);
+            *h = (*h).max(now);
+        }
         Ok(())
     }
 
@@ -261,20 +280,24 @@ mod tests {
         let mut h = Holder::new(0);
         assert!(!h.valid(10, 3, &T), "no grant, no lease");
         h.granted("w", 100, 0);
-        assert!(h.valid(150, 3, &T), "itself and one of three is a quorum");
+        assert!(!h.valid(150, 3, &T), "one grant of three is not a quorum, even its own would be");
+        h.granted("self", 120, 0);
+        assert!(h.valid(150, 3, &T), "its own voter and one other of three is a quorum");
         assert!(h.valid(999, 3, &T));
         assert!(!h.valid(1_000, 3, &T), "the lease ends lease - margin after the request was sent");
         assert!(!h.valid(150, 5, &T), "two of five is not a quorum");
         h.granted("x", 50, 0);
-        assert_eq!(h.valid_until(5, &T), Some(950), "the older of the two grants bounds it");
+        assert_eq!(h.valid_until(5, &T), Some(950), "the oldest of the three grants needed bounds it");
         assert_eq!(Holder::new(0).valid_until(1, &T), None);
     }
 
     #[test]
     fn a_manual_promotion_waits_out_the_old_lease() {
         let mut h = Holder::new(2_000);
+        h.granted("self", 1_500, 0);
         h.granted("w", 1_500, 0);
         assert!(!h.valid(1_600, 3, &T));
+        h.granted("self", 1_900, 0);
         h.granted("w", 1_900, 0);
         assert!(h.valid(2_000, 3, &T));
     }
@@ -282,14 +305,27 @@ mod tests {
     #[test]
     fn a_voter_grants_only_the_assigned_primary_and_not_after_endorsing() {
         let mut v = Voter::new(0);
-        assert_eq!(v.on_lease("a", Some("b"), 5), Err(Refusal::NotThePrimary(Some("b".into()))));
-        assert_eq!(v.on_lease("a", Some("a"), 5), Ok(()));
-        assert!(!v.may_endorse("a", 5 + 1_099, &T), "silent for less than lease + margin");
-        assert!(!v.endorse("a", 1_000, &T, false));
-        assert!(v.endorse("a", 5 + 1_100, &T, false));
-        assert_eq!(v.on_lease("a", Some("a"), 1_200), Err(Refusal::Revoked));
-        v.on_assignment("a", 1_250);
-        assert_eq!(v.on_lease("a", Some("a"), 1_300), Ok(()));
+        assert_eq!(v.on_lease("a", Some("a"), 5, &T), Err(Refusal::Handoff(1_095)), "a voter just started grants nothing yet");
+        let t0 = 1_100;
+        assert_eq!(v.on_lease("a", Some("b"), t0, &T), Err(Refusal::NotThePrimary(Some("b".into()))));
+        assert_eq!(v.on_lease("a", Some("a"), t0, &T), Ok(()));
+        assert!(!v.may_endorse("a", t0 + 1_099, &T), "silent for less than lease + margin");
+        assert!(!v.endorse("a", t0 + 1_000, &T, false));
+        assert!(v.endorse("a", t0 + 1_100, &T, false));
+        assert_eq!(v.on_lease("a", Some("a"), t0 + 1_200, &T), Err(Refusal::Revoked));
+        v.on_assignment("a", t0 + 1_250);
+        assert_eq!(v.on_lease("a", Some("a"), t0 + 1_300, &T), Ok(()));
+    }
+
+    #[test]
+    fn a_voter_grants_a_new_primary_only_once_its_grant_to_the_old_one_ran_out() {
+        let mut v = Voter::new(0);
+        assert_eq!(v.on_lease("a", Some("a"), 2_000, &T), Ok(()));
+        // The assignment changes without an endorsement here (a late commit, another leader).
+        v.on_assignment("b", 2_100);
+        assert_eq!(v.on_lease("b", Some("b"), 2_200, &T), Err(Refusal::Handoff(900)));
+        assert_eq!(v.on_lease("b", Some("b"), 3_100, &T), Ok(()));
+        assert_eq!(v.on_lease("a", Some("b"), 3_150, &T), Err(Refusal::NotThePrimary(Some("b".into()))));
     }
 
     #[test]
@@ -322,12 +358,13 @@ mod tests {
             let v_clock = |real: f64| (real * rate_v / 1_000.0) as u64;
             let mut h = Holder::new(0);
             let mut v = Voter::new(0);
-            let mut real = rng.gen_range(0.0..1_000_000.0);
+            let mut real = rng.gen_range(2_000_000.0..3_000_000.0);
             let sent = p_clock(real);
             real += rng.gen_range(0.0..50_000.0);
-            v.on_lease("p", Some("p"), v_clock(real)).expect("granted");
+            v.on_lease("p", Some("p"), v_clock(real), &T).expect("granted");
             real += rng.gen_range(0.0..50_000.0);
             h.granted("v", sent, 0);
+            h.granted("self", sent, 0);
             // Find the first real instant the voter endorses; the lease must be over then.
             let mut t = real;
             while !v.may_endorse("p", v_clock(t), &T) {

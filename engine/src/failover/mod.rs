@@ -379,9 +379,10 @@ impl Coordinator {
         match req {
             Request::Lease { from, sync } => {
                 let now = self.now();
+                let timing = self.settings.timing;
                 let assigned = self.assignment.borrow().primary.clone();
                 let mut s = self.state();
-                let r = s.voter.as_mut().map_or(Ok(()), |v| v.on_lease(&from, assigned.as_deref(), now));
+                let r = s.voter.as_mut().map_or(Ok(()), |v| v.on_lease(&from, assigned.as_deref(), now, &timing));
                 match r {
                     Ok(()) => {
                         if sync.version >= s.sync_heard.version {
@@ -471,6 +472,18 @@ impl Coordinator {
             let a = self.assignment();
             if a.primary.as_deref() == Some(self.settings.us.as_str()) {
                 let sync = self.data.sync_view();
+                // Its own voter grants it under the same rules as the others.
+                let sent = self.now();
+                let version = sync.version;
+                let own = self.answer_as_voter(Request::Lease { from: self.settings.us.clone(), sync: sync.clone() });
+                if let Reply::Lease { granted: true, .. } = own {
+                    let mut s = self.state();
+                    if s.holding_for == a.index
+                        && let Some(h) = s.holder.as_mut()
+                    {
+                        h.granted(&self.settings.us, sent, version);
+                    }
+                }
                 for voter in self.ids.keys().filter(|v| **v != self.settings.us) {
                     if !self.state().inflight.insert(voter.clone()) {
                         continue; // the previous request is still out
@@ -573,11 +586,23 @@ impl Coordinator {
             };
             let node = best.believes.clone().unwrap_or_default();
             let epoch = polls.iter().map(|p| p.epoch).max().unwrap_or(0);
-            self.propose(Command::Promote { node, epoch, old: None, fork: 0, not_before_ms: 0 }).await?;
+            self.propose(Command::Promote { node, epoch, old: None, fork: 0, not_before_ms: 0, prev: a.index }).await?;
             return Ok(());
         };
         if primary == self.settings.us {
-            return Ok(()); // the primary leads: it is alive
+            // The primary leads: it is alive. If voters endorsed its removal for a promotion that
+            // never committed (its leader lost its term), they grant it nothing until a new
+            // assignment: reinstate it.
+            if self.holds_lease() {
+                return Ok(());
+            }
+            let replies = self.ask_all(Some(&primary), || Request::Poll { primary: Some(primary.clone()) }, timeout).await;
+            let polls: Vec<PollReply> =
+                replies.into_iter().filter_map(|(_, r)| if let Reply::Poll(p) = r { Some(p) } else { None }).collect();
+            if polls.iter().any(|p| p.revoked) {
+                self.reinstate(&a, &primary, &polls).await?;
+            }
+            return Ok(());
         }
         let replies = self.ask_all(Some(&primary), || Request::Poll { primary: Some(primary.clone()) }, timeout).await;
         let polls: Vec<PollReply> = replies.into_iter().filter_map(|(_, r)| if let Reply::Poll(p) = r { Some(p) } else { None }).collect();
@@ -594,21 +619,31 @@ impl Coordinator {
                 return Err(format!("{granted} of {quorum} endorsements to replace {primary}"));
             }
             let epoch = polls.iter().map(|p| p.epoch).max().unwrap_or(0).max(a.epoch) + 1;
-            self.propose(Command::Promote { node: candidate, epoch, old: Some(primary), fork, not_before_ms: 0 }).await?;
+            self.propose(Command::Promote { node: candidate, epoch, old: Some(primary), fork, not_before_ms: 0, prev: a.index }).await?;
             return Ok(());
         }
         // Alive after all, but some voter endorsed its removal: reinstate it in a new epoch so it
         // can hold a lease again (at most once per lease).
         if polls.iter().any(|p| p.revoked) && polls.iter().any(|p| !p.may_endorse) {
-            let now = self.now();
-            let recent = self.state().last_reinstate.is_some_and(|t| now.saturating_sub(t) < self.settings.timing.refuse_ms());
-            if !recent {
-                self.state().last_reinstate = Some(now);
-                let epoch = polls.iter().map(|p| p.epoch).max().unwrap_or(0).max(a.epoch) + 1;
-                self.propose(Command::Promote { node: primary.clone(), epoch, old: Some(primary), fork: 0, not_before_ms: 0 }).await?;
-            }
+            self.reinstate(&a, &primary, &polls).await?;
         }
         Ok(())
+    }
+
+    /// Assigns `primary` again, in a new epoch (at most once per lease): the voters forget the
+    /// endorsements they gave against it. Safe: no other node is named, and the assignment
+    /// applies only if `a` is still the current one.
+    async fn reinstate(&self, a: &Assignment, primary: &str, polls: &[PollReply]) -> Result<(), String> {
+        let now = self.now();
+        let recent = self.state().last_reinstate.is_some_and(|t| now.saturating_sub(t) < self.settings.timing.refuse_ms());
+        if recent {
+            return Ok(());
+        }
+        self.state().last_reinstate = Some(now);
+        let epoch = polls.iter().map(|p| p.epoch).max().unwrap_or(0).max(a.epoch).max(self.data.epoch()) + 1;
+        let cmd =
+            Command::Promote { node: primary.to_owned(), epoch, old: Some(primary.to_owned()), fork: 0, not_before_ms: 0, prev: a.index };
+        self.propose(cmd).await.map(|_| ())
     }
 
     /// A manual promotion of `node`, run by the consensus leader: the voters revoke the old
@@ -643,7 +678,7 @@ impl Coordinator {
         }
         let epoch = polls.iter().map(|p| p.epoch).max().unwrap_or(0).max(a.epoch) + 1;
         let wait = if old.is_some() { self.settings.timing.refuse_ms() } else { 0 };
-        self.propose(Command::Promote { node: node.to_owned(), epoch, old, fork, not_before_ms: wait }).await
+        self.propose(Command::Promote { node: node.to_owned(), epoch, old, fork, not_before_ms: wait, prev: a.index }).await
     }
 
     /// `tandem promote` with failover on: asks the consensus leader to promote this node.

@@ -38,8 +38,18 @@ pub enum Command {
     /// `node` is the warm primary from `epoch` on. `old` was the primary before and `fork` the
     /// last position of its feed that `node` had (the fork point). `not_before_ms`: the new
     /// primary takes writes only after waiting this long (a manual promotion waits out the
-    /// old primary's lease; an automatic one already did).
-    Promote { node: String, epoch: u64, old: Option<String>, fork: u64, not_before_ms: u64 },
+    /// old primary's lease; an automatic one already did). `prev` is the index of the
+    /// assignment it was decided against: it applies only if that is still the current one (a
+    /// decision made on stale knowledge, e.g. by a leader that lost its term, changes nothing).
+    Promote {
+        node: String,
+        epoch: u64,
+        old: Option<String>,
+        fork: u64,
+        not_before_ms: u64,
+        #[serde(default)]
+        prev: u64,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -348,9 +358,10 @@ impl RaftStateMachine<TypeConfig> for Store {
                 match e.payload {
                     EntryPayload::Blank => {}
                     EntryPayload::Membership(m) => p.membership = StoredMembership::new(Some(e.log_id), m),
-                    EntryPayload::Normal(Command::Promote { node, epoch, old, fork, not_before_ms }) => {
-                        // Epochs only move forward: a stale proposal changes nothing.
-                        if epoch > p.assignment.epoch || p.assignment.primary.is_none() {
+                    EntryPayload::Normal(Command::Promote { node, epoch, old, fork, not_before_ms, prev }) => {
+                        // Decided against the current assignment, and epochs only move forward:
+                        // a stale proposal changes nothing.
+                        if prev == p.assignment.index && (epoch > p.assignment.epoch || p.assignment.primary.is_none()) {
                             p.assignment = Assignment { primary: Some(node), epoch, old, fork, not_before_ms, index: e.log_id.index };
                         }
                     }

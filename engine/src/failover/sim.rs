@@ -181,6 +181,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
         let mut acked: Vec<String> = Vec::new();
         let mut pending: Vec<(String, String)> = Vec::new(); // (writer, key) waiting for the standby
         let mut next_key = 0u64;
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         let steps = 400;
         for step in 0..steps {
             let calm = step >= steps - 150; // the last stretch heals and settles
@@ -227,9 +228,20 @@ fn run_seed(seed: u64) -> Result<String, String> {
             // Who holds a lease now: never two.
             let up: Vec<(String, Arc<Coordinator>)> =
                 net.lock().map_err(|e| e.to_string())?.nodes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (n, c) in &up {
+                let a = c.assignment();
+                if seen.get(n) != Some(&a.index) {
+                    seen.insert(n.clone(), a.index);
+                    trace.push_str(&format!("{step}:{n} applies assignment {} ({:?} in epoch {})\n", a.index, a.primary, a.epoch));
+                }
+            }
             let holders: Vec<&String> = up.iter().filter(|(_, c)| c.holds_lease()).map(|(n, _)| n).collect();
             if holders.len() > 1 {
-                return Err(format!("seed {seed} step {step}: two nodes hold a primary's lease: {holders:?}\n{trace}"));
+                let states: Vec<String> = up.iter().map(|(n, c)| format!("{n}: {:?}", c.status())).collect();
+                return Err(format!(
+                    "seed {seed} step {step}: two nodes hold a primary's lease: {holders:?}\n{}\n{trace}",
+                    states.join("\n")
+                ));
             }
             // The holder takes a write; replication copies the primary's store to a linked standby.
             if let Some(h) = holders.first().map(|h| (*h).clone()) {
@@ -285,7 +297,18 @@ fn run_seed(seed: u64) -> Result<String, String> {
             net.lock().map_err(|e| e.to_string())?.nodes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let holders: Vec<String> = up.iter().filter(|(_, c)| c.holds_lease()).map(|(n, _)| n.clone()).collect();
         if holders.len() != 1 {
-            return Err(format!("seed {seed}: after healing, {} nodes hold a lease ({holders:?})\n{trace}", holders.len()));
+            let states: Vec<String> = up
+                .iter()
+                .map(|(n, c)| {
+                    let st = c.status();
+                    format!("{n}: leader {:?} term {} assignment {:?} last event {:?}", st.leader, st.term, st.assignment, st.last_event)
+                })
+                .collect();
+            return Err(format!(
+                "seed {seed}: after healing, {} nodes hold a lease ({holders:?})\n{}\n{trace}",
+                holders.len(),
+                states.join("\n")
+            ));
         }
         let primary = nodes.iter().find(|n| n.name == holders[0]).ok_or("no node")?;
         let have = primary.store.lock().map_err(|e| e.to_string())?.all();
