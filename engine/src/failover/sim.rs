@@ -5,7 +5,7 @@
 //!
 //! Checked at every step: never two nodes holding a primary's lease at the same simulated
 //! instant; after the run, every acknowledged write is on the final primary and all data nodes
-//! converge. `TANDEM_SIM_SEEDS=N` runs N seeds (default 200); `TANDEM_SIM_SEED=S` one seed.
+//! converge. `TANDEM_SIM_SEEDS=N` runs N seeds (default 300); `TANDEM_SIM_SEED=S` one seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -334,7 +334,7 @@ fn seeds() -> Vec<u64> {
     if let Some(s) = std::env::var("TANDEM_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![s];
     }
-    let n = std::env::var("TANDEM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200u64);
+    let n = std::env::var("TANDEM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300u64);
     (1..=n).collect()
 }
 
