@@ -173,13 +173,7 @@ fn main() {
         lags.len()
     );
     // Single writes, local ack.
-    let mut single = Vec::new();
-    for j in 0..300 {
-        let (k, op) = trunk(900_000 + j);
-        let t = Instant::now();
-        a.block_on(a.node().write("trunks", &k, op, None)).expect("write");
-        single.push(t.elapsed().as_micros() as u64);
-    }
+    let mut single = single_writes(&a);
     println!("single write, local ack: median {} µs, p99 {} µs", pct(&mut single, 0.5), pct(&mut single, 0.99));
     drop(a);
     drop(b);
@@ -188,12 +182,18 @@ fn main() {
     let (acked, replicated) = throughput(&a, &b, n, 0);
     println!("standby ack: acknowledged                    {acked:>10.0} writes/s  ({:.2}x SQLite)", acked / sqlite);
     println!("standby ack: on the standby                  {replicated:>10.0} writes/s  ({:.2}x SQLite)", replicated / sqlite);
-    let mut single = Vec::new();
-    for j in 0..300 {
-        let (k, op) = trunk(900_000 + j);
-        let t = Instant::now();
-        a.block_on(a.node().write("trunks", &k, op, None)).expect("write");
-        single.push(t.elapsed().as_micros() as u64);
-    }
+    let mut single = single_writes(&a);
     println!("single write, standby ack: median {} µs, p99 {} µs", pct(&mut single, 0.5), pct(&mut single, 0.99));
+}
+
+/// 300 sequential single-record writes on `a`: each one's time to acknowledgement (µs).
+fn single_writes(a: &Server) -> Vec<u64> {
+    (0..300)
+        .map(|j| {
+            let (k, op) = trunk(900_000 + j);
+            let t = Instant::now();
+            a.block_on(a.node().write("trunks", &k, op, None)).expect("write");
+            t.elapsed().as_micros() as u64
+        })
+        .collect()
 }

@@ -197,6 +197,21 @@ struct IdemEntry {
     created_ms: u64,
 }
 
+/// The answer to a write whose idempotency key was already used for the same request: the
+/// remembered outcome, marked as replayed.
+fn replayed_ack(comp: &ComponentState, entry: IdemEntry) -> WriteAck {
+    comp.metrics.replays.fetch_add(1, Ordering::Relaxed);
+    WriteAck {
+        component: comp.name().to_owned(),
+        key: entry.key,
+        seq: entry.seq,
+        stamp: StampView::from(&entry.stamp),
+        deleted: entry.tombstone,
+        changed: true,
+        replayed: true,
+    }
+}
+
 /// One component's state on this node.
 pub struct ComponentState {
     pub config: ComponentConfig,
@@ -543,16 +558,7 @@ fn prepare_local(
             if entry.fingerprint != ik.fingerprint {
                 return Err(NodeError::IdempotencyReused(ik.key.clone()));
             }
-            comp.metrics.replays.fetch_add(1, Ordering::Relaxed);
-            return Ok(Step::Done(WriteOutcome::Local(WriteAck {
-                component: comp.name().to_owned(),
-                key: entry.key,
-                seq: entry.seq,
-                stamp: StampView::from(&entry.stamp),
-                deleted: entry.tombstone,
-                changed: true,
-                replayed: true,
-            })));
+            return Ok(Step::Done(WriteOutcome::Local(replayed_ack(comp, entry))));
         }
         batch_idem.insert(ik.key.clone(), (index, ik.fingerprint.clone()));
     }
@@ -1321,18 +1327,7 @@ fn finish_batch(ctx: &Ctx, comp: &ComponentState, p: PreparedBatch, outcome: Res
         // The earlier batch is committed: its answer is remembered.
         let entry = ctx.idem.lock().unwrap_or_else(|e| e.into_inner()).get(&(comp.name().to_owned(), idem_key)).cloned();
         results[i] = Some(match entry {
-            Some(e) => {
-                comp.metrics.replays.fetch_add(1, Ordering::Relaxed);
-                Ok(WriteOutcome::Local(WriteAck {
-                    component: comp.name().to_owned(),
-                    key: e.key,
-                    seq: e.seq,
-                    stamp: StampView::from(&e.stamp),
-                    deleted: e.tombstone,
-                    changed: true,
-                    replayed: true,
-                }))
-            }
+            Some(e) => Ok(WriteOutcome::Local(replayed_ack(comp, e))),
             None => Err(NodeError::Busy),
         });
     }

@@ -329,6 +329,7 @@ impl Runtime {
         limits: Limits,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let started = Instant::now();
+        self.check_memory_cap(name, &limits)?;
         let read_err =
             |e: std::io::Error| PluginError::Load { plugin: name.to_owned(), message: format!("cannot read {}: {e}", path.display()) };
         let check_pin = |found: &str| match pinned {
@@ -345,9 +346,7 @@ impl Runtime {
         {
             check_pin(&found)?;
             let digest_us = micros(started.elapsed());
-            if limits.memory_bytes <= self.max_memory_bytes
-                && let Some(hit) = cache.get(&self.engine, &found, CONTRACT_VERSION)
-            {
+            if let Some(hit) = cache.get(&self.engine, &found, CONTRACT_VERSION) {
                 return self.finish_load(name, found, hit.component, hit.describe, true, limits, started, digest_us);
             }
         }
@@ -366,6 +365,16 @@ impl Runtime {
         self.load_bytes(name, &bytes, found, limits, started, digest_us)
     }
 
+    /// Refuses limits whose memory cap the runtime's pooling allocator cannot give (checked
+    /// before any compiling).
+    fn check_memory_cap(&self, name: &str, limits: &Limits) -> Result<(), PluginError> {
+        if limits.memory_bytes > self.max_memory_bytes {
+            let message = format!("memory cap {} is over the runtime's maximum of {}", limits.memory_bytes, self.max_memory_bytes);
+            return Err(PluginError::Load { plugin: name.to_owned(), message });
+        }
+        Ok(())
+    }
+
     fn load_bytes(
         self: &Arc<Self>,
         name: &str,
@@ -376,9 +385,7 @@ impl Runtime {
         digest_us: u64,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let load_err = |message: String| PluginError::Load { plugin: name.to_owned(), message };
-        if limits.memory_bytes > self.max_memory_bytes {
-            return Err(load_err(format!("memory cap {} is over the runtime's maximum of {}", limits.memory_bytes, self.max_memory_bytes)));
-        }
+        self.check_memory_cap(name, &limits)?;
         let (component, describe, from_cache) = match &self.cache {
             Some(cache) => match cache.get(&self.engine, &digest, CONTRACT_VERSION) {
                 Some(hit) => (hit.component, hit.describe, true),
@@ -406,9 +413,6 @@ impl Runtime {
         digest_us: u64,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let load_err = |message: String| PluginError::Load { plugin: name.to_owned(), message };
-        if limits.memory_bytes > self.max_memory_bytes {
-            return Err(load_err(format!("memory cap {} is over the runtime's maximum of {}", limits.memory_bytes, self.max_memory_bytes)));
-        }
         let t_code = started.elapsed();
         let contract = contract_version(&self.engine, &component)
             .ok_or_else(|| load_err(format!("it does not export {CONTRACT_PACKAGE}/component: not a Tandem plugin")))?;
