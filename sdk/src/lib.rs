@@ -216,23 +216,20 @@ pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
     out
 }
 
-fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+/// Appends the canonical JSON encoding of `value` to `out` (see [`canonical_json`]).
+pub fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value;
     match value {
         Value::Object(map) => {
-            // Sorted explicitly: another crate may turn on serde_json's `preserve_order`.
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
             out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(&Value::String(key.clone()), out);
-                out.push(b':');
-                if let Some(v) = map.get(key) {
-                    write_canonical(v, out);
-                }
+            // serde_json's map is sorted already unless another crate turns on its
+            // `preserve_order`; sort explicitly only then.
+            if map.keys().is_sorted() {
+                write_members(map.iter(), out);
+            } else {
+                let mut members: Vec<(&String, &Value)> = map.iter().collect();
+                members.sort_by(|a, b| a.0.cmp(b.0));
+                write_members(members.into_iter(), out);
             }
             out.push(b'}');
         }
@@ -246,13 +243,29 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
+        Value::String(s) => write_json_str(s, out),
+        // Scalars serialize infallibly into a vector.
         scalar => {
-            // Scalars serialize infallibly.
-            if let Ok(bytes) = serde_json::to_vec(scalar) {
-                out.extend_from_slice(&bytes);
-            }
+            let _ = serde_json::to_writer(&mut *out, scalar);
         }
     }
+}
+
+fn write_members<'a>(members: impl Iterator<Item = (&'a String, &'a serde_json::Value)>, out: &mut Vec<u8>) {
+    for (i, (key, value)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(key, out);
+        out.push(b':');
+        write_canonical(value, out);
+    }
+}
+
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
+pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
+    // Writing a string into a vector cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Total order on JSON values by their canonical encoding: the tie-breaker wherever two different
