@@ -33,6 +33,10 @@ use crate::peer::{self, LinkError, PROTOCOL_VERSION};
 use crate::plugin::{Stamp, Stored};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages read ahead on a link this node follows.
+const FOLLOW_QUEUE: usize = 64;
+/// Queued batches a follower applies in one commit, at most.
+const MAX_COALESCED_BATCHES: usize = 32;
 
 /// A persisted position: how far this node applied a peer's feed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1241,78 +1245,137 @@ impl Replication {
         let mut high_applied = after.seq;
         let mut last_sent = Instant::now();
         let mut stop = self.stop.subscribe();
-        loop {
-            let hb = Duration::from_millis(profile.heartbeat_ms).saturating_sub(last_sent.elapsed());
-            let msg = tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                r = role_rx.changed() => {
-                    if r.is_err() || role_rx.borrow().primary != primary_at_start {
-                        return Err(LinkError::Protocol("the warm primary changed: the link is reset".into()));
-                    }
-                    continue;
+        // A task of its own reads the link: a frame is never cut in half by another branch of
+        // the select below (reads are not cancel-safe), and batches that arrived while one was
+        // being applied are there to be applied together.
+        let (msg_tx, mut msg_rx) = tokio::sync::mpsc::channel::<Result<Msg, LinkError>>(FOLLOW_QUEUE);
+        let reader = async move {
+            loop {
+                let m = peer::recv(&mut rd).await;
+                let end = m.is_err();
+                if msg_tx.send(m).await.is_err() {
+                    return;
                 }
-                m = tokio::time::timeout(Duration::from_millis(profile.timeout_ms), peer::recv(&mut rd)) => {
-                    m.map_err(|_| LinkError::Timeout(format!("no word from {} for {} ms", cfg.name, profile.timeout_ms)))??
+                if end {
+                    // The follower returns the error it was handed.
+                    std::future::pending::<()>().await;
                 }
-                _ = tokio::time::sleep(hb) => {
-                    if self.hello().components != ours.components {
-                        return Err(LinkError::Protocol("a plugin changed on this node: the link is reset to compare digests again".into()));
-                    }
-                    peer::send(&mut wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch() }, false).await?;
-                    last_sent = Instant::now();
-                    continue;
-                }
-            };
-            match msg {
-                Msg::Batch(batch) => {
-                    if self.hello().components != ours.components {
-                        return Err(LinkError::Protocol(
-                            "a plugin changed on this node: the link is reset to compare digests again".into(),
-                        ));
-                    }
-                    let up_to = batch.up_to;
-                    let high = batch.high.max(up_to);
-                    let warm = batch.changes.iter().any(|c| modes.get(&c.component) == Some(&ApplyMode::Replace));
-                    if warm {
-                        // Fenced against the newest epoch seen from this peer and this node's own
-                        // (a promotion moved it past every epoch it had heard of).
-                        newest_epoch = state::fence(batch.epoch, newest_epoch.max(self.node.epoch())).map_err(|reason| {
-                            self.shared().alarms.insert(format!("fenced:{}", cfg.name), reason.clone());
-                            LinkError::Refused(reason)
-                        })?;
-                        if batch.epoch > self.node.epoch() {
-                            self.node
-                                .set_epoch(batch.epoch)
-                                .await
-                                .map_err(|e| LinkError::Apply(format!("moving to epoch {}: {e}", batch.epoch)))?;
+            }
+        };
+        let follower = async move {
+            let mut held: Option<Result<Msg, LinkError>> = None;
+            loop {
+                let msg = match held.take() {
+                    Some(m) => m?,
+                    None => {
+                        let hb = Duration::from_millis(profile.heartbeat_ms).saturating_sub(last_sent.elapsed());
+                        tokio::select! {
+                            _ = stop.changed() => return Ok(()),
+                            r = role_rx.changed() => {
+                                if r.is_err() || role_rx.borrow().primary != primary_at_start {
+                                    return Err(LinkError::Protocol("the warm primary changed: the link is reset".into()));
+                                }
+                                continue;
+                            }
+                            m = tokio::time::timeout(Duration::from_millis(profile.timeout_ms), msg_rx.recv()) => match m {
+                                Err(_) => return Err(LinkError::Timeout(format!("no word from {} for {} ms", cfg.name, profile.timeout_ms))),
+                                Ok(None) => return Err(LinkError::Protocol("link reader ended".into())),
+                                Ok(Some(m)) => m?,
+                            },
+                            _ = tokio::time::sleep(hb) => {
+                                if self.hello().components != ours.components {
+                                    return Err(LinkError::Protocol("a plugin changed on this node: the link is reset to compare digests again".into()));
+                                }
+                                peer::send(&mut wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch() }, false).await?;
+                                last_sent = Instant::now();
+                                continue;
+                            }
                         }
                     }
-                    self.apply(&cfg.name, batch, &modes).await?;
-                    self.save_position(&cfg.name, Position { seq: up_to, epoch: newest_epoch, warm: warm_now }).await?;
-                    high_applied = high_applied.max(high);
-                    peer::send(&mut wr, &Msg::Ack { seq: up_to, high: high_applied, epoch: self.node.epoch() }, false).await?;
-                    last_sent = Instant::now();
-                    let percent = if up_to >= target {
-                        100
-                    } else {
-                        u8::try_from((up_to.saturating_sub(start)) * 100 / target.saturating_sub(start).max(1)).unwrap_or(100)
-                    };
-                    if percent / 10 > reported / 10 && start < target {
-                        reported = percent;
-                        tracing::info!(peer = %cfg.name, percent, applied = up_to, target, "catching up");
+                };
+                match msg {
+                    Msg::Batch(first) => {
+                        if self.hello().components != ours.components {
+                            return Err(LinkError::Protocol(
+                                "a plugin changed on this node: the link is reset to compare digests again".into(),
+                            ));
+                        }
+                        // The batches already queued behind this one are applied with it, in one
+                        // commit and one acknowledgement: a standby that fell behind a burst
+                        // catches up in a few large commits instead of many small ones.
+                        let mut batches = vec![first];
+                        let mut changes = batches[0].changes.len();
+                        while batches.len() < MAX_COALESCED_BATCHES && changes < profile.max_batch {
+                            match msg_rx.try_recv() {
+                                Ok(Ok(Msg::Batch(b))) => {
+                                    changes += b.changes.len();
+                                    batches.push(b);
+                                }
+                                Ok(other) => {
+                                    held = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let mut up_to = 0;
+                        let mut high = 0;
+                        let mut all = Vec::with_capacity(changes);
+                        let mut epoch = 0;
+                        for batch in batches {
+                            up_to = up_to.max(batch.up_to);
+                            high = high.max(batch.high.max(batch.up_to));
+                            let warm = batch.changes.iter().any(|c| modes.get(&c.component) == Some(&ApplyMode::Replace));
+                            if warm {
+                                // Fenced against the newest epoch seen from this peer and this
+                                // node's own (a promotion moved it past every epoch it had heard of).
+                                newest_epoch = state::fence(batch.epoch, newest_epoch.max(self.node.epoch())).map_err(|reason| {
+                                    self.shared().alarms.insert(format!("fenced:{}", cfg.name), reason.clone());
+                                    LinkError::Refused(reason)
+                                })?;
+                                if batch.epoch > self.node.epoch() {
+                                    self.node
+                                        .set_epoch(batch.epoch)
+                                        .await
+                                        .map_err(|e| LinkError::Apply(format!("moving to epoch {}: {e}", batch.epoch)))?;
+                                }
+                            }
+                            epoch = epoch.max(batch.epoch);
+                            all.extend(batch.changes);
+                        }
+                        self.apply(&cfg.name, Batch { epoch, up_to, high, changes: all }, &modes).await?;
+                        high_applied = high_applied.max(high);
+                        peer::send(&mut wr, &Msg::Ack { seq: up_to, high: high_applied, epoch: self.node.epoch() }, false).await?;
+                        last_sent = Instant::now();
+                        // A hint for the next start (applying again is idempotent), written once
+                        // the acknowledgement is on its way.
+                        self.save_position(&cfg.name, Position { seq: up_to, epoch: newest_epoch, warm: warm_now }).await?;
+                        let percent = if up_to >= target {
+                            100
+                        } else {
+                            u8::try_from((up_to.saturating_sub(start)) * 100 / target.saturating_sub(start).max(1)).unwrap_or(100)
+                        };
+                        if percent / 10 > reported / 10 && start < target {
+                            reported = percent;
+                            tracing::info!(peer = %cfg.name, percent, applied = up_to, target, "catching up");
+                        }
+                        self.peer_status(&cfg.name, |p| {
+                            p.catching_up = percent < 100;
+                            p.catch_up_percent = percent;
+                            p.applied_seq = up_to;
+                            p.peer_last_seq = p.peer_last_seq.max(up_to);
+                            p.last_error = None;
+                        });
                     }
-                    self.peer_status(&cfg.name, |p| {
-                        p.catching_up = percent < 100;
-                        p.catch_up_percent = percent;
-                        p.applied_seq = up_to;
-                        p.peer_last_seq = p.peer_last_seq.max(up_to);
-                        p.last_error = None;
-                    });
+                    Msg::Heartbeat { last_seq, .. } => self.peer_status(&cfg.name, |p| p.peer_last_seq = last_seq),
+                    Msg::Refuse { reason } => return Err(LinkError::Refused(reason)),
+                    other => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
                 }
-                Msg::Heartbeat { last_seq, .. } => self.peer_status(&cfg.name, |p| p.peer_last_seq = last_seq),
-                Msg::Refuse { reason } => return Err(LinkError::Refused(reason)),
-                other => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
             }
+        };
+        tokio::select! {
+            r = follower => r,
+            () = reader => Err(LinkError::Protocol("link reader ended".into())),
         }
     }
 
