@@ -9,6 +9,7 @@
 //! - [`service`]: [`Node`], the write path (lanes, plugin threads, the writer thread with group
 //!   commit), reads, remote versions, the change feed, conflicts, status and metrics.
 //! - [`tap`]: every committed version for the log archive; the backup thread's status.
+//! - [`tail`]: the newest committed versions in memory, read by replication's senders.
 //! - [`admission`]: load shedding decisions.
 //! - [`api`]: the axum routes; [`server`]: a node serving its API on its own runtime;
 //!   [`client`]: a blocking client.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tail;
 pub mod tap;
 pub mod types;
 

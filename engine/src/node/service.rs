@@ -246,6 +246,8 @@ struct Ctx {
     seq_tx: watch::Sender<u64>,
     /// Every committed version, for the log archive (see [`super::tap`]).
     tap: super::tap::CommitTap,
+    /// The newest committed versions, for replication's senders (see [`super::tail`]).
+    tail: Mutex<super::tail::Tail>,
 }
 
 /// Jobs for the writer thread.
@@ -956,6 +958,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             let tapped = ctx.tap.active();
             let epoch = store.meta().epoch;
             let mut tap = Vec::with_capacity(if tapped { total } else { 0 });
+            let mut tail = Vec::with_capacity(total);
             let mut idem = ctx.idem.lock().unwrap_or_else(|e| e.into_inner());
             let mut offset = 0;
             let mut replies = Vec::with_capacity(group.len());
@@ -975,6 +978,15 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
                             seq,
                         });
                     }
+                    tail.push(Change {
+                        seq,
+                        component: comp.name().to_owned(),
+                        key: p.key.clone(),
+                        stored: Stored { data: p.data.to_vec(), tombstone: p.tombstone },
+                        stamp: p.stamp.clone(),
+                        origin: p.origin.clone(),
+                        epoch,
+                    });
                     comp.mem.apply(
                         &p.key,
                         MemRecord {
@@ -1027,6 +1039,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             }
             drop(idem);
             let last = store.meta().last_seq;
+            ctx.tail.lock().unwrap_or_else(|e| e.into_inner()).push(tail);
             ctx.tap.publish(tap, last);
             ctx.last_seq.store(last, Ordering::SeqCst);
             ctx.seq_tx.send_replace(last);
@@ -1482,6 +1495,7 @@ impl Node {
             metrics: NodeMetrics::default(),
             seq_tx,
             tap: super::tap::CommitTap::default(),
+            tail: Mutex::new(super::tail::Tail::default()),
         });
         // Idempotency keys, open conflicts, and components the store has but the config lacks.
         {
@@ -1999,6 +2013,13 @@ impl Node {
         let ctx = self.ctx.clone();
         self.store_read(move || Ok(ctx.readers.with(|c| store::changes(c, after_seq, limit))?.into_iter().map(Change::from).collect()))
             .await
+    }
+
+    /// The change feed from memory, as [`Node::changes`] (or [`Node::changes_of`] with `only`)
+    /// would answer it, when the newest versions kept in memory cover it (see [`super::tail`]).
+    pub fn recent_changes(&self, after_seq: u64, limit: usize, only: Option<&[String]>) -> Option<Vec<Change>> {
+        let tail = self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.read(after_seq, limit, only, self.ctx.last_seq.load(Ordering::SeqCst))
     }
 
     /// The change feed of some components only (replication's priority lane).

@@ -41,6 +41,12 @@ pub const CONTRACT_PACKAGE: &str = "tandem:plugin";
 
 /// Milliseconds between epoch ticks: the resolution of the wall-clock deadline.
 const EPOCH_TICK_MS: u64 = 5;
+/// Bytes of each linear memory (and table) the pooling allocator zeroes in place when an
+/// instance ends, instead of handing the pages back: the next session on that slot starts on
+/// resident pages rather than taking a page fault for every page its plugin touches (most of a
+/// single write's plugin time otherwise). Bounded by the slots in use.
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
 
 /// Read-only view of the node's records that `validate` may consult.
 pub trait Lookup: Send + Sync {
@@ -271,7 +277,9 @@ impl Runtime {
             .total_core_instances(config.max_instances.saturating_mul(4))
             .total_memories(config.max_instances.saturating_mul(2))
             .total_tables(config.max_instances.saturating_mul(4))
-            .max_memory_size(config.max_memory_bytes);
+            .max_memory_size(config.max_memory_bytes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("cannot create the WebAssembly engine: {e}"))?;
         let mut linker = Linker::new(&engine);

@@ -1047,7 +1047,10 @@ impl Replication {
                     let from = high_sent.max(window.sent_up_to);
                     if lane && self.node.last_seq() > from {
                         let seen = self.node.last_seq();
-                        let urgent = self.node.changes_of(high.clone(), from, profile.max_batch).await.map_err(read_err)?;
+                        let urgent = match self.node.recent_changes(from, profile.max_batch, Some(&high)) {
+                            Some(recent) => recent,
+                            None => self.node.changes_of(high.clone(), from, profile.max_batch).await.map_err(read_err)?,
+                        };
                         if let Some(last) = urgent.last().map(|c| c.seq) {
                             high_sent = last;
                             let changes = urgent.into_iter().map(to_wire).collect();
@@ -1064,7 +1067,10 @@ impl Replication {
                         tokio::time::sleep(Duration::from_millis(profile.batch_window_ms)).await;
                     }
                     let before = self.node.last_seq();
-                    let changes = self.node.changes(window.sent_up_to, profile.max_batch).await.map_err(read_err)?;
+                    let changes = match self.node.recent_changes(window.sent_up_to, profile.max_batch, None) {
+                        Some(recent) => recent,
+                        None => self.node.changes(window.sent_up_to, profile.max_batch).await.map_err(read_err)?,
+                    };
                     let full = changes.len() >= profile.max_batch;
                     let last = changes.last().map_or(0, |c| c.seq);
                     let up_to = if full { last } else { last.max(before) };
