@@ -241,35 +241,35 @@ fn write_cell(cell: &Cell, out: &mut Vec<u8>) {
             out.extend_from_slice(b",\"k\":\"a\"");
         }
         Cell::Rank { e } => {
-            out.extend_from_slice(b"{\"e\":[");
-            for (i, x) in e.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"{\"r\":");
-                write_number(x.r, out);
-                out.extend_from_slice(b",\"s\":");
-                write_stamp(&x.s, out);
-                out.extend_from_slice(b",\"v\":");
-                write_canonical(&x.v, out);
-                out.push(b'}');
-            }
-            out.extend_from_slice(b"],\"k\":\"r\"");
+            out.extend_from_slice(b"{\"e\":");
+            write_list(e.iter().map(|x| (Some(x.r), &x.s, &x.v)), out);
+            out.extend_from_slice(b",\"k\":\"r\"");
         }
     }
     out.push(b'}');
 }
 
 fn write_entries(e: &[Entry], out: &mut Vec<u8>) {
+    write_list(e.iter().map(|x| (None, &x.stamp, &x.value)), out);
+}
+
+/// A list of `{"r"?, "s", "v"}` objects: rank entries carry their rank, dotted entries none.
+fn write_list<'a>(items: impl Iterator<Item = (Option<u32>, &'a Stamp, &'a Value)>, out: &mut Vec<u8>) {
     out.push(b'[');
-    for (i, x) in e.iter().enumerate() {
+    for (i, (rank, stamp, value)) in items.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"{\"s\":");
-        write_stamp(&x.stamp, out);
+        out.push(b'{');
+        if let Some(r) = rank {
+            out.extend_from_slice(b"\"r\":");
+            write_number(r, out);
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"s\":");
+        write_stamp(stamp, out);
         out.extend_from_slice(b",\"v\":");
-        write_canonical(&x.value, out);
+        write_canonical(value, out);
         out.push(b'}');
     }
     out.push(b']');
