@@ -345,19 +345,19 @@ impl Cell {
         }
     }
 
-    /// Drops what the delete stamp hides and restores canonical order. Returns None when nothing of
+    /// Drops what the delete stamp hides and restores canonical order. Returns false when nothing of
     /// the cell is left and it carries no context worth keeping.
-    fn normalize(mut self, deleted: Option<&Stamp>) -> Option<Cell> {
-        match &mut self {
+    fn normalize(&mut self, deleted: Option<&Stamp>) -> bool {
+        match self {
             Cell::Lww { s, .. } => {
                 if hidden(s, deleted) {
-                    return None;
+                    return false;
                 }
             }
             Cell::Rank { e } => {
                 *e = staircase(std::mem::take(e), deleted);
                 if e.is_empty() {
-                    return None;
+                    return false;
                 }
             }
             Cell::Strict { e, c } | Cell::Set { e, c } => {
@@ -371,17 +371,21 @@ impl Cell {
                 e.retain(|x| !hidden(&x.stamp, deleted));
                 normalize_entries(e);
                 if e.is_empty() {
-                    return None;
+                    return false;
                 }
             }
         }
-        Some(self)
+        true
     }
 
     fn join(a: &Cell, b: &Cell) -> Result<Cell, String> {
         Ok(match (a, b) {
             (Cell::Lww { s: sa, v: va }, Cell::Lww { s: sb, v: vb }) => {
-                let a_wins = (sa, canonical_json(va)) >= (sb, canonical_json(vb));
+                // Stamps tie only for equal writes; then the greater canonical encoding wins.
+                let a_wins = match sa.cmp(sb) {
+                    std::cmp::Ordering::Equal => canonical_json(va) >= canonical_json(vb),
+                    order => order == std::cmp::Ordering::Greater,
+                };
                 if a_wins { a.clone() } else { b.clone() }
             }
             (Cell::Rank { e: ea }, Cell::Rank { e: eb }) => Cell::Rank { e: staircase([ea.as_slice(), eb].concat(), None) },
@@ -414,10 +418,11 @@ fn decode(data: &[u8]) -> Result<Doc, String> {
     Ok(doc)
 }
 
-fn normalize(doc: Doc) -> Doc {
-    let deleted = doc.d.clone();
-    let f = doc.f.into_iter().filter_map(|(k, c)| c.normalize(deleted.as_ref()).map(|c| (k, c))).collect();
-    Doc { v: FORMAT, d: deleted, f }
+fn normalize(mut doc: Doc) -> Doc {
+    let deleted = doc.d.as_ref();
+    doc.f.retain(|_, c| c.normalize(deleted));
+    doc.v = FORMAT;
+    doc
 }
 
 fn encode(doc: Doc) -> Stored {
