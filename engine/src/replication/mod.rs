@@ -1313,7 +1313,9 @@ impl Replication {
                         let mut changes = batches[0].changes.len();
                         while batches.len() < MAX_COALESCED_BATCHES && changes < profile.max_batch {
                             match msg_rx.try_recv() {
-                                Ok(Ok(Msg::Batch(b))) => {
+                                // A batch of another epoch starts a group of its own: the epoch
+                                // moves between two commits, as when batches are applied one by one.
+                                Ok(Ok(Msg::Batch(b))) if b.epoch == batches[0].epoch => {
                                     changes += b.changes.len();
                                     batches.push(b);
                                 }
