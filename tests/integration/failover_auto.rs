@@ -76,6 +76,8 @@ fn failover_sigkill_of_the_primary_the_standby_takes_over_with_every_acknowledge
     assert_eq!(st["failover"]["assignment"]["primary"].as_str(), Some("b"), "{st}");
     assert_eq!(st["failover"]["assignment"]["old"].as_str(), Some("a"), "{st}");
     assert!(takeover < Duration::from_secs(10), "takeover took {takeover:?}");
+    let cw = w.client();
+    wait_until("the witness's status names b as the primary", || status(&cw)["primary"].as_str() == Some("b"));
     cb.put("trunks", "after-takeover", &trunk(1), None).expect("b takes writes");
 
     // The old primary comes back as a standby and catches up.

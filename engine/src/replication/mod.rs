@@ -628,7 +628,8 @@ impl Replication {
         let cfg = &self.node.config().raw;
         Status {
             node: self.gate.us.clone(),
-            primary: self.gate.primary(),
+            // A witness follows no feed: the consensus's assignment names the primary.
+            primary: self.gate.primary().or_else(|| failover.as_ref().and_then(|f| f.assignment.primary.clone())),
             role,
             epoch: self.node.epoch(),
             automatic_failover: match (self.gate.failover.get(), crate::failover::voters_of(cfg)) {
