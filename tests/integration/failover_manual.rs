@@ -203,6 +203,7 @@ fn failover_warm_batches_of_an_older_epoch_are_refused() {
             logical: 0,
             stamp_node: "a".into(),
             origin: "a".into(),
+            doc: None,
         };
         tandem::peer::send(&mut link, &Msg::Batch(Batch { epoch: 1, up_to: 1, high: 1, changes: vec![change] }), false)
             .await

@@ -15,7 +15,7 @@ fn remote_trunk(server: &tandem::node::Server, key: &str, doc: &str, prior: Opti
     let plugin = server.node().registry().get("trunks").expect("trunks");
     let mut s = plugin.session(Arc::new(NoLookup)).expect("session");
     let stored = s.serialize(key, &Op::Put(doc.to_owned()), prior, &stamp).expect("call").expect("serialize");
-    RemoteVersion { key: key.to_owned(), origin: stamp.node.clone(), stored, stamp }
+    RemoteVersion { key: key.to_owned(), origin: stamp.node.clone(), stored, stamp, doc: None }
 }
 
 fn apply(server: &tandem::node::Server, v: RemoteVersion, mode: ApplyMode) -> Result<Applied, NodeError> {
@@ -71,6 +71,20 @@ fn remote_versions_merge_once_move_the_clock_and_far_future_stamps_are_refused()
     let newer = remote_trunk(&server, "k", r#"{"host": "primary.example"}"#, None, Stamp::new(1_800_000_003_000, 0, "b"));
     assert!(matches!(apply(&server, newer, ApplyMode::Replace), Ok(Applied::Stored { .. })));
     assert_eq!(c.get("trunks", "k").expect("get").value["host"], "primary.example");
+
+    // A warm version may bring the document the sender's plugin read: it is kept as the reader's
+    // view. One that is not JSON is not kept: this node's plugin reads the version instead.
+    let mut shipped = remote_trunk(&server, "k", r#"{"host": "shipped.example"}"#, None, Stamp::new(1_800_000_004_000, 0, "b"));
+    let plugin = server.node().registry().get("trunks").expect("trunks");
+    let mut session = plugin.session(Arc::new(NoLookup)).expect("session");
+    let doc = session.deserialize("k", &shipped.stored.data).expect("call").expect("read").expect("live");
+    shipped.doc = Some(Arc::from(doc.as_str()));
+    assert!(matches!(apply(&server, shipped, ApplyMode::Replace), Ok(Applied::Stored { .. })));
+    assert_eq!(c.get("trunks", "k").expect("get").value, serde_json::from_str::<serde_json::Value>(&doc).expect("json"));
+    let mut garbled = remote_trunk(&server, "k", r#"{"host": "garbled.example"}"#, None, Stamp::new(1_800_000_005_000, 0, "b"));
+    garbled.doc = Some(Arc::from("{\"host\": \"not what was stored\""));
+    assert!(matches!(apply(&server, garbled, ApplyMode::Replace), Ok(Applied::Stored { .. })));
+    assert_eq!(c.get("trunks", "k").expect("get").value["host"], "garbled.example");
 }
 
 #[test]

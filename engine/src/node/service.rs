@@ -67,6 +67,9 @@ pub struct RemoteVersion {
     pub stamp: Stamp,
     /// The node that made the version.
     pub origin: String,
+    /// Its reader's document as the sender's plugin read it, if sent: kept as is when the
+    /// version replaces the local one (`ApplyMode::Replace`), instead of calling the plugin.
+    pub doc: Option<Arc<str>>,
 }
 
 /// How a remote version meets the local one.
@@ -107,6 +110,8 @@ pub struct Change {
     pub origin: String,
     /// The epoch the version was written in on this node.
     pub epoch: u64,
+    /// The reader's document, when the version comes from memory (the in-memory tail).
+    pub doc: Option<Arc<str>>,
 }
 
 impl From<RecordRow> for Change {
@@ -119,6 +124,7 @@ impl From<RecordRow> for Change {
             stamp: r.stamp,
             origin: r.origin,
             epoch: r.epoch,
+            doc: None,
         }
     }
 }
@@ -741,7 +747,14 @@ fn prepare_remote(
             (merged, stamp, origin, conflict)
         }
     };
-    let doc = decode(session, comp, &key, &stored.data, stored.tombstone)?;
+    // A document the sender's plugin read is kept when it is JSON; otherwise this node's
+    // plugin reads the version.
+    let doc = match (&version.doc, mode) {
+        (Some(doc), ApplyMode::Replace) if !stored.tombstone && serde_json::from_str::<serde::de::IgnoredAny>(doc).is_ok() => {
+            Some(doc.clone())
+        }
+        _ => decode(session, comp, &key, &stored.data, stored.tombstone)?,
+    };
     let data: Arc<[u8]> = Arc::from(stored.data);
     overlay.lock().unwrap_or_else(|e| e.into_inner()).insert((comp.name().to_owned(), key.clone()), doc.clone());
     batch.insert(
@@ -986,6 +999,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
                         stamp: p.stamp.clone(),
                         origin: p.origin.clone(),
                         epoch,
+                        doc: p.doc.clone(),
                     });
                     comp.mem.apply(
                         &p.key,
@@ -1213,15 +1227,21 @@ async fn prepare(
         items.extend(r.items);
     }
     let total = items.len();
-    let (job_ctx, job_comp) = (ctx.clone(), comp.clone());
-    let steps = match pool.run(move || prepare_batch(&job_ctx, &job_comp, &plugin, items, pending.as_deref())).await {
-        Ok(steps) => steps,
-        Err(_busy) => {
-            comp.metrics.refuse("busy");
-            for (reply, n) in replies {
-                let _ = reply.send((0..n).map(|_| Err(NodeError::Busy)).collect());
+    let steps = if needs_no_plugin(comp, &items) {
+        // Warm versions that come with their document: nothing for the plugin to do and nothing
+        // to read from the store, so no hop to a plugin thread.
+        prepare_batch(ctx, comp, &plugin, items, pending.as_deref())
+    } else {
+        let (job_ctx, job_comp) = (ctx.clone(), comp.clone());
+        match pool.run(move || prepare_batch(&job_ctx, &job_comp, &plugin, items, pending.as_deref())).await {
+            Ok(steps) => steps,
+            Err(_busy) => {
+                comp.metrics.refuse("busy");
+                for (reply, n) in replies {
+                    let _ = reply.send((0..n).map(|_| Err(NodeError::Busy)).collect());
+                }
+                return None;
             }
-            return None;
         }
     };
     let view = Arc::new(Pending::of(&steps));
@@ -1256,6 +1276,24 @@ async fn prepare(
     }
     Some(p)
 }
+
+/// Whether preparing `items` is short and calls no plugin function and reads nothing from the
+/// store: at most [`INLINE_PREPARE_MAX`] items, each a warm version that replaces the local one
+/// and brings its document (or is a tombstone), on a component whose records are all in memory.
+fn needs_no_plugin(comp: &ComponentState, items: &[WriteItem]) -> bool {
+    items.len() <= INLINE_PREPARE_MAX
+        && comp.mem.policy().is_complete()
+        && items.iter().all(|i| match i {
+            WriteItem::Remote { version, mode: ApplyMode::Replace } => {
+                version.stored.tombstone || version.doc.as_deref().is_some_and(|d| serde_json::from_str::<serde::de::IgnoredAny>(d).is_ok())
+            }
+            _ => false,
+        })
+}
+
+/// Items a lane prepares on its own task when no plugin call is needed (larger batches still go
+/// to a plugin thread, so that the runtime's worker is never held for long).
+const INLINE_PREPARE_MAX: usize = 64;
 
 /// Hands a prepared batch's versions to the writer; a batch with nothing to commit is answered
 /// at once.

@@ -92,6 +92,7 @@ mod tests {
             stamp: Stamp::new(seq, 0, "a"),
             origin: "a".to_owned(),
             epoch: 1,
+            doc: None,
         }
     }
 

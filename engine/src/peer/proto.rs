@@ -103,6 +103,10 @@ pub struct WireChange {
     pub logical: u32,
     pub stamp_node: String,
     pub origin: String,
+    /// The reader's document of a live version, as the sender's plugin (the same code: digests
+    /// match on every flowing component) read it: a warm receiver keeps it instead of calling
+    /// its plugin again. `None` for tombstones and versions read back from the store.
+    pub doc: Option<String>,
 }
 
 /// A batch of changes.
@@ -213,6 +217,7 @@ mod tests {
                 logical: 1,
                 stamp_node: "a".into(),
                 origin: "a".into(),
+                doc: Some("{\"host\":\"h\"}".into()),
             }],
         });
         assert_eq!(Msg::decode(&m.encode().expect("encode")).expect("decode"), m);

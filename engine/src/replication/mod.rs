@@ -991,6 +991,7 @@ impl Replication {
             logical: c.stamp.logical,
             stamp_node: c.stamp.node.to_string(),
             origin: c.origin,
+            doc: c.doc.map(|d| d.to_string()),
         };
         let read_err = |e: NodeError| LinkError::Apply(format!("reading the feed: {e}"));
         // What the components were at the handshake: a plugin swapped since resets the link.
@@ -1471,6 +1472,7 @@ impl Replication {
                     stored: c.stored,
                     stamp: c.stamp,
                     origin: c.origin,
+                    doc: None,
                 });
             }
         }
@@ -1677,6 +1679,7 @@ impl Replication {
                 stored: Stored { data: c.data, tombstone: c.tombstone },
                 stamp: Stamp::new(c.physical, c.logical, &c.stamp_node),
                 origin: c.origin,
+                doc: c.doc.map(Arc::from),
             };
             match groups.last_mut() {
                 Some((comp, v, s)) if *comp == c.component => {

@@ -239,6 +239,7 @@ mod tests {
             logical: 0,
             stamp_node: "a".into(),
             origin: "a".into(),
+            doc: None,
         };
         let mut v = vec![ch("reports", 1), ch("trunks", 2), ch("reports", 3), ch("trunks", 4)];
         order_by_priority(&mut v, |c| if c == "trunks" { Priority::High } else { Priority::Low });
