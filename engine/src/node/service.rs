@@ -2070,10 +2070,14 @@ impl Node {
     }
 
     /// A digest of a component's stored versions (equal on two nodes holding the same data).
+    /// It reads every record of the component: it runs on a blocking thread, not on a plugin
+    /// thread, so that writes never queue behind it.
     pub async fn digest(&self, component: &str) -> Result<String, NodeError> {
         self.ctx.component(component)?;
         let (ctx, c) = (self.ctx.clone(), component.to_owned());
-        self.store_read(move || Ok(ctx.readers.with(|conn| store::digest(conn, &c))?)).await
+        tokio::task::spawn_blocking(move || Ok(ctx.readers.with(|conn| store::digest(conn, &c))?))
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?
     }
 
     /// Moves the node to `epoch` (durably). Epochs never go back.

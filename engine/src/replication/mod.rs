@@ -733,14 +733,17 @@ impl Replication {
         }
     }
 
-    /// Recomputes the component digests when the feed moved (every second at most).
+    /// Recomputes the component digests when the feed moved: every second at most, and never
+    /// more than a tenth of the time (a digest reads every record, see [`state::digest_pause`]).
     async fn digest_loop(self: Arc<Self>) {
         let mut seen = u64::MAX;
         let mut stop = self.stop.subscribe();
         loop {
             let now = self.node.last_seq();
+            let mut pause = state::digest_pause(Duration::ZERO);
             if now != seen {
                 seen = now;
+                let started = Instant::now();
                 let mut digests = BTreeMap::new();
                 for (name, p) in &self.gate.policies {
                     if p.mode == Mode::Cold {
@@ -751,10 +754,11 @@ impl Replication {
                     }
                 }
                 self.shared().digests = digests;
+                pause = state::digest_pause(started.elapsed());
             }
             tokio::select! {
                 _ = stop.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
