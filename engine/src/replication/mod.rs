@@ -122,7 +122,8 @@ pub struct Status {
     /// Active alarms (plugin mismatches, lag over budget, fenced batches).
     pub alarms: Vec<String>,
     /// Per-component digest of the stored versions (refreshed every second while the feed
-    /// moves): equal on every node once traffic stops.
+    /// moves, less often on a store so large that a digest takes over 0.1 s): equal on every
+    /// node once traffic stops.
     pub digests: BTreeMap<String, String>,
     /// The synchronous set (meaningful on the primary).
     pub sync_set: SyncSet,
