@@ -286,18 +286,8 @@ fn write_stamp(s: &Stamp, out: &mut Vec<u8>) {
 }
 
 fn write_number(n: impl Into<u64>, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut n: u64 = n.into();
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    // Writing a number into a vector cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &n.into());
 }
 
 /// Drops the rank entries that the delete hides or that a higher (or equal) rank at least as new

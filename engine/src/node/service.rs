@@ -67,8 +67,9 @@ pub struct RemoteVersion {
     pub stamp: Stamp,
     /// The node that made the version.
     pub origin: String,
-    /// Its reader's document as the sender's plugin read it, if sent: kept as is when the
-    /// version replaces the local one (`ApplyMode::Replace`), instead of calling the plugin.
+    /// Its reader's document as the sender's plugin read it, if sent: kept as is (when it is
+    /// JSON) when the version replaces the local one (`ApplyMode::Replace`), instead of calling
+    /// the plugin.
     pub doc: Option<Arc<str>>,
 }
 
@@ -747,12 +748,10 @@ fn prepare_remote(
             (merged, stamp, origin, conflict)
         }
     };
-    // A document the sender's plugin read is kept when it is JSON; otherwise this node's
-    // plugin reads the version.
+    // A document the sender's plugin made (checked in `apply_remote`) is kept; otherwise this
+    // node's plugin reads the version.
     let doc = match (&version.doc, mode) {
-        (Some(doc), ApplyMode::Replace) if !stored.tombstone && serde_json::from_str::<serde::de::IgnoredAny>(doc).is_ok() => {
-            Some(doc.clone())
-        }
+        (Some(doc), ApplyMode::Replace) if !stored.tombstone => Some(doc.clone()),
         _ => decode(session, comp, &key, &stored.data, stored.tombstone)?,
     };
     let data: Arc<[u8]> = Arc::from(stored.data);
@@ -1284,9 +1283,7 @@ fn needs_no_plugin(comp: &ComponentState, items: &[WriteItem]) -> bool {
     items.len() <= INLINE_PREPARE_MAX
         && comp.mem.policy().is_complete()
         && items.iter().all(|i| match i {
-            WriteItem::Remote { version, mode: ApplyMode::Replace } => {
-                version.stored.tombstone || version.doc.as_deref().is_some_and(|d| serde_json::from_str::<serde::de::IgnoredAny>(d).is_ok())
-            }
+            WriteItem::Remote { version, mode: ApplyMode::Replace } => version.stored.tombstone || version.doc.is_some(),
             _ => false,
         })
 }
@@ -1909,7 +1906,15 @@ impl Node {
         versions: Vec<RemoteVersion>,
         mode: ApplyMode,
     ) -> Result<Vec<Result<Applied, NodeError>>, NodeError> {
-        let items = versions.into_iter().map(|version| WriteItem::Remote { version, mode }).collect();
+        // A document the sender's plugin made is kept only when it is JSON; without one this
+        // node's plugin reads the version.
+        let items = versions
+            .into_iter()
+            .map(|mut version| {
+                version.doc = version.doc.filter(|d| serde_json::from_str::<serde::de::IgnoredAny>(d).is_ok());
+                WriteItem::Remote { version, mode }
+            })
+            .collect();
         let results = self.submit(component, items).await?;
         Ok(results
             .into_iter()
@@ -2053,11 +2058,19 @@ impl Node {
             .await
     }
 
-    /// The change feed from memory, as [`Node::changes`] (or [`Node::changes_of`] with `only`)
-    /// would answer it, when the newest versions kept in memory cover it (see [`super::tail`]).
-    pub fn recent_changes(&self, after_seq: u64, limit: usize, only: Option<&[String]>) -> Option<Vec<Change>> {
-        let tail = self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.read(after_seq, limit, only, self.ctx.last_seq.load(Ordering::SeqCst))
+    /// The change feed for a replication sender: what [`Node::changes`] (or, with `only`,
+    /// [`Node::changes_of`]) answers, from the newest versions kept in memory when they cover it
+    /// (see [`super::tail`]; those carry their documents), from the store otherwise.
+    pub async fn replication_feed(&self, after_seq: u64, limit: usize, only: Option<&[String]>) -> Result<Vec<Change>, NodeError> {
+        let recent = {
+            let tail = self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
+            tail.read(after_seq, limit, only, self.ctx.last_seq.load(Ordering::SeqCst))
+        };
+        match (recent, only) {
+            (Some(recent), _) => Ok(recent),
+            (None, Some(components)) => self.changes_of(components.to_vec(), after_seq, limit).await,
+            (None, None) => self.changes(after_seq, limit).await,
+        }
     }
 
     /// The change feed of some components only (replication's priority lane).

@@ -1054,10 +1054,7 @@ impl Replication {
                     let from = high_sent.max(window.sent_up_to);
                     if lane && self.node.last_seq() > from {
                         let seen = self.node.last_seq();
-                        let urgent = match self.node.recent_changes(from, profile.max_batch, Some(&high)) {
-                            Some(recent) => recent,
-                            None => self.node.changes_of(high.clone(), from, profile.max_batch).await.map_err(read_err)?,
-                        };
+                        let urgent = self.node.replication_feed(from, profile.max_batch, Some(&high)).await.map_err(read_err)?;
                         if let Some(last) = urgent.last().map(|c| c.seq) {
                             high_sent = last;
                             let changes = urgent.into_iter().map(to_wire).collect();
@@ -1074,10 +1071,7 @@ impl Replication {
                         tokio::time::sleep(Duration::from_millis(profile.batch_window_ms)).await;
                     }
                     let before = self.node.last_seq();
-                    let changes = match self.node.recent_changes(window.sent_up_to, profile.max_batch, None) {
-                        Some(recent) => recent,
-                        None => self.node.changes(window.sent_up_to, profile.max_batch).await.map_err(read_err)?,
-                    };
+                    let changes = self.node.replication_feed(window.sent_up_to, profile.max_batch, None).await.map_err(read_err)?;
                     let full = changes.len() >= profile.max_batch;
                     let last = changes.last().map_or(0, |c| c.seq);
                     let up_to = if full { last } else { last.max(before) };
@@ -1333,10 +1327,10 @@ impl Replication {
                                 Err(_) => break,
                             }
                         }
+                        let epoch = batches[0].epoch;
                         let mut up_to = 0;
                         let mut high = 0;
                         let mut all = Vec::with_capacity(changes);
-                        let mut epoch = 0;
                         for batch in batches {
                             up_to = up_to.max(batch.up_to);
                             high = high.max(batch.high.max(batch.up_to));
@@ -1355,7 +1349,6 @@ impl Replication {
                                         .map_err(|e| LinkError::Apply(format!("moving to epoch {}: {e}", batch.epoch)))?;
                                 }
                             }
-                            epoch = epoch.max(batch.epoch);
                             all.extend(batch.changes);
                         }
                         self.apply(&cfg.name, Batch { epoch, up_to, high, changes: all }, &modes).await?;
