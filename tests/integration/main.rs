@@ -15,4 +15,5 @@ mod plugins_new;
 mod plugins_reload;
 mod plugins_sandbox;
 mod replication;
+mod replication_rollback;
 mod replication_tombstones;

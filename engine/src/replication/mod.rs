@@ -918,6 +918,30 @@ impl Replication {
             .filter(|c| same.contains(c))
             .filter(|c| self.gate.policies.get(c).is_some_and(|p| state::sends(p, self.gate.is_primary())))
             .collect();
+        let warm = allowed.iter().any(|c| self.gate.policies.get(c).is_some_and(|p| p.mode == Mode::Warm));
+        let alarm = format!("rolled-back:{name}");
+        let resume = state::resume(after, self.node.meta().last_seq, self.node.last_seq(), warm, &name, &self.gate.us);
+        let after = match resume {
+            state::Resume::At(position) => {
+                self.shared().alarms.remove(&alarm);
+                position
+            }
+            state::Resume::RolledBack(last) => {
+                tracing::warn!(
+                    peer = %name,
+                    position = after,
+                    last,
+                    "the peer's position is past the end of this node's feed (this node's store went back in time): the hot link resumes from where the feed ended when this node started"
+                );
+                last
+            }
+            state::Resume::Refuse(reason) => {
+                tracing::error!(peer = %name, "{reason}");
+                self.shared().alarms.insert(alarm, reason.clone());
+                peer::send(&mut wr, &Msg::Refuse { reason: reason.clone() }, false).await?;
+                return Err(LinkError::Refused(reason));
+            }
+        };
         // The peer's position in this node's feed is on its disk: an acknowledgement.
         self.peer_status(&name, |p| p.subscribed = true);
         self.note_acked(&name, after);
@@ -1145,6 +1169,12 @@ impl Replication {
 
     // ---- the dialing side: this node pulls from each peer ----
 
+    /// A peer this node follows refused the link: an alarm until the peer streams again.
+    fn refused_by(&self, peer: &str, reason: String) -> LinkError {
+        self.shared().alarms.insert(format!("refused:{peer}"), format!("{peer} refuses to stream to this node: {reason}"));
+        LinkError::Refused(reason)
+    }
+
     async fn follow(self: Arc<Self>, peer_cfg: PeerSection) {
         let mut failures = 0u32;
         let mut stop = self.stop.subscribe();
@@ -1184,7 +1214,7 @@ impl Replication {
         peer::send(&mut wr, &Msg::Hello(ours.clone()), false).await?;
         let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer::recv(&mut rd)).await {
             Ok(Ok(Msg::Hello(h))) => h,
-            Ok(Ok(Msg::Refuse { reason })) => return Err(LinkError::Refused(reason)),
+            Ok(Ok(Msg::Refuse { reason })) => return Err(self.refused_by(&cfg.name, reason)),
             Ok(Ok(other)) => return Err(LinkError::Protocol(format!("expected hello, got {other:?}"))),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(LinkError::Timeout("waiting for the peer's hello".into())),
@@ -1271,6 +1301,7 @@ impl Replication {
         };
         let follower = async move {
             let mut held: Option<Result<Msg, LinkError>> = None;
+            let mut flowing = false;
             loop {
                 let msg = match held.take() {
                     Some(m) => m?,
@@ -1300,6 +1331,11 @@ impl Replication {
                         }
                     }
                 };
+                if !flowing && matches!(msg, Msg::Batch(_) | Msg::Heartbeat { .. }) {
+                    // The peer streams: an earlier refusal is over.
+                    flowing = true;
+                    self.shared().alarms.remove(&format!("refused:{}", cfg.name));
+                }
                 match msg {
                     Msg::Batch(first) => {
                         if self.hello().components != ours.components {
@@ -1376,7 +1412,7 @@ impl Replication {
                         });
                     }
                     Msg::Heartbeat { last_seq, .. } => self.peer_status(&cfg.name, |p| p.peer_last_seq = last_seq),
-                    Msg::Refuse { reason } => return Err(LinkError::Refused(reason)),
+                    Msg::Refuse { reason } => return Err(self.refused_by(&cfg.name, reason)),
                     other => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
                 }
             }

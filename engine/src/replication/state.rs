@@ -190,6 +190,51 @@ pub fn fence(batch_epoch: u64, newest_seen: u64) -> Result<u64, String> {
     }
 }
 
+/// Where a peer subscribing at `position` in this node's feed resumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// From its position: the usual case.
+    At(u64),
+    /// The position is past the feed's end and the link is hot only: from where the feed ended
+    /// when this node started. Merging is idempotent, so what the peer already has costs
+    /// nothing, and the writes this node took since it started are not skipped as ones the peer
+    /// believes it has.
+    RolledBack(u64),
+    /// The position is past the feed's end and the link carries warm components: nothing flows
+    /// until an operator re-seeds one side (the message says how).
+    Refuse(String),
+}
+
+/// `started` is where this node's feed ended when it started, `last` where it ends now.
+///
+/// A position past the end of this node's feed means this node's store went back in time (a VM
+/// snapshot or an older copy of its data directory was restored, or its disk lost writes it had
+/// confirmed): the peer holds versions this node no longer has, and this node's new writes take
+/// positions the peer believes it applied. Streaming from the peer's position would skip them
+/// without a word; a warm standby can be made whole only by an operator's choice of which
+/// side's data to keep.
+///
+/// Only a position past the current end is known to be wrong: a peer's first subscription since
+/// this node started may legitimately be past where the feed ended then (a position a restore
+/// from this node's backup set). So a store that went back in time is seen only while its feed
+/// has not grown past the peer's position again; peers reconnect at once, so this is the case
+/// unless the node took more writes than the peer was ahead by before the peer was back.
+pub fn resume(position: u64, started: u64, last: u64, warm: bool, peer: &str, us: &str) -> Resume {
+    if position <= last {
+        return Resume::At(position);
+    }
+    if !warm {
+        return Resume::RolledBack(started.min(last));
+    }
+    Resume::Refuse(format!(
+        "{peer} holds {us}'s feed up to {position}, past its end at {last}: {us}'s store went back in time (a VM snapshot or an older copy \
+         of its data directory was restored, or its disk lost writes it had confirmed), so {peer} holds warm writes {us} does not have. \
+         Nothing flows from {us} to {peer} until one side is re-seeded. To keep {peer}'s data: stop {us}, move its store.db (with \
+         store.db-wal and store.db-shm) and its replication/ directory aside, run `tandem promote` on {peer}, then start {us} (it \
+         rejoins as a standby and is bootstrapped from {peer}). To keep {us}'s data: do the same on {peer} instead, without the promotion."
+    ))
+}
+
 /// Reconnection delay after `failures` consecutive failures (capped exponential).
 pub fn backoff_ms(failures: u32) -> u64 {
     (100u64 << failures.min(5)).min(3_000)
@@ -198,6 +243,27 @@ pub fn backoff_ms(failures: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_past_the_feeds_end_is_resumed_from_the_end_when_hot_and_refused_when_warm() {
+        assert_eq!(resume(0, 0, 0, true, "b", "a"), Resume::At(0));
+        assert_eq!(resume(40, 40, 40, true, "b", "a"), Resume::At(40));
+        assert_eq!(resume(12, 40, 45, true, "b", "a"), Resume::At(12));
+        // Past where the feed ended at start (a position a restore set, or one acknowledged
+        // since), within its end now.
+        assert_eq!(resume(45, 40, 45, true, "b", "a"), Resume::At(45));
+        // Past the end: hot links resume from where the feed ended at start, so that the
+        // writes taken since are sent too.
+        assert_eq!(resume(47, 40, 45, false, "b", "a"), Resume::RolledBack(40));
+        assert_eq!(resume(41, 40, 40, false, "b", "a"), Resume::RolledBack(40));
+        match resume(47, 40, 45, true, "b", "a") {
+            Resume::Refuse(m) => {
+                assert!(m.contains("b holds a's feed up to 47, past its end at 45"), "{m}");
+                assert!(m.contains("`tandem promote` on b"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn pol(mode: Mode) -> ComponentPolicy {
         ComponentPolicy { mode, ack: Ack::Local, priority: Priority::Normal, lag_budget_ms: 1000 }
