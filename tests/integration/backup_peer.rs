@@ -293,6 +293,36 @@ fn backup_peer_inbox_receives_scheduled_snapshots_refuses_damaged_ones_and_a_dow
 }
 
 #[test]
+fn backup_peer_inbox_refuses_an_offer_that_would_eat_into_the_space_its_store_needs() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let cluster = "mode = \"cold\"\nprimary = \"a\"";
+    let a_dir = write_cluster_node(
+        root.path(),
+        &NodeDef { name: "a", port: ap, peers: vec![("b".into(), addr(bp))], cluster, extra: "" },
+        &["trunks"],
+        None,
+    );
+    // More space kept free than any disk here has.
+    let reserve = "\n[backup]\ninbox_min_free_mb = 1000000000000\n";
+    let b_dir = write_cluster_node(
+        root.path(),
+        &NodeDef { name: "b", port: bp, peers: vec![("a".into(), addr(ap))], cluster, extra: reserve },
+        &["trunks"],
+        Some(&a_dir),
+    );
+    let _b = start_node(&b_dir);
+    let bytes = vec![7u8; 300_000];
+    let why = refusal(&offer(&creds_of(&a_dir), "a", &addr(bp), "20990101T000000001Z-a-all.tsnap", &bytes, &bytes));
+    assert!(why.contains("not enough space") && why.contains("backup.inbox_min_free_mb"), "{why}");
+    assert!(why.contains("the snapshot takes 300000 bytes"), "{why}");
+    // Refused before any byte was written: no file, not even a temporary one.
+    let dir = snapshot::dir(&backup_peer::inbox(&b_dir));
+    let left: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn backup_restored_secondary_catches_up_from_the_primary_from_where_the_backup_ends() {
     let root = tempfile::tempdir().expect("tempdir");
     let (ap, bp) = (free_port(), free_port());

@@ -6,6 +6,7 @@
 //! archive = true                  # continuous log archive for point-in-time restore
 //! segment_age = "60s"             # an archive segment is written at least this often
 //! segment_mb = 8                  # ... or once this much is pending
+//! inbox_min_free_mb = 1024        # snapshots received from a peer leave this much free
 //! peer = "pbx2"                   # also send each scheduled snapshot to this peer's inbox
 //!
 //! [[backup.schedule]]             # the whole store every 6 hours
@@ -41,6 +42,9 @@ pub struct BackupSection {
     /// A `[[peer]]` whose inbox also receives each scheduled snapshot (over the peer protocol)
     /// when it is up; the local target always keeps it.
     pub peer: Option<String>,
+    /// Space (MiB) that snapshots received in this node's inbox must leave free on its disk, for
+    /// the node's own store: an offer that would eat into it is refused before any byte flows.
+    pub inbox_min_free_mb: u64,
     #[serde(rename = "schedule")]
     pub schedules: Vec<ScheduleSection>,
     pub retention: RetentionSection,
@@ -55,6 +59,7 @@ impl Default for BackupSection {
             segment_mb: 8,
             level: 3,
             peer: None,
+            inbox_min_free_mb: 1024,
             schedules: Vec::new(),
             retention: RetentionSection::default(),
         }

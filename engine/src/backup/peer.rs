@@ -40,6 +40,18 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a sender waits for the receiver to check the whole file.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// Bytes available to this process on the filesystem of `dir`.
+fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+    let s = rustix::fs::statvfs(dir)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// How many bytes are missing to store `size` bytes and still leave `min_free` of `free`.
+fn space_short(size: u64, free: u64, min_free: u64) -> Option<u64> {
+    let needed = size.saturating_add(min_free);
+    (needed > free).then(|| needed - free)
+}
+
 /// The inbox of a node: a backup target directory.
 pub fn inbox(data_dir: &Path) -> PathBuf {
     data_dir.join("backup").join("inbox")
@@ -220,9 +232,11 @@ static TRANSFERS: AtomicU64 = AtomicU64::new(0);
 
 /// Receives an offered snapshot into the inbox under `data_dir` (the listener's side, after the
 /// hello exchange). Returns where it was stored; a refusal is sent to the peer and returned.
+#[allow(clippy::too_many_arguments)]
 pub async fn receive<R, W>(
     data_dir: &Path,
     retention: policy::Retention,
+    min_free: u64,
     from: &str,
     offer: (String, u64, String),
     rd: &mut R,
@@ -233,7 +247,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let (name, size, sha256) = offer;
-    match receive_inner(data_dir, retention, from, &name, size, &sha256, rd, wr).await {
+    match receive_inner(data_dir, retention, min_free, from, &name, size, &sha256, rd, wr).await {
         Ok(p) => Ok(p),
         Err(Refusal::Link(e)) => Err(e),
         Err(Refusal::Say(reason)) => {
@@ -262,6 +276,7 @@ impl From<LinkError> for Refusal {
 async fn receive_inner<R, W>(
     data_dir: &Path,
     retention: policy::Retention,
+    min_free: u64,
     from: &str,
     name: &str,
     size: u64,
@@ -294,6 +309,14 @@ where
             return Ok(dest);
         }
         return Err(say(format!("{} already holds a different file of that name", dest.display())));
+    }
+    let free = available_bytes(&dir).map_err(|e| say(format!("cannot tell the free space of {}: {e}", dir.display())))?;
+    if let Some(short) = space_short(size, free, min_free) {
+        return Err(say(format!(
+            "not enough space in {}: the snapshot takes {size} bytes and {min_free} must stay free for this node's store \
+             (backup.inbox_min_free_mb), {free} are free ({short} short); free space, or lower the peer's retention",
+            dir.display()
+        )));
     }
     let n = TRANSFERS.fetch_add(1, Ordering::Relaxed);
     let mut partial = Partial { path: dir.join(format!(".{name}.receiving-{}-{n}", std::process::id())), keep: false };
@@ -365,5 +388,13 @@ mod tests {
         for bad in ["../x.tsnap", "a/b.tsnap", ".hidden.tsnap", "x.tseg", "x.tsnap/", "", "a\\b.tsnap"] {
             assert!(!valid_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_offer_must_leave_the_reserve_free() {
+        assert_eq!(space_short(100, 1_000, 900), None);
+        assert_eq!(space_short(101, 1_000, 900), Some(1));
+        assert_eq!(space_short(u64::MAX, 1_000, 900), Some(u64::MAX - 1_000));
+        assert!(available_bytes(Path::new(".")).is_ok_and(|b| b > 0));
     }
 }
