@@ -255,6 +255,8 @@ struct Ctx {
     tap: super::tap::CommitTap,
     /// The newest committed versions, for replication's senders (see [`super::tail`]).
     tail: Mutex<super::tail::Tail>,
+    /// Whether the node has peers, so that the tail has readers (it stays empty otherwise).
+    keep_tail: bool,
 }
 
 /// Jobs for the writer thread.
@@ -970,7 +972,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             let tapped = ctx.tap.active();
             let epoch = store.meta().epoch;
             let mut tap = Vec::with_capacity(if tapped { total } else { 0 });
-            let mut tail = Vec::with_capacity(total);
+            let mut tail = Vec::with_capacity(if ctx.keep_tail { total } else { 0 });
             let mut idem = ctx.idem.lock().unwrap_or_else(|e| e.into_inner());
             let mut offset = 0;
             let mut replies = Vec::with_capacity(group.len());
@@ -990,16 +992,18 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
                             seq,
                         });
                     }
-                    tail.push(Change {
-                        seq,
-                        component: comp.name().to_owned(),
-                        key: p.key.clone(),
-                        stored: Stored { data: p.data.to_vec(), tombstone: p.tombstone },
-                        stamp: p.stamp.clone(),
-                        origin: p.origin.clone(),
-                        epoch,
-                        doc: p.doc.clone(),
-                    });
+                    if ctx.keep_tail {
+                        tail.push(Change {
+                            seq,
+                            component: comp.name().to_owned(),
+                            key: p.key.clone(),
+                            stored: Stored { data: p.data.to_vec(), tombstone: p.tombstone },
+                            stamp: p.stamp.clone(),
+                            origin: p.origin.clone(),
+                            epoch,
+                            doc: p.doc.clone(),
+                        });
+                    }
                     comp.mem.apply(
                         &p.key,
                         MemRecord {
@@ -1052,7 +1056,9 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             }
             drop(idem);
             let last = store.meta().last_seq;
-            ctx.tail.lock().unwrap_or_else(|e| e.into_inner()).push(tail);
+            if ctx.keep_tail {
+                ctx.tail.lock().unwrap_or_else(|e| e.into_inner()).push(tail);
+            }
             ctx.tap.publish(tap, last);
             ctx.last_seq.store(last, Ordering::SeqCst);
             ctx.seq_tx.send_replace(last);
@@ -1531,6 +1537,7 @@ impl Node {
             seq_tx,
             tap: super::tap::CommitTap::default(),
             tail: Mutex::new(super::tail::Tail::default()),
+            keep_tail: !config.raw.peers.is_empty(),
         });
         // Idempotency keys, open conflicts, and components the store has but the config lacks.
         {

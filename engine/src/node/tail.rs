@@ -7,6 +7,8 @@
 //! position asked for (the sender fell behind, the node just started, a version was too large
 //! to keep), it answers `None` and the sender reads the store.
 //!
+//! A node without peers keeps no tail (nothing would read it).
+//!
 //! Invariant: the versions held have contiguous seqs (a gap empties the tail first), so "the
 //! first seq held is at most `after + 1`" proves that nothing past `after` is missing.
 
