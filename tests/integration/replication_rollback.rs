@@ -81,25 +81,32 @@ fn reseed(node_dir: &Path) {
     let _ = std::fs::remove_dir_all(node_dir.join("replication"));
 }
 
-#[test]
-fn rollback_hot_peer_resumes_from_the_end_of_a_rolled_back_feed_and_converges() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = pair(root.path(), "mode = \"hot\"", &["trunks"]);
-    let snapshot = root.path().join("a-snapshot");
-    let (mut a, b) = (start_node(&a_dir), start_node(&b_dir));
+/// Both nodes running; `a` writes ten trunks, is stopped and its state copied (the snapshot),
+/// then started again to write ten more. Each time `b` has them all.
+fn history(a_dir: &Path, b_dir: &Path, snapshot: &Path) -> (Server, Server) {
+    let (mut a, b) = (start_node(a_dir), start_node(b_dir));
     for i in 0..10 {
         let (k, v) = trunk(i);
         client(&a).put("trunks", &k, &v, None).expect("put");
     }
     wait_until("first sync", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
     drop(a);
-    copy_state(&a_dir, &snapshot);
-    a = start_node(&a_dir);
+    copy_state(a_dir, snapshot);
+    a = start_node(a_dir);
     for i in 10..20 {
         let (k, v) = trunk(i);
         client(&a).put("trunks", &k, &v, None).expect("put");
     }
     wait_until("second sync", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    (a, b)
+}
+
+#[test]
+fn rollback_hot_peer_resumes_from_the_end_of_a_rolled_back_feed_and_converges() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = pair(root.path(), "mode = \"hot\"", &["trunks"]);
+    let snapshot = root.path().join("a-snapshot");
+    let (a, b) = history(&a_dir, &b_dir, &snapshot);
     let b_position = a.node().last_seq();
 
     // `a` goes back to its snapshot and takes a write before `b` reconnects: that write's
@@ -124,20 +131,7 @@ fn rollback_warm_primary_refuses_its_standby_with_an_alarm_until_one_side_is_res
     let root = tempfile::tempdir().expect("tempdir");
     let (a_dir, b_dir) = pair(root.path(), "mode = \"warm\"\nprimary = \"a\"", &["trunks"]);
     let snapshot = root.path().join("a-snapshot");
-    let (mut a, b) = (start_node(&a_dir), start_node(&b_dir));
-    for i in 0..10 {
-        let (k, v) = trunk(i);
-        client(&a).put("trunks", &k, &v, None).expect("put");
-    }
-    wait_until("first sync", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
-    drop(a);
-    copy_state(&a_dir, &snapshot);
-    a = start_node(&a_dir);
-    for i in 10..20 {
-        let (k, v) = trunk(i);
-        client(&a).put("trunks", &k, &v, None).expect("put");
-    }
-    wait_until("second sync", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    let (a, b) = history(&a_dir, &b_dir, &snapshot);
 
     drop(a);
     restore_state(&snapshot, &a_dir);
@@ -170,20 +164,7 @@ fn rollback_warm_standby_keeps_what_the_primary_lost_when_promoted_and_the_old_p
     let root = tempfile::tempdir().expect("tempdir");
     let (a_dir, b_dir) = pair(root.path(), "mode = \"warm\"\nprimary = \"a\"", &["trunks"]);
     let snapshot = root.path().join("a-snapshot");
-    let (mut a, b) = (start_node(&a_dir), start_node(&b_dir));
-    for i in 0..10 {
-        let (k, v) = trunk(i);
-        client(&a).put("trunks", &k, &v, None).expect("put");
-    }
-    wait_until("first sync", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
-    drop(a);
-    copy_state(&a_dir, &snapshot);
-    a = start_node(&a_dir);
-    for i in 10..20 {
-        let (k, v) = trunk(i);
-        client(&a).put("trunks", &k, &v, None).expect("put");
-    }
-    wait_until("second sync", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    let (a, b) = history(&a_dir, &b_dir, &snapshot);
     drop(a);
     restore_state(&snapshot, &a_dir);
     let a = start_node(&a_dir);
