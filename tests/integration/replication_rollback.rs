@@ -126,16 +126,22 @@ fn rollback_hot_peer_resumes_from_the_end_of_a_rolled_back_feed_and_converges() 
     assert!(alarms(&a).iter().all(|m| !m.contains("went back in time")), "{:?}", alarms(&a));
 }
 
-#[test]
-fn rollback_warm_primary_refuses_its_standby_with_an_alarm_until_one_side_is_reseeded() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = pair(root.path(), "mode = \"warm\"\nprimary = \"a\"", &["trunks"]);
-    let snapshot = root.path().join("a-snapshot");
+/// A warm pair whose primary `a` went back to the state it had after its first ten writes,
+/// while the standby `b` holds all twenty.
+fn rolled_back_warm_primary(root: &Path) -> (PathBuf, PathBuf, Server, Server) {
+    let (a_dir, b_dir) = pair(root, "mode = \"warm\"\nprimary = \"a\"", &["trunks"]);
+    let snapshot = root.join("a-snapshot");
     let (a, b) = history(&a_dir, &b_dir, &snapshot);
-
     drop(a);
     restore_state(&snapshot, &a_dir);
     let a = start_node(&a_dir);
+    (a_dir, b_dir, a, b)
+}
+
+#[test]
+fn rollback_warm_primary_refuses_its_standby_with_an_alarm_until_one_side_is_reseeded() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (_, b_dir, a, b) = rolled_back_warm_primary(root.path());
     let rolled = |s: &Server| alarms(s).into_iter().find(|m| m.contains("went back in time"));
     wait_until("the primary raises the alarm", WAIT, || rolled(&a).is_some());
     wait_until("the standby raises it too", WAIT, || rolled(&b).is_some());
@@ -162,12 +168,7 @@ fn rollback_warm_primary_refuses_its_standby_with_an_alarm_until_one_side_is_res
 #[test]
 fn rollback_warm_standby_keeps_what_the_primary_lost_when_promoted_and_the_old_primary_is_reseeded() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = pair(root.path(), "mode = \"warm\"\nprimary = \"a\"", &["trunks"]);
-    let snapshot = root.path().join("a-snapshot");
-    let (a, b) = history(&a_dir, &b_dir, &snapshot);
-    drop(a);
-    restore_state(&snapshot, &a_dir);
-    let a = start_node(&a_dir);
+    let (a_dir, _, a, b) = rolled_back_warm_primary(root.path());
     wait_until("the standby raises the alarm", WAIT, || alarms(&b).iter().any(|m| m.contains("went back in time")));
 
     // Keep the standby's data: the old primary is stopped and re-seeded, the standby promoted.
