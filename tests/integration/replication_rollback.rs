@@ -185,3 +185,43 @@ fn rollback_warm_standby_keeps_what_the_primary_lost_when_promoted_and_the_old_p
     wait_until("the new write reaches the old primary", WAIT, || client(&a).get("trunks", &k).is_ok());
     wait_until("no alarm is left", WAIT, || alarms(&b).iter().all(|m| !m.contains("went back in time")));
 }
+
+#[test]
+fn rollback_of_the_store_alone_is_seen_from_what_peers_acknowledged_even_after_more_writes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = pair(root.path(), "mode = \"warm\"\nprimary = \"a\"", &["trunks"]);
+    let snapshot = root.path().join("a-snapshot");
+    let (a, b) = history(&a_dir, &b_dir, &snapshot);
+    // `a` records what `b` acknowledged (at most a second later).
+    let acked = a_dir.join("replication").join("acked.json");
+    let read_acked = || -> u64 {
+        std::fs::read(&acked)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["b"].as_u64())
+            .unwrap_or(0)
+    };
+    let end = a.node().last_seq();
+    wait_until("a records b's acknowledgement", WAIT, || read_acked() >= end);
+    drop(b);
+    drop(a);
+    // An older copy of the store alone is put back; `a` then takes more writes than `b` was
+    // ahead by before `b` is back: comparing positions with the feed's end would not see it.
+    for f in ["store.db-wal", "store.db-shm"] {
+        let _ = std::fs::remove_file(a_dir.join(f));
+    }
+    std::fs::copy(snapshot.join("store.db"), a_dir.join("store.db")).expect("put the old store back");
+    let a = start_node(&a_dir);
+    let rolled = |s: &Server| alarms(s).into_iter().find(|m| m.contains("went back in time"));
+    assert!(rolled(&a).is_some_and(|m| m.contains("b holds a's feed up to 20")), "{:?}", alarms(&a));
+    for i in 200..230 {
+        let (k, v) = trunk(i);
+        client(&a).put("trunks", &k, &v, None).expect("put");
+    }
+    assert!(a.node().last_seq() > end, "the feed grew past b's position again");
+    let b = start_node(&b_dir);
+    wait_until("the standby is refused with the alarm", WAIT, || rolled(&b).is_some());
+    assert!(rolled(&a).is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(client(&b).get("trunks", &trunk(229).0).is_err(), "nothing flows to the standby");
+}

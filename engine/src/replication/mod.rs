@@ -315,6 +315,9 @@ struct Shared {
     peers: BTreeMap<String, PeerStatus>,
     lag: BTreeMap<String, Lag>,
     alarms: BTreeMap<String, String>,
+    /// Peers whose acknowledged position was past the end of this node's feed when it started
+    /// (see [`start`]), until they subscribe in step.
+    ahead_at_start: std::collections::BTreeSet<String>,
     positions: BTreeMap<String, Position>,
     digests: BTreeMap<String, String>,
     /// Lag of each applied version (ms), kept only while sampling (benchmarks).
@@ -453,6 +456,30 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         Err(e) => return Err(e).with_context(|| format!("reading {}", acked_file.display())),
     };
     let mut shared = Shared { positions, max_epoch: seen, acked, ..Default::default() };
+    // Peers that acknowledged more of this node's feed than its store holds: the store went
+    // back in time while `acked.json` did not (an older copy of `store.db` put back). Until such
+    // a peer subscribes in step, its position is checked against where the feed ended at start,
+    // not against its end now: the writes taken since would otherwise hide the rollback.
+    let started = node.meta().last_seq;
+    let warm = gate.takes_writes() && gate.policies.values().any(|p| p.mode == Mode::Warm);
+    for (peer, &seq) in &shared.acked {
+        if seq <= started {
+            continue;
+        }
+        match state::resume(seq, started, started, warm, peer, &gate.us) {
+            state::Resume::Refuse(reason) => {
+                tracing::error!(peer = %peer, "{reason}");
+                shared.alarms.insert(format!("rolled-back:{peer}"), reason);
+            }
+            _ => tracing::warn!(
+                peer = %peer,
+                acked = seq,
+                started,
+                "the peer acknowledged more of this node's feed than its store holds (the store went back in time): when it subscribes, the hot link resumes from where the feed ended at start"
+            ),
+        }
+        shared.ahead_at_start.insert(peer.clone());
+    }
     for p in &peers {
         let applied = shared.positions.get(&p.name).map(|p| p.seq).unwrap_or(0);
         shared.peers.insert(
@@ -920,10 +947,16 @@ impl Replication {
             .collect();
         let warm = allowed.iter().any(|c| self.gate.policies.get(c).is_some_and(|p| p.mode == Mode::Warm));
         let alarm = format!("rolled-back:{name}");
-        let resume = state::resume(after, self.node.meta().last_seq, self.node.last_seq(), warm, &name, &self.gate.us);
-        let after = match resume {
+        let started = self.node.meta().last_seq;
+        let end = if self.shared().ahead_at_start.contains(&name) { started } else { self.node.last_seq() };
+        let after = match state::resume(after, started, end, warm, &name, &self.gate.us) {
             state::Resume::At(position) => {
-                self.shared().alarms.remove(&alarm);
+                let mut s = self.shared();
+                s.alarms.remove(&alarm);
+                if s.ahead_at_start.remove(&name) {
+                    // What it acknowledged before belongs to the feed this store lost.
+                    s.acked.insert(name.clone(), position);
+                }
                 position
             }
             state::Resume::RolledBack(last) => {
@@ -933,6 +966,11 @@ impl Replication {
                     last,
                     "the peer's position is past the end of this node's feed (this node's store went back in time): the hot link resumes from where the feed ended when this node started"
                 );
+                let mut s = self.shared();
+                s.ahead_at_start.remove(&name);
+                // What the peer holds of this node's feed from now on starts there (tombstones
+                // past it are not purged before it has them).
+                s.acked.insert(name.clone(), last);
                 last
             }
             state::Resume::Refuse(reason) => {

@@ -214,11 +214,14 @@ pub enum Resume {
 /// without a word; a warm standby can be made whole only by an operator's choice of which
 /// side's data to keep.
 ///
-/// Only a position past the current end is known to be wrong: a peer's first subscription since
-/// this node started may legitimately be past where the feed ended then (a position a restore
-/// from this node's backup set). So a store that went back in time is seen only while its feed
-/// has not grown past the peer's position again; peers reconnect at once, so this is the case
-/// unless the node took more writes than the peer was ahead by before the peer was back.
+/// `last` is the end the position is checked against: the feed's end now, or, for a peer that
+/// had acknowledged more than the store held when the node started, `started`. Otherwise only a
+/// position past the current end is known to be wrong: a peer's first subscription since this
+/// node started may legitimately be past where the feed ended then (a position a restore from
+/// this node's backup set). So a store that went back in time together with its record of what
+/// peers acknowledged is seen only while its feed has not grown past the peer's position again;
+/// peers reconnect at once, so this is the case unless the node took more writes than the peer
+/// was ahead by before the peer was back.
 pub fn resume(position: u64, started: u64, last: u64, warm: bool, peer: &str, us: &str) -> Resume {
     if position <= last {
         return Resume::At(position);
