@@ -53,12 +53,17 @@ fn copy_state(node_dir: &Path, to: &Path) {
     copy_dir(&node_dir.join("replication"), &to.join("replication"));
 }
 
-/// Puts a node's state back as `from` holds it (the node is stopped).
-fn restore_state(from: &Path, node_dir: &Path) {
+/// Puts a stopped node's store back as `from` holds it (its replication state stays).
+fn restore_store(from: &Path, node_dir: &Path) {
     for f in ["store.db-wal", "store.db-shm"] {
         let _ = std::fs::remove_file(node_dir.join(f));
     }
     std::fs::copy(from.join("store.db"), node_dir.join("store.db")).expect("restore the store");
+}
+
+/// Puts a node's state back as `from` holds it (the node is stopped).
+fn restore_state(from: &Path, node_dir: &Path) {
+    restore_store(from, node_dir);
     let _ = std::fs::remove_dir_all(node_dir.join("replication"));
     copy_dir(&from.join("replication"), &node_dir.join("replication"));
 }
@@ -207,10 +212,7 @@ fn rollback_of_the_store_alone_is_seen_from_what_peers_acknowledged_even_after_m
     drop(a);
     // An older copy of the store alone is put back; `a` then takes more writes than `b` was
     // ahead by before `b` is back: comparing positions with the feed's end would not see it.
-    for f in ["store.db-wal", "store.db-shm"] {
-        let _ = std::fs::remove_file(a_dir.join(f));
-    }
-    std::fs::copy(snapshot.join("store.db"), a_dir.join("store.db")).expect("put the old store back");
+    restore_store(&snapshot, &a_dir);
     let a = start_node(&a_dir);
     let rolled = |s: &Server| alarms(s).into_iter().find(|m| m.contains("went back in time"));
     assert!(rolled(&a).is_some_and(|m| m.contains("b holds a's feed up to 20")), "{:?}", alarms(&a));

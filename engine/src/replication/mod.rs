@@ -463,15 +463,13 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     let started = node.meta().last_seq;
     let warm = gate.takes_writes() && gate.policies.values().any(|p| p.mode == Mode::Warm);
     for (peer, &seq) in &shared.acked {
-        if seq <= started {
-            continue;
-        }
         match state::resume(seq, started, started, warm, peer, &gate.us) {
+            state::Resume::At(_) => continue,
             state::Resume::Refuse(reason) => {
                 tracing::error!(peer = %peer, "{reason}");
                 shared.alarms.insert(format!("rolled-back:{peer}"), reason);
             }
-            _ => tracing::warn!(
+            state::Resume::RolledBack(_) => tracing::warn!(
                 peer = %peer,
                 acked = seq,
                 started,
