@@ -52,7 +52,7 @@ fn stored_value(db: &Path, component: &str, key: &str) -> Option<String> {
 }
 
 fn digests(s: &Server, components: &[&str]) -> BTreeMap<String, String> {
-    components.iter().map(|c| ((*c).to_owned(), s.block_on(s.node().digest(c)).expect("digest"))).collect()
+    components.iter().map(|c| ((*c).to_owned(), s.node().digest(c).expect("digest"))).collect()
 }
 
 #[test]

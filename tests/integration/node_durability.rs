@@ -36,8 +36,7 @@ fn a_restart_keeps_every_record_and_the_clock_moves_on_even_when_the_wall_clock_
             }
         }
         let lists: Vec<_> = ["trunks", "crm", "pbx-reports"].iter().map(|comp| c.list_all(comp, "").expect("list")).collect();
-        let digests: Vec<_> =
-            ["trunks", "crm", "pbx-reports"].iter().map(|comp| server.block_on(server.node().digest(comp)).expect("digest")).collect();
+        let digests: Vec<_> = ["trunks", "crm", "pbx-reports"].iter().map(|comp| server.node().digest(comp).expect("digest")).collect();
         let last_seq = server.node().last_seq();
         server.shutdown();
         (lists, digests, last_seq, newest.expect("wrote"))
@@ -50,8 +49,7 @@ fn a_restart_keeps_every_record_and_the_clock_moves_on_even_when_the_wall_clock_
     let c = client(&server);
     let again: Vec<_> = ["trunks", "crm", "pbx-reports"].iter().map(|comp| c.list_all(comp, "").expect("list")).collect();
     assert_eq!(again, lists, "every record, with its stamp, origin and seq");
-    let digests_again: Vec<_> =
-        ["trunks", "crm", "pbx-reports"].iter().map(|comp| server.block_on(server.node().digest(comp)).expect("digest")).collect();
+    let digests_again: Vec<_> = ["trunks", "crm", "pbx-reports"].iter().map(|comp| server.node().digest(comp).expect("digest")).collect();
     assert_eq!(digests_again, digests);
     assert_eq!(server.node().last_seq(), last_seq);
     let status = c.status().expect("status");
@@ -388,11 +386,11 @@ fn batches_prepared_while_the_previous_one_commits_build_on_it_in_order() {
         assert_eq!(r.seq, last.seq, "{key}: memory holds the last committed version");
         assert_eq!(Stamp::from(&r.stamp), Stamp::from(&last.stamp));
     }
-    let digest_before = server.block_on(server.node().digest("trunks")).expect("digest");
+    let digest_before = server.node().digest("trunks").expect("digest");
     let server = Arc::try_unwrap(server).unwrap_or_else(|_| panic!("still shared"));
     server.shutdown();
     let server = start_node(dir.path());
-    assert_eq!(server.block_on(server.node().digest("trunks")).expect("digest"), digest_before, "memory and store agreed");
+    assert_eq!(server.node().digest("trunks").expect("digest"), digest_before, "memory and store agreed");
     let c = client(&server);
     for k in 0..16 {
         let key = format!("k{k:02}");

@@ -30,7 +30,7 @@ fn account(i: usize) -> String {
 }
 
 fn digest(s: &Server, component: &str) -> String {
-    s.block_on(s.node().digest(component)).expect("digest")
+    s.node().digest(component).expect("digest")
 }
 
 fn count(s: &Server, component: &str) -> usize {

@@ -129,8 +129,9 @@ pub struct Report {
     pub last_seq: u64,
     /// The archive time of the last replayed entry (the snapshot's time if none).
     pub reached_ms: u64,
-    /// (component, records, digest) of the restored store.
-    pub components: Vec<(String, u64, String)>,
+    /// (component, records, snapshot digest, convergence digest as `tandem status` shows it) of
+    /// the restored store.
+    pub components: Vec<(String, u64, String, String)>,
     /// Seqs in the replayed range that the archive does not hold: versions overwritten before
     /// the archiver read them (their successors are there), or rows purged by retention.
     pub unarchived: u64,
@@ -288,7 +289,7 @@ struct Built {
     replayed: u64,
     last_seq: u64,
     reached_ms: u64,
-    components: Vec<(String, u64, String)>,
+    components: Vec<(String, u64, String, String)>,
     unarchived: u64,
 }
 
@@ -433,16 +434,18 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path, seq_floor: u64) -> 
             bail!("the restored store fails SQLite's integrity check: {check}");
         }
         let mut components = Vec::new();
+        let status = store::set_digests(&conn)?;
         for c in store::components(&conn)? {
             let (n, _) = store::counts(&conn, &c)?;
-            components.push((c.clone(), n, store::digest(&conn, &c)?));
+            let live = status.get(&c).copied().unwrap_or_default().hex();
+            components.push((c.clone(), n, store::digest(&conn, &c)?, live));
         }
         if replayed == 0 {
             // Nothing replayed: the store must be exactly the snapshot.
             for c in &m.components {
-                let got = components.iter().find(|(n, _, _)| n == &c.name);
+                let got = components.iter().find(|(n, _, _, _)| n == &c.name);
                 let ok = match got {
-                    Some((_, n, d)) => *n == c.records && (c.records == 0 || *d == c.digest),
+                    Some((_, n, d, _)) => *n == c.records && (c.records == 0 || *d == c.digest),
                     None => c.records == 0,
                 };
                 if !ok {

@@ -436,8 +436,8 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = &r.positions.previous {
         println!("the previous replication positions are kept as {}", p.display());
     }
-    for (c, n, d) in &r.components {
-        println!("  {c:<32} {n:>9} records  digest {}", &d[..d.len().min(16)]);
+    for (c, n, d, live) in &r.components {
+        println!("  {c:<32} {n:>9} records  digest {}  status digest {}", &d[..d.len().min(16)], &live[..live.len().min(16)]);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -172,7 +172,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     wa.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
     wb.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
     let written = t.elapsed();
-    let digest = |s: &Server| s.block_on(s.node().digest("crm")).unwrap_or_default();
+    let digest = |s: &Server| s.node().digest("crm").unwrap_or_default();
     let converged = wait("the crm digests to converge", Duration::from_secs(10), || digest(&a) == digest(&b))?;
     println!("  a and b wrote {key} concurrently in {}; digests equal {} later: {}", ms(written), ms(converged), &digest(&a));
     for (name, s) in [("a", &a), ("b", &b)] {

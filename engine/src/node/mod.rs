@@ -19,6 +19,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod gate;
 pub mod hlc;

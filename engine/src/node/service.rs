@@ -228,11 +228,18 @@ pub struct ComponentState {
     live: AtomicU64,
     load_micros: AtomicU64,
     rate: Mutex<Rate>,
+    /// The convergence digest as of the last commit, published by the writer thread.
+    digest: Mutex<super::digest::SetDigest>,
 }
 
 impl ComponentState {
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Publishes the store's digest of this component (writer thread, after a commit).
+    fn publish_digest(&self, store: &Store) {
+        *self.digest.lock().unwrap_or_else(|e| e.into_inner()) = store.digest(self.name());
     }
 }
 
@@ -837,6 +844,7 @@ fn writer_loop(mut store: Store, ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<
                 } else {
                     store.purge(&component, before, keep).map(|removed| {
                         if let Some(comp) = ctx.components.get(&component) {
+                            comp.publish_digest(&store);
                             for (key, live) in &removed {
                                 comp.mem.remove(key);
                                 comp.records.fetch_sub(1, Ordering::Relaxed);
@@ -859,6 +867,9 @@ fn writer_loop(mut store: Store, ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<
                     Ok(0)
                 } else {
                     store.purge_tombstones(before, through, hard_before).map(|removed| {
+                        for comp in ctx.components.values() {
+                            comp.publish_digest(&store);
+                        }
                         for (component, key) in &removed {
                             if let Some(comp) = ctx.components.get(component) {
                                 comp.mem.remove(key);
@@ -976,10 +987,14 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             let mut idem = ctx.idem.lock().unwrap_or_else(|e| e.into_inner());
             let mut offset = 0;
             let mut replies = Vec::with_capacity(group.len());
+            let mut touched: Vec<Arc<ComponentState>> = Vec::new();
             for (writes, reply) in group {
                 for p in &writes {
                     let Some(&seq) = seqs.next() else { break };
                     let comp = &p.component;
+                    if !touched.iter().any(|c| Arc::ptr_eq(c, comp)) {
+                        touched.push(comp.clone());
+                    }
                     if tapped {
                         tap.push(super::store::RecordRow {
                             component: comp.name().to_owned(),
@@ -1055,6 +1070,9 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
                 replies.push((reply, part));
             }
             drop(idem);
+            for comp in touched {
+                comp.publish_digest(store);
+            }
             let last = store.meta().last_seq;
             if ctx.keep_tail {
                 ctx.tail.lock().unwrap_or_else(|e| e.into_inner()).push(tail);
@@ -1516,6 +1534,7 @@ impl Node {
                         live: AtomicU64::new(0),
                         load_micros: AtomicU64::new(0),
                         rate: Mutex::new(Rate::default()),
+                        digest: Mutex::new(store.digest(&c.name)),
                     }),
                 )
             })
@@ -2089,15 +2108,12 @@ impl Node {
         .await
     }
 
-    /// A digest of a component's stored versions (equal on two nodes holding the same data).
-    /// It reads every record of the component: it runs on a blocking thread, not on a plugin
-    /// thread, so that writes never queue behind it.
-    pub async fn digest(&self, component: &str) -> Result<String, NodeError> {
-        self.ctx.component(component)?;
-        let (ctx, c) = (self.ctx.clone(), component.to_owned());
-        tokio::task::spawn_blocking(move || Ok(ctx.readers.with(|conn| store::digest(conn, &c))?))
-            .await
-            .map_err(|_| NodeError::ShuttingDown)?
+    /// A component's convergence digest as of the last commit (see [`super::digest`]): equal on
+    /// two nodes holding the same versions. The writer keeps it up to date; reading it costs
+    /// nothing.
+    pub fn digest(&self, component: &str) -> Result<String, NodeError> {
+        let comp = self.ctx.component(component)?;
+        Ok(comp.digest.lock().unwrap_or_else(|e| e.into_inner()).hex())
     }
 
     /// Moves the node to `epoch` (durably). Epochs never go back.

@@ -16,12 +16,14 @@
 //! Only one connection writes (the node's writer thread owns the [`Store`]); readers use
 //! [`Readers`], a small pool of connections that see committed state.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::config::Synchronous;
+use super::digest::SetDigest;
 use super::hlc::HlcTime;
 use crate::plugin::{Stamp, Stored};
 
@@ -289,6 +291,9 @@ pub struct Store {
     path: PathBuf,
     meta: Meta,
     page_size: u64,
+    /// Each component's convergence digest as of the last commit (see [`super::digest`]):
+    /// computed from every record at open, then moved by each write and purge.
+    digests: BTreeMap<String, SetDigest>,
 }
 
 impl Store {
@@ -378,7 +383,8 @@ impl Store {
             meta
         };
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let mut store = Store { conn, path: path.to_path_buf(), meta, page_size: sql_u64(page_size).max(512) };
+        let digests = set_digests(&conn)?;
+        let mut store = Store { conn, path: path.to_path_buf(), meta, page_size: sql_u64(page_size).max(512), digests };
         store.set_max_size(opts.max_size_bytes)?;
         Ok(store)
     }
@@ -391,6 +397,12 @@ impl Store {
     /// Identity and clocks as of the last commit.
     pub fn meta(&self) -> &Meta {
         &self.meta
+    }
+
+    /// A component's convergence digest as of the last commit (zeros for a component without
+    /// records).
+    pub fn digest(&self, component: &str) -> SetDigest {
+        self.digests.get(component).copied().unwrap_or_default()
     }
 
     /// Caps the database size (0: no cap). Past the cap, writes fail as on a full disk.
@@ -406,8 +418,11 @@ impl Store {
         let mut hlc = self.meta.hlc;
         let epoch = self.meta.epoch;
         let mut out = CommitOutcome { seqs: Vec::with_capacity(writes.len()), resolved: 0, recorded: 0 };
+        // The digests move only once the transaction commits.
+        let mut digests: BTreeMap<&str, SetDigest> = BTreeMap::new();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
+            let mut prior = tx.prepare_cached("SELECT data, tombstone FROM records WHERE component = ?1 AND key = ?2")?;
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO records (component, key, data, tombstone, stamp_p, stamp_l, stamp_n, origin, epoch, seq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -417,6 +432,13 @@ impl Store {
             )?;
             for w in writes {
                 seq += 1;
+                let digest = digests.entry(w.component).or_insert_with(|| self.digests.get(w.component).copied().unwrap_or_default());
+                if let Some((data, tombstone)) =
+                    prior.query_row(params![w.component, w.key], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? != 0))).optional()?
+                {
+                    digest.remove(w.key, &data, tombstone);
+                }
+                digest.add(w.key, w.data, w.tombstone);
                 upsert.execute(params![
                     w.component,
                     w.key,
@@ -499,6 +521,9 @@ impl Store {
         tx.commit()?;
         self.meta.last_seq = seq;
         self.meta.hlc = hlc;
+        for (component, d) in digests {
+            self.digests.insert(component.to_owned(), d);
+        }
         Ok(out)
     }
 
@@ -538,30 +563,38 @@ impl Store {
         before_physical: Option<u64>,
         keep_newest: Option<u64>,
     ) -> Result<Vec<(String, bool)>, StoreError> {
+        let mut digest = self.digest(component);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut removed = Vec::new();
         {
-            if let Some(before) = before_physical {
-                let mut q = tx.prepare_cached("DELETE FROM records WHERE component = ?1 AND stamp_p < ?2 RETURNING key, tombstone")?;
-                let rows = q.query_map(params![component, sql_i64(before)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 0)))?;
-                for row in rows {
-                    removed.push(row?);
+            let mut take = |q: &mut rusqlite::CachedStatement<'_>, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
+                let mut rows = q.query(p)?;
+                while let Some(r) = rows.next()? {
+                    let (key, data, tombstone) = (r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)? != 0);
+                    digest.remove(&key, &data, tombstone);
+                    removed.push((key, !tombstone));
                 }
+                Ok(())
+            };
+            if let Some(before) = before_physical {
+                let mut q =
+                    tx.prepare_cached("DELETE FROM records WHERE component = ?1 AND stamp_p < ?2 RETURNING key, data, tombstone")?;
+                take(&mut q, params![component, sql_i64(before)])?;
             }
             if let Some(keep) = keep_newest {
                 let mut q = tx.prepare_cached(
                     "DELETE FROM records WHERE component = ?1 AND key IN (
                        SELECT key FROM records WHERE component = ?1
                        ORDER BY stamp_p DESC, stamp_l DESC, stamp_n DESC LIMIT -1 OFFSET ?2)
-                     RETURNING key, tombstone",
+                     RETURNING key, data, tombstone",
                 )?;
-                let rows = q.query_map(params![component, sql_i64(keep)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 0)))?;
-                for row in rows {
-                    removed.push(row?);
-                }
+                take(&mut q, params![component, sql_i64(keep)])?;
             }
         }
         tx.commit()?;
+        if !removed.is_empty() {
+            self.digests.insert(component.to_owned(), digest);
+        }
         Ok(removed)
     }
 
@@ -579,17 +612,18 @@ impl Store {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut removed = Vec::new();
         let mut highest = 0u64;
+        let mut digests = self.digests.clone();
         {
             let mut q = tx.prepare_cached(
                 "DELETE FROM records WHERE tombstone = 1 AND stamp_p < ?1 AND (seq <= ?2 OR stamp_p < ?3)
-                 RETURNING component, key, seq",
+                 RETURNING component, key, seq, data",
             )?;
-            let rows = q.query_map(params![sql_i64(before_physical), sql_i64(through_seq), sql_i64(hard_before_physical)], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, sql_u64(r.get::<_, i64>(2)?)))
-            })?;
-            for row in rows {
-                let (c, k, seq) = row?;
+            let mut rows = q.query(params![sql_i64(before_physical), sql_i64(through_seq), sql_i64(hard_before_physical)])?;
+            while let Some(r) = rows.next()? {
+                let (c, k, seq, data) =
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?, sql_u64(r.get::<_, i64>(2)?), r.get::<_, Vec<u8>>(3)?);
                 highest = highest.max(seq);
+                digests.entry(c.clone()).or_default().remove(&k, &data, true);
                 removed.push((c, k));
             }
         }
@@ -601,6 +635,7 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        self.digests = digests;
         Ok(removed)
     }
 
@@ -818,8 +853,29 @@ pub fn components(conn: &Connection) -> Result<Vec<String>, StoreError> {
     Ok(out)
 }
 
-/// A digest of a component's records (keys, stored bytes and tombstones, in key order): equal on
-/// two nodes exactly when they hold the same versions.
+/// Every component's convergence digest, from every record (see [`super::digest`]): what
+/// [`Store`] starts from at open, and what the one it maintains must always equal.
+pub fn set_digests(conn: &Connection) -> Result<BTreeMap<String, SetDigest>, StoreError> {
+    let mut out: BTreeMap<String, SetDigest> = BTreeMap::new();
+    let mut q = conn.prepare("SELECT component, key, data, tombstone FROM records")?;
+    let mut rows = q.query([])?;
+    while let Some(r) = rows.next()? {
+        let component = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+        let key = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        let data = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+        let tombstone = r.get::<_, i64>(3)? != 0;
+        match out.get_mut(component) {
+            Some(d) => d.add(key, data, tombstone),
+            None => out.entry(component.to_owned()).or_default().add(key, data, tombstone),
+        }
+    }
+    Ok(out)
+}
+
+/// The snapshot digest of a component's records (keys, stored bytes and tombstones, hashed in
+/// key order), as backup manifests record it: equal on two stores exactly when they hold the
+/// same versions. Nodes show the convergence digest instead ([`super::digest`]), which the
+/// writer keeps up to date without reading every record.
 pub fn digest(conn: &Connection, component: &str) -> Result<String, StoreError> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -1018,6 +1074,50 @@ mod tests {
         drop(s);
         let s = Store::open(&path, "a", &StoreOptions::default(), 2).expect("reopen");
         assert_eq!(s.meta().last_seq, 4);
+    }
+
+    #[test]
+    fn the_maintained_digest_always_equals_one_computed_from_every_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let mut s = Store::open(&path, "a", &StoreOptions::default(), 1).expect("open");
+        let check = |s: &Store, when: &str| {
+            let full = set_digests(&s.conn).expect("full");
+            for c in ["t", "r", "none"] {
+                assert_eq!(s.digest(c), full.get(c).copied().unwrap_or_default(), "{c} after {when}");
+            }
+        };
+        let (old, new) = (Stamp::new(10, 0, "a"), Stamp::new(20, 0, "a"));
+        s.commit(&[row("t", "k1", b"1", &old), row("t", "k2", b"2", &old), row("r", "k1", b"1", &old)], 1).expect("commit");
+        check(&s, "inserts");
+        assert_ne!(s.digest("t"), s.digest("r"));
+        // The same key twice in one commit, and a deletion.
+        let mut gone = row("t", "k2", b"", &new);
+        gone.tombstone = true;
+        s.commit(&[row("t", "k1", b"1b", &new), row("t", "k1", b"1c", &new), gone, row("r", "k9", b"9", &new)], 1).expect("commit");
+        check(&s, "overwrites");
+        // A commit that fails moves nothing.
+        let before = s.digest("t");
+        s.set_max_size(64 * 1024).expect("cap");
+        let blob = vec![7u8; 256 * 1024];
+        assert!(s.commit(&[row("t", "k1", &blob, &new)], 1).is_err());
+        assert_eq!(s.digest("t"), before);
+        s.set_max_size(0).expect("uncap");
+        check(&s, "a failed commit");
+        assert_eq!(s.purge("r", Some(15), None).expect("purge").len(), 1);
+        check(&s, "a purge");
+        assert_eq!(s.purge_tombstones(30, 100, 0).expect("purge").len(), 1);
+        check(&s, "a tombstone purge");
+        // Writing back what was there gives the digest back: it depends on the versions only.
+        let mut s2 = Store::open(&dir.path().join("s2.db"), "b", &StoreOptions::default(), 1).expect("open");
+        s2.commit(&[row("t", "k1", b"x", &old), row("r", "k9", b"9", &new), row("t", "k1", b"1c", &new)], 1).expect("commit");
+        assert_eq!(s2.digest("t"), s.digest("t"));
+        assert_eq!(s2.digest("r"), s.digest("r"));
+        let digest = s.digest("t");
+        drop(s);
+        let s = Store::open(&path, "a", &StoreOptions::default(), 2).expect("reopen");
+        assert_eq!(s.digest("t"), digest);
+        check(&s, "a reopen");
     }
 
     #[test]

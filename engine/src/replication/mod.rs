@@ -121,9 +121,8 @@ pub struct Status {
     pub components: Vec<ComponentStatus>,
     /// Active alarms (plugin mismatches, lag over budget, fenced batches).
     pub alarms: Vec<String>,
-    /// Per-component digest of the stored versions (refreshed every second while the feed
-    /// moves, less often on a store so large that a digest takes over 0.1 s): equal on every
-    /// node once traffic stops.
+    /// Per-component convergence digest of the stored versions, as of the last commit (see
+    /// [`crate::node::digest`]): equal on every node once traffic stops.
     pub digests: BTreeMap<String, String>,
     /// The synchronous set (meaningful on the primary).
     pub sync_set: SyncSet,
@@ -319,7 +318,6 @@ struct Shared {
     /// (see [`start`]), until they subscribe in step.
     ahead_at_start: std::collections::BTreeSet<String>,
     positions: BTreeMap<String, Position>,
-    digests: BTreeMap<String, String>,
     /// Lag of each applied version (ms), kept only while sampling (benchmarks).
     samples: Option<Vec<u64>>,
     /// The highest epoch heard from any peer (a promotion goes past it).
@@ -513,7 +511,6 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
             tasks.push(tokio::spawn(repl.clone().follow(p)));
         }
     }
-    tasks.push(tokio::spawn(repl.clone().digest_loop()));
     tasks.push(tokio::spawn(repl.clone().sync_loop(sync_file)));
     tasks.push(tokio::spawn(repl.clone().acked_loop(acked_file)));
     repl.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
@@ -667,7 +664,13 @@ impl Replication {
             peers: s.peers.values().cloned().collect(),
             components,
             alarms: s.alarms.values().cloned().collect(),
-            digests: s.digests.clone(),
+            digests: self
+                .gate
+                .policies
+                .iter()
+                .filter(|(_, p)| p.mode != Mode::Cold)
+                .filter_map(|(name, _)| Some((name.clone(), self.node.digest(name).ok()?)))
+                .collect(),
             sync_set: self.gate.sync_set.borrow().clone(),
             failover,
         }
@@ -755,36 +758,6 @@ impl Replication {
                 }
                 Ok(Err(e)) => tracing::error!("cannot record the synchronous set in {}: {e}; it stays as it was", file.display()),
                 Err(e) => tracing::error!("cannot record the synchronous set: {e}"),
-            }
-        }
-    }
-
-    /// Recomputes the component digests when the feed moved: every second at most, and never
-    /// more than a tenth of the time (a digest reads every record, see [`state::digest_pause`]).
-    async fn digest_loop(self: Arc<Self>) {
-        let mut seen = u64::MAX;
-        let mut stop = self.stop.subscribe();
-        loop {
-            let now = self.node.last_seq();
-            let mut pause = state::digest_pause(Duration::ZERO);
-            if now != seen {
-                seen = now;
-                let started = Instant::now();
-                let mut digests = BTreeMap::new();
-                for (name, p) in &self.gate.policies {
-                    if p.mode == Mode::Cold {
-                        continue;
-                    }
-                    if let Ok(d) = self.node.digest(name).await {
-                        digests.insert(name.clone(), d);
-                    }
-                }
-                self.shared().digests = digests;
-                pause = state::digest_pause(started.elapsed());
-            }
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(pause) => {}
             }
         }
     }

@@ -4,7 +4,6 @@
 //! can be driven by a simulator.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use crate::node::config::{Ack, Mode, Priority, Profile};
 use crate::node::service::ApplyMode;
@@ -151,13 +150,6 @@ impl SendWindow {
     }
 }
 
-/// The wait before the component digests are computed again, after a computation that took
-/// `spent`: one second, or nine times `spent` when that is longer (a digest reads every record
-/// of the store; on a large store it must not take more than a tenth of the node's time).
-pub fn digest_pause(spent: Duration) -> Duration {
-    spent.saturating_mul(9).max(Duration::from_secs(1))
-}
-
 /// Replication lag of one component on a receiver.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Lag {
@@ -302,16 +294,6 @@ mod tests {
         assert_eq!(bad.len(), 1);
         let m = bad[0].message("b");
         assert!(m.contains("digest y") && m.contains("digest w") && m.contains("ivr"), "{m}");
-    }
-
-    #[test]
-    fn digests_take_at_most_a_tenth_of_the_time() {
-        assert_eq!(digest_pause(Duration::ZERO), Duration::from_secs(1));
-        assert_eq!(digest_pause(Duration::from_millis(100)), Duration::from_secs(1));
-        let spent = Duration::from_millis(700);
-        let pause = digest_pause(spent);
-        assert_eq!(pause, Duration::from_millis(6_300));
-        assert!(spent.as_secs_f64() / (spent + pause).as_secs_f64() <= 0.1 + 1e-9);
     }
 
     #[test]
