@@ -1,8 +1,9 @@
 //! Replication between nodes: the link I/O around the pure decisions of [`state`].
 //!
 //! Each node listens on `node.listen` and dials every peer to *pull* from it: the dialer says
-//! from which feed position it wants the peer's changes (its last applied position, persisted
-//! in `DATA_DIR/replication/positions.json` after each applied batch), the peer streams batches
+//! from which feed position it wants the peer's changes (its last applied position, kept in
+//! memory and written to `DATA_DIR/replication/positions.json` every [`POSITIONS_SAVE_MS`] while it
+//! moves, at once when its epoch does, and at stop), the peer streams batches
 //! of its change feed (warm components only when it is the primary, hot ones always), and the
 //! dialer applies them (warm: replace by stamp; hot: the plugin's merge) and acknowledges.
 //! Applying is idempotent and a position is saved only after its batch is on disk, so a
@@ -37,6 +38,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const FOLLOW_QUEUE: usize = 64;
 /// Queued batches a follower applies in one commit, at most.
 const MAX_COALESCED_BATCHES: usize = 32;
+
+/// How often, at most, `positions.json` is written while positions move (ms). A node that
+/// stops without writing it (a crash) resumes at most this much of its peers' feeds too early:
+/// applying again is idempotent.
+pub const POSITIONS_SAVE_MS: u64 = 250;
 
 /// A persisted position: how far this node applied a peer's feed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +324,8 @@ struct Shared {
     /// (see [`start`]), until they subscribe in step.
     ahead_at_start: std::collections::BTreeSet<String>,
     positions: BTreeMap<String, Position>,
+    /// `positions` moved since `positions.json` was last written.
+    positions_dirty: bool,
     /// Lag of each applied version (ms), kept only while sampling (benchmarks).
     samples: Option<Vec<u64>>,
     /// The highest epoch heard from any peer (a promotion goes past it).
@@ -335,6 +343,8 @@ pub struct Replication {
     api: Option<String>,
     listen: SocketAddr,
     positions_file: PathBuf,
+    /// Held while `positions.json` is written, so that two writers never interleave.
+    positions_writing: tokio::sync::Mutex<()>,
     shared: Mutex<Shared>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -498,6 +508,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         api: api.map(|a| a.to_string()),
         listen,
         positions_file,
+        positions_writing: tokio::sync::Mutex::new(()),
         shared: Mutex::new(shared),
         stop,
         tasks: Mutex::new(Vec::new()),
@@ -511,6 +522,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
             tasks.push(tokio::spawn(repl.clone().follow(p)));
         }
     }
+    tasks.push(tokio::spawn(repl.clone().positions_loop()));
     tasks.push(tokio::spawn(repl.clone().sync_loop(sync_file)));
     tasks.push(tokio::spawn(repl.clone().acked_loop(acked_file)));
     repl.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
@@ -612,6 +624,7 @@ impl Replication {
         for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             t.abort();
         }
+        self.flush_positions();
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -1769,25 +1782,78 @@ impl Replication {
         Ok(())
     }
 
+    /// Records how far this node applied `peer`'s feed. The file is a hint for the next start
+    /// (applying again is idempotent): it is written at once when the epoch or the warm flag
+    /// moved (fencing reads them), otherwise by [`Self::positions_loop`] at most every
+    /// [`POSITIONS_SAVE_MS`], so that a standby applying many small batches does not create a
+    /// file for each.
     async fn save_position(&self, peer: &str, pos: Position) -> Result<(), LinkError> {
-        let text = {
+        let urgent = {
             let mut s = self.shared();
-            s.positions.insert(peer.to_owned(), pos);
-            serde_json::to_vec_pretty(&s.positions).map_err(|e| LinkError::Apply(e.to_string()))?
+            let before = s.positions.insert(peer.to_owned(), pos);
+            s.positions_dirty = true;
+            before.is_none_or(|b| b.epoch != pos.epoch || b.warm != pos.warm)
         };
-        let file = self.positions_file.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = file.with_extension("tmp");
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(&tmp, &file)
-        })
-        .await
-        .map_err(|e| LinkError::Apply(format!("saving the position: {e}")))?
-        .map_err(|e| LinkError::Apply(format!("saving the position in {}: {e}", self.positions_file.display())))
+        if urgent { self.write_positions().await } else { Ok(()) }
     }
+
+    /// Writes the positions file when positions moved since it was last written (and
+    /// [`Self::stop`] once more).
+    async fn positions_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(POSITIONS_SAVE_MS)) => {}
+            }
+            if self.shared().positions_dirty
+                && let Err(e) = self.write_positions().await
+            {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    async fn write_positions(&self) -> Result<(), LinkError> {
+        let _writing = self.positions_writing.lock().await;
+        let text = self.positions_text()?;
+        let file = self.positions_file.clone();
+        tokio::task::spawn_blocking(move || write_replacing(&file, &text))
+            .await
+            .map_err(|e| LinkError::Apply(format!("saving the position: {e}")))?
+            .map_err(|e| LinkError::Apply(format!("saving the position in {}: {e}", self.positions_file.display())))
+    }
+
+    /// The positions as the file holds them; they count as written from here on.
+    fn positions_text(&self) -> Result<Vec<u8>, LinkError> {
+        let mut s = self.shared();
+        s.positions_dirty = false;
+        serde_json::to_vec_pretty(&s.positions).map_err(|e| LinkError::Apply(e.to_string()))
+    }
+
+    /// At stop: writes positions that moved since the last write, unless a write is under way.
+    fn flush_positions(&self) {
+        if !self.shared().positions_dirty {
+            return;
+        }
+        let Ok(_writing) = self.positions_writing.try_lock() else { return };
+        if let Err(e) = self.positions_text().and_then(|text| {
+            write_replacing(&self.positions_file, &text)
+                .map_err(|e| LinkError::Apply(format!("saving the positions in {}: {e}", self.positions_file.display())))
+        }) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Replaces a small file through a temporary one (no fsync: a hint).
+fn write_replacing(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
 }
 
 /// Writes a small file durably: temporary file, fsync, rename, fsync of the directory.
