@@ -97,6 +97,7 @@ pub struct WireChange {
     pub seq: u64,
     pub component: String,
     pub key: String,
+    #[serde(with = "bytes")]
     pub data: Vec<u8>,
     pub tombstone: bool,
     pub physical: u64,
@@ -146,8 +147,8 @@ pub enum Msg {
     },
     /// A request of the failover coordinator (JSON of `failover::Request`), answered by one
     /// [`Msg::FailoverReply`].
-    Failover(Vec<u8>),
-    FailoverReply(Vec<u8>),
+    Failover(#[serde(with = "bytes")] Vec<u8>),
+    FailoverReply(#[serde(with = "bytes")] Vec<u8>),
     /// The sender refuses to go on (reason for the log and status).
     Refuse {
         reason: String,
@@ -166,6 +167,7 @@ pub enum Msg {
     /// A piece of the file, at the offset the receiver expects.
     SnapshotChunk {
         offset: u64,
+        #[serde(with = "bytes")]
         bytes: Vec<u8>,
     },
     /// The whole file was sent.
@@ -184,6 +186,41 @@ impl Msg {
     }
     pub fn decode(bytes: &[u8]) -> Result<Msg, FrameError> {
         postcard::from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))
+    }
+}
+
+/// A byte vector encoded as bytes (one copy) rather than as a sequence of `u8` (one call per
+/// byte). postcard writes both the same way (a varint length, then the bytes), so the wire is
+/// unchanged.
+mod bytes {
+    use serde::{Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> de::Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
     }
 }
 
@@ -221,6 +258,26 @@ mod tests {
             }],
         });
         assert_eq!(Msg::decode(&m.encode().expect("encode")).expect("decode"), m);
+    }
+
+    #[test]
+    fn record_bytes_keep_the_wire_format_of_a_byte_sequence() {
+        // What earlier builds of this protocol version sent: `data` as a sequence of u8.
+        #[derive(Serialize, Deserialize)]
+        struct AsSequence {
+            data: Vec<u8>,
+        }
+        #[derive(Serialize, Deserialize)]
+        struct AsBytes {
+            #[serde(with = "bytes")]
+            data: Vec<u8>,
+        }
+        let data: Vec<u8> = (0..=255u8).chain(0..200).collect();
+        let old = postcard::to_allocvec(&AsSequence { data: data.clone() }).expect("encode");
+        let new = postcard::to_allocvec(&AsBytes { data: data.clone() }).expect("encode");
+        assert_eq!(old, new);
+        assert_eq!(postcard::from_bytes::<AsBytes>(&old).expect("decode").data, data);
+        assert_eq!(postcard::from_bytes::<AsSequence>(&new).expect("decode").data, data);
     }
 
     #[test]

@@ -1037,7 +1037,7 @@ impl Replication {
             seq: c.seq,
             component: c.component,
             key: c.key,
-            data: c.stored.data.to_vec(),
+            data: c.stored.data,
             tombstone: c.stored.tombstone,
             physical: c.stamp.physical,
             logical: c.stamp.logical,
