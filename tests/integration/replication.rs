@@ -161,6 +161,56 @@ fn replication_resumes_after_restart_and_disconnect_without_loss_or_duplication(
     assert_eq!(count(&b, "trunks"), 75);
 }
 
+fn alarms(s: &Server) -> Vec<String> {
+    s.replication().map(|r| r.status().alarms).unwrap_or_default()
+}
+
+#[test]
+fn replication_digests_that_stay_different_raise_an_alarm_until_a_write_repairs_them() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    // Purges run every 100 ms: stores that agree never differ for more than 2 s (four
+    // heartbeats), the time a difference must last.
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), "\n[store]\nmaintenance_interval_ms = 100\n");
+    let a = start_node(&a_dir);
+    let ca = client(&a);
+    let mut b = start_node(&b_dir);
+    for i in 0..10 {
+        let (k, v) = trunk(i);
+        ca.put("trunks", &k, &v, None).expect("put");
+    }
+    wait_until("first sync", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    std::thread::sleep(Duration::from_millis(3_000));
+    assert!(!alarms(&b).iter().any(|m| m.contains("differs")), "{:?}", alarms(&b));
+
+    // The standby's store is edited behind replication's back: one record takes another's
+    // bytes; its position and stamp stay, so no feed will ever carry a correction.
+    drop(b);
+    {
+        let conn = rusqlite::Connection::open(b_dir.join("store.db")).expect("open");
+        let n = conn
+            .execute(
+                "UPDATE records SET data = (SELECT data FROM records WHERE component = 'trunks' AND key = 'trunk-0004')
+                 WHERE component = 'trunks' AND key = 'trunk-0003'",
+                [],
+            )
+            .expect("edit");
+        assert_eq!(n, 1);
+    }
+    b = start_node(&b_dir);
+    wait_until("the divergence alarm", WAIT, || {
+        alarms(&b).iter().any(|m| m.starts_with("trunks: this node's digest") && m.contains("differs from a's"))
+    });
+    assert_ne!(digest(&a, "trunks"), digest(&b, "trunks"));
+    // Only the follower that compares raises it.
+    assert!(!alarms(&a).iter().any(|m| m.contains("differs")), "{:?}", alarms(&a));
+
+    // An ordinary write of the record on the primary repairs it, and the alarm clears.
+    ca.put("trunks", "trunk-0003", r#"{"host": "repaired.carrier.example", "transport": "udp", "max_channels": 12}"#, None).expect("put");
+    wait_until("digests agree again", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
+    wait_until("the alarm clears", WAIT, || !alarms(&b).iter().any(|m| m.contains("differs")));
+}
+
 #[test]
 fn replication_hot_concurrent_writes_on_two_nodes_converge() {
     let root = tempfile::tempdir().expect("tempdir");

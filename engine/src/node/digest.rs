@@ -1,13 +1,14 @@
 //! A component's convergence digest, kept up to date as writes commit.
 //!
-//! The digest is the sum, modulo 2^256, of the SHA-256 of every record of the component (its
-//! key, stored bytes and tombstone flag, framed as in [`super::store::digest`]). A sum does not
-//! depend on the order the records were written in, so two nodes holding the same versions have
-//! the same digest, and it changes by one subtraction and one addition when a record is
-//! replaced: the writer maintains it in the same step as the commit instead of reading every
-//! record again. It detects divergence (a record missing, extra or different on one node); it
-//! is not a defence against someone crafting records to collide, which needs a node's
-//! credentials anyway.
+//! The digest is the sum, modulo 2^256, of the SHA-256 of every live record of the component
+//! (its key and stored bytes, each framed by its length). A sum does not depend on the order
+//! the records were written in, so two nodes holding the same live versions have the same
+//! digest, and it changes by one subtraction and one addition when a record is replaced: the
+//! writer maintains it in the same step as the commit instead of reading every record again.
+//! Deletions (tombstones) count as absent records: each node purges its tombstones on its own
+//! schedule, and a store that kept a tombstone a little longer holds the same data. It detects
+//! divergence (a record missing, extra or different on one node); it is not a defence against
+//! someone crafting records to collide, which needs a node's credentials anyway.
 
 use sha2::{Digest as _, Sha256};
 
@@ -15,14 +16,13 @@ use sha2::{Digest as _, Sha256};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SetDigest([u64; 4]);
 
-/// One record's hash as four little-endian 64-bit limbs.
-fn record_hash(key: &str, data: &[u8], tombstone: bool) -> [u64; 4] {
+/// One live record's hash as four little-endian 64-bit limbs.
+fn record_hash(key: &str, data: &[u8]) -> [u64; 4] {
     let mut h = Sha256::new();
     h.update((key.len() as u64).to_le_bytes());
     h.update(key.as_bytes());
     h.update((data.len() as u64).to_le_bytes());
     h.update(data);
-    h.update([u8::from(tombstone)]);
     let bytes = h.finalize();
     let mut limbs = [0u64; 4];
     for (limb, chunk) in limbs.iter_mut().zip(bytes.chunks_exact(8)) {
@@ -34,27 +34,31 @@ fn record_hash(key: &str, data: &[u8], tombstone: bool) -> [u64; 4] {
 }
 
 impl SetDigest {
-    /// Adds a record.
+    /// Adds a record (a tombstone changes nothing).
     pub fn add(&mut self, key: &str, data: &[u8], tombstone: bool) {
-        let r = record_hash(key, data, tombstone);
+        if !tombstone {
+            self.add_limbs(record_hash(key, data));
+        }
+    }
+
+    /// Takes a record out (it must have been added; a tombstone changes nothing): adds the
+    /// two's complement of its hash.
+    pub fn remove(&mut self, key: &str, data: &[u8], tombstone: bool) {
+        if !tombstone {
+            let mut negated = SetDigest(record_hash(key, data).map(|limb| !limb));
+            negated.add_limbs([1, 0, 0, 0]);
+            self.add_limbs(negated.0);
+        }
+    }
+
+    /// Adds a 256-bit number, modulo 2^256.
+    fn add_limbs(&mut self, r: [u64; 4]) {
         let mut carry = false;
         for (a, b) in self.0.iter_mut().zip(r) {
             let (s1, c1) = a.overflowing_add(b);
             let (s2, c2) = s1.overflowing_add(u64::from(carry));
             *a = s2;
             carry = c1 || c2;
-        }
-    }
-
-    /// Takes a record out (it must have been added).
-    pub fn remove(&mut self, key: &str, data: &[u8], tombstone: bool) {
-        let r = record_hash(key, data, tombstone);
-        let mut borrow = false;
-        for (a, b) in self.0.iter_mut().zip(r) {
-            let (d1, b1) = a.overflowing_sub(b);
-            let (d2, b2) = d1.overflowing_sub(u64::from(borrow));
-            *a = d2;
-            borrow = b1 || b2;
         }
     }
 
@@ -104,12 +108,15 @@ mod tests {
     }
 
     #[test]
-    fn the_tombstone_flag_and_the_framing_count() {
+    fn tombstones_count_as_absent_and_the_framing_counts() {
         let mut a = SetDigest::default();
         a.add("k", b"v", false);
         let mut b = SetDigest::default();
         b.add("k", b"v", true);
         assert_ne!(a, b);
+        assert_eq!(b, SetDigest::default());
+        b.remove("k", b"v", true);
+        assert_eq!(b, SetDigest::default());
         // "ab" + "c" is not "a" + "bc": lengths are framed.
         let mut c = SetDigest::default();
         c.add("ab", b"c", false);

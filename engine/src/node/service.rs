@@ -228,18 +228,11 @@ pub struct ComponentState {
     live: AtomicU64,
     load_micros: AtomicU64,
     rate: Mutex<Rate>,
-    /// The convergence digest as of the last commit, published by the writer thread.
-    digest: Mutex<super::digest::SetDigest>,
 }
 
 impl ComponentState {
     fn name(&self) -> &str {
         &self.config.name
-    }
-
-    /// Publishes the store's digest of this component (writer thread, after a commit).
-    fn publish_digest(&self, store: &Store) {
-        *self.digest.lock().unwrap_or_else(|e| e.into_inner()) = store.digest(self.name());
     }
 }
 
@@ -264,6 +257,29 @@ struct Ctx {
     tail: Mutex<super::tail::Tail>,
     /// Whether the node has peers, so that the tail has readers (it stays empty otherwise).
     keep_tail: bool,
+    /// The convergence digests as of a feed position, published by the writer thread after
+    /// each commit and purge (see [`Digests`]).
+    digests: Mutex<Digests>,
+}
+
+/// The components' convergence digests (see [`super::digest`]) and the feed position they hold
+/// at: read together, under one lock, so that a peer can compare them with its own once it
+/// applied the feed up to that position.
+#[derive(Clone, Debug, Default)]
+struct Digests {
+    seq: u64,
+    of: BTreeMap<String, super::digest::SetDigest>,
+}
+
+impl Ctx {
+    /// Publishes the store's digests of `components` (writer thread, after a commit or purge).
+    fn publish_digests<'a>(&self, store: &Store, components: impl IntoIterator<Item = &'a str>) {
+        let mut d = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+        for c in components {
+            d.of.insert(c.to_owned(), store.digest(c));
+        }
+        d.seq = store.meta().last_seq;
+    }
 }
 
 /// Jobs for the writer thread.
@@ -843,8 +859,8 @@ fn writer_loop(mut store: Store, ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<
                     Ok(0)
                 } else {
                     store.purge(&component, before, keep).map(|removed| {
+                        ctx.publish_digests(&store, [component.as_str()]);
                         if let Some(comp) = ctx.components.get(&component) {
-                            comp.publish_digest(&store);
                             for (key, live) in &removed {
                                 comp.mem.remove(key);
                                 comp.records.fetch_sub(1, Ordering::Relaxed);
@@ -867,9 +883,6 @@ fn writer_loop(mut store: Store, ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<
                     Ok(0)
                 } else {
                     store.purge_tombstones(before, through, hard_before).map(|removed| {
-                        for comp in ctx.components.values() {
-                            comp.publish_digest(&store);
-                        }
                         for (component, key) in &removed {
                             if let Some(comp) = ctx.components.get(component) {
                                 comp.mem.remove(key);
@@ -1070,9 +1083,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
                 replies.push((reply, part));
             }
             drop(idem);
-            for comp in touched {
-                comp.publish_digest(store);
-            }
+            ctx.publish_digests(store, touched.iter().map(|c| c.name()));
             let last = store.meta().last_seq;
             if ctx.keep_tail {
                 ctx.tail.lock().unwrap_or_else(|e| e.into_inner()).push(tail);
@@ -1534,7 +1545,6 @@ impl Node {
                         live: AtomicU64::new(0),
                         load_micros: AtomicU64::new(0),
                         rate: Mutex::new(Rate::default()),
-                        digest: Mutex::new(store.digest(&c.name)),
                     }),
                 )
             })
@@ -1557,6 +1567,10 @@ impl Node {
             tap: super::tap::CommitTap::default(),
             tail: Mutex::new(super::tail::Tail::default()),
             keep_tail: !config.raw.peers.is_empty(),
+            digests: Mutex::new(Digests {
+                seq: meta.last_seq,
+                of: config.components.iter().map(|c| (c.name.clone(), store.digest(&c.name))).collect(),
+            }),
         });
         // Idempotency keys, open conflicts, and components the store has but the config lacks.
         {
@@ -2112,8 +2126,21 @@ impl Node {
     /// two nodes holding the same versions. The writer keeps it up to date; reading it costs
     /// nothing.
     pub fn digest(&self, component: &str) -> Result<String, NodeError> {
-        let comp = self.ctx.component(component)?;
-        Ok(comp.digest.lock().unwrap_or_else(|e| e.into_inner()).hex())
+        self.ctx.component(component)?;
+        let d = self.ctx.digests.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(d.of.get(component).copied().unwrap_or_default().hex())
+    }
+
+    /// The digests of `components` (unknown ones left out) and the feed position they hold at,
+    /// read together.
+    pub fn digests_at(&self, components: &[String]) -> (u64, Vec<(String, String)>) {
+        let d = self.ctx.digests.lock().unwrap_or_else(|e| e.into_inner());
+        let of = components
+            .iter()
+            .filter(|c| self.ctx.components.contains_key(*c))
+            .map(|c| (c.clone(), d.of.get(c).copied().unwrap_or_default().hex()))
+            .collect();
+        (d.seq, of)
     }
 
     /// Moves the node to `epoch` (durably). Epochs never go back.

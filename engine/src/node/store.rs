@@ -612,18 +612,18 @@ impl Store {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut removed = Vec::new();
         let mut highest = 0u64;
-        let mut digests = self.digests.clone();
         {
+            // Tombstones count as absent in the digests: purging them moves none.
             let mut q = tx.prepare_cached(
                 "DELETE FROM records WHERE tombstone = 1 AND stamp_p < ?1 AND (seq <= ?2 OR stamp_p < ?3)
-                 RETURNING component, key, seq, data",
+                 RETURNING component, key, seq",
             )?;
-            let mut rows = q.query(params![sql_i64(before_physical), sql_i64(through_seq), sql_i64(hard_before_physical)])?;
-            while let Some(r) = rows.next()? {
-                let (c, k, seq, data) =
-                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?, sql_u64(r.get::<_, i64>(2)?), r.get::<_, Vec<u8>>(3)?);
+            let rows = q.query_map(params![sql_i64(before_physical), sql_i64(through_seq), sql_i64(hard_before_physical)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, sql_u64(r.get::<_, i64>(2)?)))
+            })?;
+            for row in rows {
+                let (c, k, seq) = row?;
                 highest = highest.max(seq);
-                digests.entry(c.clone()).or_default().remove(&k, &data, true);
                 removed.push((c, k));
             }
         }
@@ -635,7 +635,6 @@ impl Store {
             )?;
         }
         tx.commit()?;
-        self.digests = digests;
         Ok(removed)
     }
 

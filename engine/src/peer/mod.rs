@@ -13,7 +13,7 @@ pub mod proto;
 pub mod tls;
 
 /// The peer protocol version this build speaks (2: failover requests and snapshot transfers).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 use std::time::Duration;
 

@@ -144,6 +144,10 @@ pub enum Msg {
     Heartbeat {
         last_seq: u64,
         epoch: u64,
+        /// From the streaming side: (component, convergence digest) of the components it sends
+        /// on this link, as of `last_seq`, so that the follower can tell, once it applied that
+        /// far, whether the two stores agree. Empty from the following side.
+        digests: Vec<(String, String)>,
     },
     /// A request of the failover coordinator (JSON of `failover::Request`), answered by one
     /// [`Msg::FailoverReply`].

@@ -1046,6 +1046,8 @@ impl Replication {
             doc: c.doc.map(|d| d.to_string()),
         };
         let read_err = |e: NodeError| LinkError::Apply(format!("reading the feed: {e}"));
+        // Heartbeats carry the digests of what flows on this link.
+        let flowing: Vec<String> = allowed.iter().cloned().collect();
         // What the components were at the handshake: a plugin swapped since resets the link.
         let defined = self.hello().components;
         let writer = async {
@@ -1147,7 +1149,8 @@ impl Replication {
                         if self.hello().components != defined {
                             return Err(LinkError::Protocol("a plugin changed on this node: the link is reset to compare digests again".into()));
                         }
-                        peer::send(wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch() }, false).await?;
+                        let (last_seq, digests) = self.node.digests_at(&flowing);
+                        peer::send(wr, &Msg::Heartbeat { last_seq, epoch: self.node.epoch(), digests }, false).await?;
                         last_sent = Instant::now();
                     }
                 }
@@ -1325,6 +1328,9 @@ impl Replication {
         let follower = async move {
             let mut held: Option<Result<Msg, LinkError>> = None;
             let mut flowing = false;
+            // How far this node applied the peer's feed, and the digests it compares there.
+            let mut applied = start;
+            let mut divergence = state::DivergenceWatch::default();
             loop {
                 let msg = match held.take() {
                     Some(m) => m?,
@@ -1347,7 +1353,7 @@ impl Replication {
                                 if self.hello().components != ours.components {
                                     return Err(LinkError::Protocol("a plugin changed on this node: the link is reset to compare digests again".into()));
                                 }
-                                peer::send(&mut wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch() }, false).await?;
+                                peer::send(&mut wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch(), digests: Vec::new() }, false).await?;
                                 last_sent = Instant::now();
                                 continue;
                             }
@@ -1411,6 +1417,7 @@ impl Replication {
                             all.extend(batch.changes);
                         }
                         self.apply(&cfg.name, Batch { epoch, up_to, high, changes: all }, &modes).await?;
+                        applied = applied.max(up_to);
                         high_applied = high_applied.max(high);
                         peer::send(&mut wr, &Msg::Ack { seq: up_to, high: high_applied, epoch: self.node.epoch() }, false).await?;
                         last_sent = Instant::now();
@@ -1434,7 +1441,10 @@ impl Replication {
                             p.last_error = None;
                         });
                     }
-                    Msg::Heartbeat { last_seq, .. } => self.peer_status(&cfg.name, |p| p.peer_last_seq = last_seq),
+                    Msg::Heartbeat { last_seq, digests, .. } => {
+                        self.peer_status(&cfg.name, |p| p.peer_last_seq = last_seq);
+                        self.compare_digests(&cfg.name, profile.heartbeat_ms, (last_seq, applied), &digests, &mut divergence);
+                    }
                     Msg::Refuse { reason } => return Err(self.refused_by(&cfg.name, reason)),
                     other => return Err(LinkError::Protocol(format!("unexpected {other:?}"))),
                 }
@@ -1780,6 +1790,53 @@ impl Replication {
             }
         }
         Ok(())
+    }
+
+    /// Compares the digests `peer` sent with a heartbeat, as of its feed position `at.0`, with
+    /// this node's, which applied that feed up to `at.1`; raises or clears the divergence alarm
+    /// of each component (see [`state::DivergenceWatch`]).
+    fn compare_digests(
+        &self,
+        peer: &str,
+        heartbeat_ms: u64,
+        at: (u64, u64),
+        theirs: &[(String, String)],
+        watch: &mut state::DivergenceWatch,
+    ) {
+        if theirs.is_empty() {
+            return;
+        }
+        let names: Vec<String> = theirs.iter().map(|(c, _)| c.clone()).collect();
+        let (our_seq, ours) = self.node.digests_at(&names);
+        let compared: Vec<(String, String, String)> =
+            theirs.iter().filter_map(|(c, t)| ours.iter().find(|(o, _)| o == c).map(|(_, d)| (c.clone(), d.clone(), t.clone()))).collect();
+        let quiet = state::divergence_quiet_ms(self.node.config().raw.store.maintenance_interval_ms, heartbeat_ms);
+        let now = self.node.clock().wall_ms();
+        for (component, verdict) in watch.observe(now, quiet, at.0, at.1, our_seq, &compared) {
+            let key = format!("diverged:{peer}:{component}");
+            match verdict {
+                state::Divergence::Agree => {
+                    if self.shared().alarms.remove(&key).is_some() {
+                        tracing::info!(peer, component = %component, "the digests agree again");
+                    }
+                }
+                state::Divergence::Diverged { since_ms } => {
+                    let (ours, theirs) =
+                        compared.iter().find(|(c, _, _)| *c == component).map(|(_, o, t)| (o.as_str(), t.as_str())).unwrap_or_default();
+                    let msg = format!(
+                        "{component}: this node's digest {} differs from {peer}'s {} although it applied {peer}'s whole feed and nothing was written for {} s: a version is missing, extra or different on one of them, and replication alone will not repair it (see \"Digests that differ\" in the operations guide)",
+                        &ours[..ours.len().min(16)],
+                        &theirs[..theirs.len().min(16)],
+                        now.saturating_sub(since_ms) / 1000
+                    );
+                    let mut s = self.shared();
+                    if !s.alarms.contains_key(&key) {
+                        tracing::error!(peer, component = %component, "{msg}");
+                    }
+                    s.alarms.insert(key, msg);
+                }
+            }
+        }
     }
 
     /// Records how far this node applied `peer`'s feed. The file is a hint for the next start

@@ -230,6 +230,72 @@ pub fn resume(position: u64, started: u64, last: u64, warm: bool, peer: &str, us
     ))
 }
 
+/// How long two nodes' digests of a component may differ while neither node's feed moves
+/// before the divergence alarm: twice the maintenance interval (retention and tombstone purges
+/// run on each node's own tick, so two stores that agree can differ for that long) and at least
+/// four heartbeats.
+pub fn divergence_quiet_ms(maintenance_interval_ms: u64, heartbeat_ms: u64) -> u64 {
+    maintenance_interval_ms.saturating_mul(2).max(heartbeat_ms.saturating_mul(4))
+}
+
+/// What a comparison of digests decided for one component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Divergence {
+    /// The digests agree: any alarm is over.
+    Agree,
+    /// They differed for the whole quiet time with nothing written on either node.
+    Diverged { since_ms: u64 },
+}
+
+/// Watches the digests a peer sends with its heartbeats against this node's own, for the
+/// components that flow from that peer. Two stores that applied the same versions have the
+/// same digests; a difference that stays while neither feed moves means a version is missing,
+/// extra or different on one of them (a store restored or edited by hand, a disk that lost
+/// writes) and that replication alone will not repair it.
+#[derive(Clone, Debug, Default)]
+pub struct DivergenceWatch {
+    /// Component -> (first seen differing, the peer's position then, this node's then).
+    differing: BTreeMap<String, (u64, u64, u64)>,
+}
+
+impl DivergenceWatch {
+    /// A heartbeat from the peer: its digests hold at its feed position `peer_seq`, this node
+    /// applied that feed up to `applied` and its own feed is at `our_seq`; `compared` lists
+    /// (component, ours, theirs). Returns a verdict for each component it can decide.
+    pub fn observe(
+        &mut self,
+        now_ms: u64,
+        quiet_ms: u64,
+        peer_seq: u64,
+        applied: u64,
+        our_seq: u64,
+        compared: &[(String, String, String)],
+    ) -> Vec<(String, Divergence)> {
+        let mut out = Vec::new();
+        if applied < peer_seq {
+            // Versions still on their way: nothing to compare yet.
+            self.differing.clear();
+            return out;
+        }
+        for (component, ours, theirs) in compared {
+            if ours == theirs {
+                self.differing.remove(component);
+                out.push((component.clone(), Divergence::Agree));
+                continue;
+            }
+            let entry = self.differing.entry(component.clone()).or_insert((now_ms, peer_seq, our_seq));
+            if entry.1 != peer_seq || entry.2 != our_seq {
+                // Something was written since: start again.
+                *entry = (now_ms, peer_seq, our_seq);
+            }
+            if now_ms.saturating_sub(entry.0) >= quiet_ms {
+                out.push((component.clone(), Divergence::Diverged { since_ms: entry.0 }));
+            }
+        }
+        out
+    }
+}
+
 /// Reconnection delay after `failures` consecutive failures (capped exponential).
 pub fn backoff_ms(failures: u32) -> u64 {
     (100u64 << failures.min(5)).min(3_000)
@@ -238,6 +304,37 @@ pub fn backoff_ms(failures: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn divergence_is_raised_only_after_a_quiet_time_and_cleared_by_agreement() {
+        let quiet = divergence_quiet_ms(10_000, 500);
+        assert_eq!(quiet, 20_000);
+        assert_eq!(divergence_quiet_ms(100, 500), 2_000);
+        let c = |ours: &str, theirs: &str| vec![("trunks".to_owned(), ours.to_owned(), theirs.to_owned())];
+        let mut w = DivergenceWatch::default();
+        // Not caught up: undecided, whatever the digests say.
+        assert!(w.observe(0, quiet, 10, 9, 5, &c("x", "y")).is_empty());
+        // Caught up and differing: undecided until the quiet time has passed.
+        assert!(w.observe(1_000, quiet, 10, 10, 5, &c("x", "y")).is_empty());
+        assert!(w.observe(20_000, quiet, 10, 10, 5, &c("x", "y")).is_empty());
+        assert_eq!(
+            w.observe(21_000, quiet, 10, 10, 5, &c("x", "y")),
+            vec![("trunks".to_owned(), Divergence::Diverged { since_ms: 1_000 })]
+        );
+        // A write on either side starts the wait again.
+        assert!(w.observe(22_000, quiet, 11, 11, 5, &c("x", "y")).is_empty());
+        assert!(w.observe(30_000, quiet, 11, 11, 6, &c("x", "y")).is_empty());
+        assert!(w.observe(49_000, quiet, 11, 11, 6, &c("x", "y")).is_empty());
+        assert_eq!(w.observe(50_000, quiet, 11, 11, 6, &c("x", "y")).len(), 1);
+        // Agreement clears at once; a later difference waits the whole quiet time again.
+        assert_eq!(w.observe(51_000, quiet, 11, 11, 6, &c("x", "x")), vec![("trunks".to_owned(), Divergence::Agree)]);
+        assert!(w.observe(52_000, quiet, 11, 11, 6, &c("x", "z")).is_empty());
+        assert!(w.observe(60_000, quiet, 11, 11, 6, &c("x", "z")).is_empty());
+        // Falling behind forgets what was seen.
+        assert!(w.observe(71_000, quiet, 12, 11, 6, &c("x", "z")).is_empty());
+        assert!(w.observe(72_000, quiet, 12, 12, 6, &c("x", "z")).is_empty());
+        assert_eq!(w.observe(92_000, quiet, 12, 12, 6, &c("x", "z")).len(), 1);
+    }
 
     #[test]
     fn a_position_past_the_feeds_end_is_resumed_from_the_end_when_hot_and_refused_when_warm() {
