@@ -933,15 +933,12 @@ impl Replication {
         let alarm = format!("rolled-back:{name}");
         let started = self.node.meta().last_seq;
         let end = if self.shared().ahead_at_start.contains(&name) { started } else { self.node.last_seq() };
-        let after = match state::resume(after, started, end, warm, &name, &self.gate.us) {
+        // Whether what the peer acknowledged before belongs to a feed this store lost.
+        let (after, starts_over) = match state::resume(after, started, end, warm, &name, &self.gate.us) {
             state::Resume::At(position) => {
                 let mut s = self.shared();
                 s.alarms.remove(&alarm);
-                if s.ahead_at_start.remove(&name) {
-                    // What it acknowledged before belongs to the feed this store lost.
-                    s.acked.insert(name.clone(), position);
-                }
-                position
+                (position, s.ahead_at_start.remove(&name))
             }
             state::Resume::RolledBack(last) => {
                 tracing::warn!(
@@ -950,12 +947,10 @@ impl Replication {
                     last,
                     "the peer's position is past the end of this node's feed (this node's store went back in time): the hot link resumes from where the feed ended when this node started"
                 );
-                let mut s = self.shared();
-                s.ahead_at_start.remove(&name);
+                self.shared().ahead_at_start.remove(&name);
                 // What the peer holds of this node's feed from now on starts there (tombstones
                 // past it are not purged before it has them).
-                s.acked.insert(name.clone(), last);
-                last
+                (last, true)
             }
             state::Resume::Refuse(reason) => {
                 tracing::error!(peer = %name, "{reason}");
@@ -966,7 +961,7 @@ impl Replication {
         };
         // The peer's position in this node's feed is on its disk: an acknowledgement.
         self.peer_status(&name, |p| p.subscribed = true);
-        self.note_acked(&name, after);
+        self.note_acked(&name, after, starts_over || after == 0);
         let purged = self.node.tombstones_purged_through().await.unwrap_or(0);
         let fell_off = after > 0 && after < purged;
         if fell_off {
@@ -1182,7 +1177,7 @@ impl Replication {
                     self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
                     self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
                 }
-                self.note_acked(peer, seq);
+                self.note_acked(peer, seq, false);
                 Ok(())
             }
             Some(Ok(Msg::Heartbeat { .. })) => Ok(()),
@@ -1560,15 +1555,15 @@ impl Replication {
         self.shared().alarms.insert("fork".into(), msg);
     }
 
-    /// A peer acknowledged (has on disk) this node's feed up to `seq`.
-    fn note_acked(&self, peer: &str, seq: u64) {
+    /// `peer` acknowledged (has on disk) this node's feed up to `seq`. Positions only move forward, except when the
+    /// peer `starts_over` (a bootstrap, or a feed this node's store lost).
+    fn note_acked(&self, peer: &str, seq: u64, starts_over: bool) {
         let mut s = self.shared();
         if let Some(p) = s.peers.get_mut(peer) {
             p.acked_by_peer = seq;
         }
         let a = s.acked.entry(peer.to_owned()).or_insert(0);
-        // Positions only move forward, except when the peer starts over (a bootstrap).
-        *a = if seq == 0 { 0 } else { (*a).max(seq) };
+        *a = if starts_over { seq } else { (*a).max(seq) };
     }
 
     /// Up to where tombstones may be purged: the lowest position a data peer that ever
