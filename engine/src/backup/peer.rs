@@ -231,12 +231,11 @@ impl Drop for Partial {
 static TRANSFERS: AtomicU64 = AtomicU64::new(0);
 
 /// Receives an offered snapshot into the inbox under `data_dir` (the listener's side, after the
-/// hello exchange). Returns where it was stored; a refusal is sent to the peer and returned.
-#[allow(clippy::too_many_arguments)]
+/// hello exchange), keeping `backup.inbox_min_free_mb` free and pruning by the backup
+/// retention. Returns where it was stored; a refusal is sent to the peer and returned.
 pub async fn receive<R, W>(
     data_dir: &Path,
-    retention: policy::Retention,
-    min_free: u64,
+    backup: &super::config::BackupSection,
     from: &str,
     offer: (String, u64, String),
     rd: &mut R,
@@ -247,7 +246,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let (name, size, sha256) = offer;
-    match receive_inner(data_dir, retention, min_free, from, &name, size, &sha256, rd, wr).await {
+    let min_free = backup.inbox_min_free_mb.saturating_mul(1 << 20);
+    match receive_inner(data_dir, backup.retention(), min_free, from, &name, size, &sha256, rd, wr).await {
         Ok(p) => Ok(p),
         Err(Refusal::Link(e)) => Err(e),
         Err(Refusal::Say(reason)) => {

@@ -992,8 +992,7 @@ impl Replication {
         W: tokio::io::AsyncWrite + Unpin,
     {
         let config = self.node.config();
-        let min_free = config.raw.backup.inbox_min_free_mb.saturating_mul(1 << 20);
-        crate::backup::peer::receive(&config.data_dir, config.raw.backup.retention(), min_free, peer, offer, rd, wr).await.map(|_| ())
+        crate::backup::peer::receive(&config.data_dir, &config.raw.backup, peer, offer, rd, wr).await.map(|_| ())
     }
 
     async fn stream<R, W>(
