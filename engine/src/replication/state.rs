@@ -254,8 +254,19 @@ pub enum Divergence {
 /// writes) and that replication alone will not repair it.
 #[derive(Clone, Debug, Default)]
 pub struct DivergenceWatch {
-    /// Component -> (first seen differing, the peer's position then, this node's then).
-    differing: BTreeMap<String, (u64, u64, u64)>,
+    /// Component -> since when it has differed, and what did not move since.
+    differing: BTreeMap<String, (u64, Unmoved)>,
+}
+
+/// What must stay as it is for a difference to count as lasting: both feed positions and both
+/// digests (purges move a digest without moving a feed: a component whose old records age out
+/// on each node's own tick differs for a moment at every tick).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Unmoved {
+    peer_seq: u64,
+    our_seq: u64,
+    ours: String,
+    theirs: String,
 }
 
 impl DivergenceWatch {
@@ -283,10 +294,11 @@ impl DivergenceWatch {
                 out.push((component.clone(), Divergence::Agree));
                 continue;
             }
-            let entry = self.differing.entry(component.clone()).or_insert((now_ms, peer_seq, our_seq));
-            if entry.1 != peer_seq || entry.2 != our_seq {
-                // Something was written since: start again.
-                *entry = (now_ms, peer_seq, our_seq);
+            let now = Unmoved { peer_seq, our_seq, ours: ours.clone(), theirs: theirs.clone() };
+            let entry = self.differing.entry(component.clone()).or_insert((now_ms, now.clone()));
+            if entry.1 != now {
+                // Something was written or purged since: start again.
+                *entry = (now_ms, now);
             }
             if now_ms.saturating_sub(entry.0) >= quiet_ms {
                 out.push((component.clone(), Divergence::Diverged { since_ms: entry.0 }));
@@ -321,19 +333,24 @@ mod tests {
             w.observe(21_000, quiet, 10, 10, 5, &c("x", "y")),
             vec![("trunks".to_owned(), Divergence::Diverged { since_ms: 1_000 })]
         );
-        // A write on either side starts the wait again.
-        assert!(w.observe(22_000, quiet, 11, 11, 5, &c("x", "y")).is_empty());
-        assert!(w.observe(30_000, quiet, 11, 11, 6, &c("x", "y")).is_empty());
-        assert!(w.observe(49_000, quiet, 11, 11, 6, &c("x", "y")).is_empty());
-        assert_eq!(w.observe(50_000, quiet, 11, 11, 6, &c("x", "y")).len(), 1);
+        // A purge (a digest moves, no feed does) starts the wait again.
+        assert!(w.observe(21_500, quiet, 10, 10, 5, &c("x", "w")).is_empty());
+        assert!(w.observe(41_000, quiet, 10, 10, 5, &c("x", "w")).is_empty());
+        assert_eq!(w.observe(41_500, quiet, 10, 10, 5, &c("x", "w")).len(), 1);
+        // So does a write on either side.
+        assert!(w.observe(42_000, quiet, 11, 11, 5, &c("x", "w")).is_empty());
+        assert!(w.observe(50_000, quiet, 11, 11, 6, &c("x", "w")).is_empty());
+        assert!(w.observe(69_000, quiet, 11, 11, 6, &c("x", "w")).is_empty());
+        assert_eq!(w.observe(70_000, quiet, 11, 11, 6, &c("x", "w")).len(), 1);
         // Agreement clears at once; a later difference waits the whole quiet time again.
-        assert_eq!(w.observe(51_000, quiet, 11, 11, 6, &c("x", "x")), vec![("trunks".to_owned(), Divergence::Agree)]);
-        assert!(w.observe(52_000, quiet, 11, 11, 6, &c("x", "z")).is_empty());
-        assert!(w.observe(60_000, quiet, 11, 11, 6, &c("x", "z")).is_empty());
+        assert_eq!(w.observe(71_000, quiet, 11, 11, 6, &c("x", "x")), vec![("trunks".to_owned(), Divergence::Agree)]);
+        assert!(w.observe(72_000, quiet, 11, 11, 6, &c("x", "z")).is_empty());
+        assert!(w.observe(80_000, quiet, 11, 11, 6, &c("x", "z")).is_empty());
         // Falling behind forgets what was seen.
-        assert!(w.observe(71_000, quiet, 12, 11, 6, &c("x", "z")).is_empty());
-        assert!(w.observe(72_000, quiet, 12, 12, 6, &c("x", "z")).is_empty());
-        assert_eq!(w.observe(92_000, quiet, 12, 12, 6, &c("x", "z")).len(), 1);
+        assert!(w.observe(91_000, quiet, 12, 11, 6, &c("x", "z")).is_empty());
+        assert!(w.observe(92_000, quiet, 12, 12, 6, &c("x", "z")).is_empty());
+        assert!(w.observe(111_000, quiet, 12, 12, 6, &c("x", "z")).is_empty());
+        assert_eq!(w.observe(112_000, quiet, 12, 12, 6, &c("x", "z")).len(), 1);
     }
 
     #[test]
