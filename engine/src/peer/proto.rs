@@ -148,6 +148,10 @@ pub enum Msg {
         /// on this link, as of `last_seq`, so that the follower can tell, once it applied that
         /// far, whether the two stores agree. Empty from the following side.
         digests: Vec<(String, String)>,
+        /// From the following side: the components whose digests it found lastingly different
+        /// from the streaming side's (its divergence alarms), so that both nodes show them.
+        /// Empty from the streaming side.
+        diverged: Vec<String>,
     },
     /// A request of the failover coordinator (JSON of `failover::Request`), answered by one
     /// [`Msg::FailoverReply`].

@@ -1144,7 +1144,7 @@ impl Replication {
                             return Err(LinkError::Protocol("a plugin changed on this node: the link is reset to compare digests again".into()));
                         }
                         let (last_seq, digests) = self.node.digests_at(&flowing);
-                        peer::send(wr, &Msg::Heartbeat { last_seq, epoch: self.node.epoch(), digests }, false).await?;
+                        peer::send(wr, &Msg::Heartbeat { last_seq, epoch: self.node.epoch(), digests, diverged: Vec::new() }, false).await?;
                         last_sent = Instant::now();
                     }
                 }
@@ -1179,7 +1179,10 @@ impl Replication {
                 self.note_acked(peer, seq, false);
                 Ok(())
             }
-            Some(Ok(Msg::Heartbeat { .. })) => Ok(()),
+            Some(Ok(Msg::Heartbeat { diverged, .. })) => {
+                self.note_reported_divergence(peer, &diverged);
+                Ok(())
+            }
             Some(Ok(Msg::Refuse { reason })) => Err(LinkError::Refused(reason)),
             Some(Ok(other)) => Err(LinkError::Protocol(format!("unexpected {other:?}"))),
             Some(Err(e)) => Err(e),
@@ -1347,7 +1350,13 @@ impl Replication {
                                 if self.hello().components != ours.components {
                                     return Err(LinkError::Protocol("a plugin changed on this node: the link is reset to compare digests again".into()));
                                 }
-                                peer::send(&mut wr, &Msg::Heartbeat { last_seq: self.node.last_seq(), epoch: self.node.epoch(), digests: Vec::new() }, false).await?;
+                                let hb = Msg::Heartbeat {
+                                    last_seq: self.node.last_seq(),
+                                    epoch: self.node.epoch(),
+                                    digests: Vec::new(),
+                                    diverged: self.diverged_from(&cfg.name),
+                                };
+                                peer::send(&mut wr, &hb, false).await?;
                                 last_sent = Instant::now();
                                 continue;
                             }
@@ -1830,6 +1839,28 @@ impl Replication {
                     s.alarms.insert(key, msg);
                 }
             }
+        }
+    }
+
+    /// The components whose digests this node found lastingly different from `peer`'s.
+    fn diverged_from(&self, peer: &str) -> Vec<String> {
+        let prefix = format!("diverged:{peer}:");
+        self.shared().alarms.keys().filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)).collect()
+    }
+
+    /// What `peer`, which follows this node's feed, reports as lastingly different from this
+    /// node's digests: shown here too, as it stands in its latest heartbeat.
+    fn note_reported_divergence(&self, peer: &str, components: &[String]) {
+        let prefix = format!("diverged-at:{peer}:");
+        let mut s = self.shared();
+        s.alarms.retain(|k, _| !k.strip_prefix(&prefix).is_some_and(|c| !components.iter().any(|r| r == c)));
+        for c in components {
+            s.alarms.entry(format!("{prefix}{c}")).or_insert_with(|| {
+                tracing::error!(peer, component = %c, "the peer reports that its copy differs from this node's");
+                format!(
+                    "{c}: {peer} reports that its copy differs from this node's although it applied this node's whole feed (see its status, and \"Digests that differ\" in the operations guide)"
+                )
+            });
         }
     }
 
