@@ -1853,7 +1853,7 @@ impl Replication {
     fn note_reported_divergence(&self, peer: &str, components: &[String]) {
         let prefix = format!("diverged-at:{peer}:");
         let mut s = self.shared();
-        s.alarms.retain(|k, _| !k.strip_prefix(&prefix).is_some_and(|c| !components.iter().any(|r| r == c)));
+        s.alarms.retain(|k, _| k.strip_prefix(&prefix).is_none_or(|c| components.iter().any(|r| r == c)));
         for c in components {
             s.alarms.entry(format!("{prefix}{c}")).or_insert_with(|| {
                 tracing::error!(peer, component = %c, "the peer reports that its copy differs from this node's");
