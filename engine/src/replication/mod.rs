@@ -2,8 +2,8 @@
 //!
 //! Each node listens on `node.listen` and dials every peer to *pull* from it: the dialer says
 //! from which feed position it wants the peer's changes (its last applied position, kept in
-//! memory and written to `DATA_DIR/replication/positions.json` every [`POSITIONS_SAVE_MS`] while it
-//! moves, at once when its epoch does, and at stop), the peer streams batches
+//! memory and written to `DATA_DIR/replication/positions.json` every [`POSITIONS_SAVE_MS`]
+//! while it moves, at once when its epoch does, and at stop), the peer streams batches
 //! of its change feed (warm components only when it is the primary, hot ones always), and the
 //! dialer applies them (warm: replace by stamp; hot: the plugin's merge) and acknowledges.
 //! Applying is idempotent and a position is saved only after its batch is on disk, so a
@@ -1563,8 +1563,9 @@ impl Replication {
         self.shared().alarms.insert("fork".into(), msg);
     }
 
-    /// `peer` acknowledged (has on disk) this node's feed up to `seq`. Positions only move forward, except when the
-    /// peer `starts_over` (a bootstrap, or a feed this node's store lost).
+    /// `peer` acknowledged (has on disk) this node's feed up to `seq`. Positions only move
+    /// forward, except when the peer `starts_over` (a bootstrap, or a feed this node's store
+    /// lost).
     fn note_acked(&self, peer: &str, seq: u64, starts_over: bool) {
         let mut s = self.shared();
         if let Some(p) = s.peers.get_mut(peer) {
