@@ -276,7 +276,12 @@ impl Ctx {
     fn publish_digests<'a>(&self, store: &Store, components: impl IntoIterator<Item = &'a str>) {
         let mut d = self.digests.lock().unwrap_or_else(|e| e.into_inner());
         for c in components {
-            d.of.insert(c.to_owned(), store.digest(c));
+            match d.of.get_mut(c) {
+                Some(digest) => *digest = store.digest(c),
+                None => {
+                    d.of.insert(c.to_owned(), store.digest(c));
+                }
+            }
         }
         d.seq = store.meta().last_seq;
     }
@@ -2133,13 +2138,9 @@ impl Node {
 
     /// The digests of `components` (unknown ones left out) and the feed position they hold at,
     /// read together.
-    pub fn digests_at(&self, components: &[String]) -> (u64, Vec<(String, String)>) {
+    pub fn digests_at<'a>(&self, components: impl IntoIterator<Item = &'a String>) -> (u64, Vec<(String, String)>) {
         let d = self.ctx.digests.lock().unwrap_or_else(|e| e.into_inner());
-        let of = components
-            .iter()
-            .filter(|c| self.ctx.components.contains_key(*c))
-            .map(|c| (c.clone(), d.of.get(c).copied().unwrap_or_default().hex()))
-            .collect();
+        let of = components.into_iter().filter_map(|c| Some((c.clone(), d.of.get(c)?.hex()))).collect();
         (d.seq, of)
     }
 

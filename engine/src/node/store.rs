@@ -422,7 +422,8 @@ impl Store {
         let mut digests: BTreeMap<&str, SetDigest> = BTreeMap::new();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut prior = tx.prepare_cached("SELECT data, tombstone FROM records WHERE component = ?1 AND key = ?2")?;
+            // The live version a write replaces leaves the digest (tombstones are not in it).
+            let mut prior = tx.prepare_cached("SELECT data FROM records WHERE component = ?1 AND key = ?2 AND tombstone = 0")?;
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO records (component, key, data, tombstone, stamp_p, stamp_l, stamp_n, origin, epoch, seq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -433,11 +434,12 @@ impl Store {
             for w in writes {
                 seq += 1;
                 let digest = digests.entry(w.component).or_insert_with(|| self.digests.get(w.component).copied().unwrap_or_default());
-                if let Some((data, tombstone)) =
-                    prior.query_row(params![w.component, w.key], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? != 0))).optional()?
-                {
-                    digest.remove(w.key, &data, tombstone);
-                }
+                prior
+                    .query_row(params![w.component, w.key], |r| {
+                        digest.remove(w.key, r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?, false);
+                        Ok(())
+                    })
+                    .optional()?;
                 digest.add(w.key, w.data, w.tombstone);
                 upsert.execute(params![
                     w.component,
@@ -856,16 +858,16 @@ pub fn components(conn: &Connection) -> Result<Vec<String>, StoreError> {
 /// [`Store`] starts from at open, and what the one it maintains must always equal.
 pub fn set_digests(conn: &Connection) -> Result<BTreeMap<String, SetDigest>, StoreError> {
     let mut out: BTreeMap<String, SetDigest> = BTreeMap::new();
-    let mut q = conn.prepare("SELECT component, key, data, tombstone FROM records")?;
+    // Tombstones count as absent.
+    let mut q = conn.prepare("SELECT component, key, data FROM records WHERE tombstone = 0")?;
     let mut rows = q.query([])?;
     while let Some(r) = rows.next()? {
         let component = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
         let key = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
         let data = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
-        let tombstone = r.get::<_, i64>(3)? != 0;
         match out.get_mut(component) {
-            Some(d) => d.add(key, data, tombstone),
-            None => out.entry(component.to_owned()).or_default().add(key, data, tombstone),
+            Some(d) => d.add(key, data, false),
+            None => out.entry(component.to_owned()).or_default().add(key, data, false),
         }
     }
     Ok(out)

@@ -12,7 +12,8 @@ pub mod frame;
 pub mod proto;
 pub mod tls;
 
-/// The peer protocol version this build speaks (2: failover requests and snapshot transfers).
+/// The peer protocol version this build speaks (2: failover requests and snapshot transfers;
+/// 3: warm versions carry the reader's document; 4: heartbeats carry the component digests).
 pub const PROTOCOL_VERSION: u32 = 4;
 
 use std::time::Duration;

@@ -678,11 +678,10 @@ impl Replication {
             components,
             alarms: s.alarms.values().cloned().collect(),
             digests: self
-                .gate
-                .policies
-                .iter()
-                .filter(|(_, p)| p.mode != Mode::Cold)
-                .filter_map(|(name, _)| Some((name.clone(), self.node.digest(name).ok()?)))
+                .node
+                .digests_at(self.gate.policies.iter().filter(|(_, p)| p.mode != Mode::Cold).map(|(name, _)| name))
+                .1
+                .into_iter()
                 .collect(),
             sync_set: self.gate.sync_set.borrow().clone(),
             failover,
@@ -1810,8 +1809,7 @@ impl Replication {
         if theirs.is_empty() {
             return;
         }
-        let names: Vec<String> = theirs.iter().map(|(c, _)| c.clone()).collect();
-        let (our_seq, ours) = self.node.digests_at(&names);
+        let (our_seq, ours) = self.node.digests_at(theirs.iter().map(|(c, _)| c));
         let compared: Vec<(String, String, String)> =
             theirs.iter().filter_map(|(c, t)| ours.iter().find(|(o, _)| o == c).map(|(_, d)| (c.clone(), d.clone(), t.clone()))).collect();
         let quiet = state::divergence_quiet_ms(self.node.config().raw.store.maintenance_interval_ms, heartbeat_ms);
@@ -1824,9 +1822,7 @@ impl Replication {
                         tracing::info!(peer, component = %component, "the digests agree again");
                     }
                 }
-                state::Divergence::Diverged { since_ms } => {
-                    let (ours, theirs) =
-                        compared.iter().find(|(c, _, _)| *c == component).map(|(_, o, t)| (o.as_str(), t.as_str())).unwrap_or_default();
+                state::Divergence::Diverged { since_ms, ours, theirs } => {
                     let msg = format!(
                         "{component}: this node's digest {} differs from {peer}'s {} although it applied {peer}'s whole feed and nothing was written for {} s: a version is missing, extra or different on one of them, and replication alone will not repair it (see \"Digests that differ\" in the operations guide)",
                         &ours[..ours.len().min(16)],

@@ -243,8 +243,9 @@ pub fn divergence_quiet_ms(maintenance_interval_ms: u64, heartbeat_ms: u64) -> u
 pub enum Divergence {
     /// The digests agree: any alarm is over.
     Agree,
-    /// They differed for the whole quiet time with nothing written on either node.
-    Diverged { since_ms: u64 },
+    /// They differed (this node's digest, the peer's) for the whole quiet time with nothing
+    /// written or purged on either node.
+    Diverged { since_ms: u64, ours: String, theirs: String },
 }
 
 /// Watches the digests a peer sends with its heartbeats against this node's own, for the
@@ -301,7 +302,7 @@ impl DivergenceWatch {
                 *entry = (now_ms, now);
             }
             if now_ms.saturating_sub(entry.0) >= quiet_ms {
-                out.push((component.clone(), Divergence::Diverged { since_ms: entry.0 }));
+                out.push((component.clone(), Divergence::Diverged { since_ms: entry.0, ours: ours.clone(), theirs: theirs.clone() }));
             }
         }
         out
@@ -331,7 +332,7 @@ mod tests {
         assert!(w.observe(20_000, quiet, 10, 10, 5, &c("x", "y")).is_empty());
         assert_eq!(
             w.observe(21_000, quiet, 10, 10, 5, &c("x", "y")),
-            vec![("trunks".to_owned(), Divergence::Diverged { since_ms: 1_000 })]
+            vec![("trunks".to_owned(), Divergence::Diverged { since_ms: 1_000, ours: "x".into(), theirs: "y".into() })]
         );
         // A purge (a digest moves, no feed does) starts the wait again.
         assert!(w.observe(21_500, quiet, 10, 10, 5, &c("x", "w")).is_empty());
