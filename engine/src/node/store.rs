@@ -294,6 +294,9 @@ pub struct Store {
     /// Each component's convergence digest as of the last commit (see [`super::digest`]):
     /// computed from every record at open, then moved by each write and purge.
     digests: BTreeMap<String, SetDigest>,
+    /// Conflicts not yet resolved, as of the last commit: while there are none, a local write
+    /// has no conflict to mark resolved and skips that statement.
+    open_conflicts: u64,
 }
 
 impl Store {
@@ -384,7 +387,8 @@ impl Store {
         };
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let digests = set_digests(&conn)?;
-        let mut store = Store { conn, path: path.to_path_buf(), meta, page_size: sql_u64(page_size).max(512), digests };
+        let open_conflicts = open_conflicts(&conn)?;
+        let mut store = Store { conn, path: path.to_path_buf(), meta, page_size: sql_u64(page_size).max(512), digests, open_conflicts };
         store.set_max_size(opts.max_size_bytes)?;
         Ok(store)
     }
@@ -418,6 +422,8 @@ impl Store {
         let mut hlc = self.meta.hlc;
         let epoch = self.meta.epoch;
         let mut out = CommitOutcome { seqs: Vec::with_capacity(writes.len()), resolved: 0, recorded: 0 };
+        // Open conflicts as the transaction goes: none open, none to resolve.
+        let mut open = self.open_conflicts;
         // The digests move only once the transaction commits.
         let mut digests: BTreeMap<&str, SetDigest> = BTreeMap::new();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -473,7 +479,7 @@ impl Store {
                         sql_i64(now_ms)
                     ])?;
                 }
-                if w.resolves_conflicts {
+                if w.resolves_conflicts && open > 0 {
                     let mut res = tx.prepare_cached(
                         "UPDATE conflicts SET resolved_seq = ?3, resolution = ?4
                          WHERE component = ?1 AND key = ?2 AND resolved_seq IS NULL",
@@ -484,7 +490,9 @@ impl Store {
                         sql_i64(seq),
                         format!("superseded by a write stamped {}.{}@{}", w.stamp.physical, w.stamp.logical, w.stamp.node)
                     ])?;
-                    out.resolved += u64::try_from(n).unwrap_or(0);
+                    let n = u64::try_from(n).unwrap_or(0);
+                    out.resolved += n;
+                    open = open.saturating_sub(n);
                 }
                 if let Some(c) = w.conflict {
                     // An older open conflict on the key is superseded by this one (its versions
@@ -493,8 +501,14 @@ impl Store {
                         "UPDATE conflicts SET resolved_seq = ?3, resolution = ?4
                          WHERE component = ?1 AND key = ?2 AND resolved_seq IS NULL AND id <> ?5",
                     )?;
-                    let n = sup.execute(params![w.component, w.key, sql_i64(seq), format!("superseded by conflict {}", c.id), c.id])?;
-                    out.resolved += u64::try_from(n).unwrap_or(0);
+                    let n = if open > 0 {
+                        sup.execute(params![w.component, w.key, sql_i64(seq), format!("superseded by conflict {}", c.id), c.id])?
+                    } else {
+                        0
+                    };
+                    let n = u64::try_from(n).unwrap_or(0);
+                    out.resolved += n;
+                    open = open.saturating_sub(n);
                     let mut ins = tx.prepare_cached(
                         "INSERT INTO conflicts (id, component, key, reason, violations, versions, detected_p, detected_seq)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
@@ -509,7 +523,9 @@ impl Store {
                         sql_i64(c.detected_p),
                         sql_i64(seq)
                     ])?;
-                    out.recorded += u64::try_from(n).unwrap_or(0);
+                    let n = u64::try_from(n).unwrap_or(0);
+                    out.recorded += n;
+                    open += n;
                 }
                 out.seqs.push(seq);
             }
@@ -523,6 +539,7 @@ impl Store {
         tx.commit()?;
         self.meta.last_seq = seq;
         self.meta.hlc = hlc;
+        self.open_conflicts = open;
         for (component, d) in digests {
             self.digests.insert(component.to_owned(), d);
         }
@@ -1189,12 +1206,24 @@ mod tests {
         assert_eq!(s.commit(&[w], 1).expect("commit").recorded, 0);
         let r = Readers::new(&path, 1);
         assert_eq!(r.with(open_conflicts).expect("n"), 1);
+        // Reopened, the store still knows a conflict is open (local writes skip resolving while
+        // none is).
+        drop(s);
+        let mut s = Store::open(&path, "a", &StoreOptions::default(), 2).expect("reopen");
         let out = s.commit(&[row("t", "k", b"fixed", &Stamp::new(2, 0, "a"))], 1).expect("commit");
         assert_eq!(out.resolved, 1);
         assert_eq!(r.with(open_conflicts).expect("n"), 0);
         let c = r.with(|c| conflict(c, "c1")).expect("get").expect("exists");
         assert_eq!(c.resolved_seq, Some(3));
-        assert!(c.resolution.is_some_and(|r| r.contains("superseded")));
+        assert!(c.resolution.as_ref().is_some_and(|r| r.contains("superseded")));
+        // A conflict recorded and resolved within one commit.
+        let c2 = ConflictRow { id: "c2".into(), ..c };
+        let mut w = row("t", "k", b"m2", &st);
+        w.resolves_conflicts = false;
+        w.conflict = Some(&c2);
+        let out = s.commit(&[w, row("t", "k", b"fixed2", &Stamp::new(3, 0, "a"))], 1).expect("commit");
+        assert_eq!((out.recorded, out.resolved), (1, 1));
+        assert_eq!(r.with(open_conflicts).expect("n"), 0);
     }
 
     #[test]
