@@ -417,20 +417,27 @@ fn decode(session: &mut Session, comp: &ComponentState, key: &str, data: &[u8], 
     }
 }
 
-/// Documents written earlier in the batch, by (component, key): what `validate` lookups see
-/// before the batch is committed.
-type Overlay = Mutex<HashMap<(String, String), Option<Arc<str>>>>;
+/// Documents written earlier in the batch (all of the batch's component), by key: what
+/// `validate` lookups see before the batch is committed.
+type Overlay = Mutex<HashMap<String, Option<Arc<str>>>>;
 
-/// The read-only view `validate` gets: committed records, plus the batch's earlier writes.
+/// The read-only view `validate` gets: committed records, under the batch in flight's writes,
+/// under the batch's own earlier writes.
 struct NodeLookup {
     ctx: Arc<Ctx>,
+    /// The component the batch writes (the overlay and the pending batch hold only its keys).
+    component: Arc<ComponentState>,
     overlay: Arc<Overlay>,
+    pending: Option<Arc<Pending>>,
 }
 
 impl Lookup for NodeLookup {
     fn lookup(&self, component: &str, key: &str) -> Option<String> {
-        if let Some(doc) = self.overlay.lock().unwrap_or_else(|e| e.into_inner()).get(&(component.to_owned(), key.to_owned())) {
-            return doc.as_ref().map(|d| d.to_string());
+        if component == self.component.name() {
+            let written = self.overlay.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
+            if let Some(doc) = written.or_else(|| self.pending.as_ref()?.docs.get(key).cloned()) {
+                return doc.map(|d| d.to_string());
+            }
         }
         let comp = self.ctx.components.get(component)?;
         if let Some(r) = comp.mem.get(key) {
@@ -495,31 +502,35 @@ enum Step {
 
 /// What a batch being committed shows the preparation of the next one (a lane prepares batch
 /// N+1 while the writer commits batch N): its versions as priors, its documents for lookups,
-/// its idempotency keys.
+/// its idempotency keys. Looked up behind the next batch's own writes, never copied into them.
 #[derive(Default)]
 struct Pending {
     priors: HashMap<String, Prior>,
-    docs: HashMap<(String, String), Option<Arc<str>>>,
+    docs: HashMap<String, Option<Arc<str>>>,
     idem: HashMap<String, String>,
 }
 
-impl Pending {
-    /// The view of a prepared batch: its versions to commit.
-    fn of(steps: &[Result<Step, NodeError>]) -> Pending {
-        let mut p = Pending::default();
-        for step in steps {
-            if let Ok(Step::Commit(w, _)) = step {
-                p.priors.insert(
-                    w.key.clone(),
-                    Prior { data: w.data.clone(), tombstone: w.tombstone, stamp: w.stamp.clone(), origin: w.origin.clone(), seq: None },
-                );
-                p.docs.insert((w.component.name().to_owned(), w.key.clone()), w.doc.clone());
-                if let Some(ik) = &w.idem {
-                    p.idem.insert(ik.key.clone(), ik.fingerprint.clone());
-                }
-            }
+/// What preparing a batch has written so far, over the batch in flight.
+struct Seen {
+    pending: Option<Arc<Pending>>,
+    priors: HashMap<String, Prior>,
+    /// Idempotency keys: the index of the batch's first write with it, and its fingerprint.
+    idem: HashMap<String, (usize, String)>,
+}
+
+impl Seen {
+    /// The newest version of `key` written by the batch or the batch in flight.
+    fn prior(&self, key: &str) -> Option<Prior> {
+        self.priors.get(key).or_else(|| self.pending.as_ref()?.priors.get(key)).cloned()
+    }
+
+    /// Where an idempotency key was used: `Some(Some(index))` by this batch's write `index`,
+    /// `Some(None)` by the batch in flight, with its fingerprint.
+    fn idem(&self, idem_key: &str) -> Option<(Option<usize>, &str)> {
+        if let Some((first, fp)) = self.idem.get(idem_key) {
+            return Some((Some(*first), fp));
         }
-        p
+        self.pending.as_ref()?.idem.get(idem_key).map(|fp| (None, fp.as_str()))
     }
 }
 
@@ -535,33 +546,43 @@ fn prepare_batch(
     comp: &Arc<ComponentState>,
     plugin: &Arc<LoadedPlugin>,
     items: Vec<WriteItem>,
-    pending: Option<&Pending>,
-) -> Vec<Result<Step, NodeError>> {
-    // The batch in flight, if any, is the starting point: its versions are the priors, its
+    pending: Option<Arc<Pending>>,
+) -> (Vec<Result<Step, NodeError>>, Pending) {
+    // The batch in flight, if any, is under this one: its versions are the priors, its
     // documents what lookups see, its idempotency keys taken.
-    let overlay: Arc<Overlay> = Arc::new(Mutex::new(pending.map(|p| p.docs.clone()).unwrap_or_default()));
-    let mut batch: HashMap<String, Prior> = pending.map(|p| p.priors.clone()).unwrap_or_default();
-    let mut batch_idem: HashMap<String, (usize, String)> =
-        pending.map(|p| p.idem.iter().map(|(k, f)| (k.clone(), (usize::MAX, f.clone()))).collect()).unwrap_or_default();
-    let lookup = Arc::new(NodeLookup { ctx: ctx.clone(), overlay: overlay.clone() });
+    let overlay: Arc<Overlay> = Arc::new(Mutex::new(HashMap::with_capacity(items.len())));
+    let lookup = Arc::new(NodeLookup { ctx: ctx.clone(), component: comp.clone(), overlay: overlay.clone(), pending: pending.clone() });
+    let mut seen = Seen { pending, priors: HashMap::with_capacity(items.len()), idem: HashMap::new() };
     let mut session = match plugin.session(lookup) {
         Ok(s) => s,
-        Err(e) => return items.iter().map(|_| Err(NodeError::Plugin(e.clone()))).collect(),
+        Err(e) => return (items.iter().map(|_| Err(NodeError::Plugin(e.clone()))).collect(), Pending::default()),
     };
     let mut out = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let step = match item {
-            WriteItem::Local { key, op, idem } => {
-                prepare_local(ctx, comp, &mut session, &mut batch, &mut batch_idem, &overlay, index, key, op, idem)
-            }
-            WriteItem::Remote { version, mode } => prepare_remote(ctx, comp, &mut session, &mut batch, &overlay, version, mode),
+            WriteItem::Local { key, op, idem } => prepare_local(ctx, comp, &mut session, &mut seen, &overlay, index, key, op, idem),
+            WriteItem::Remote { version, mode } => prepare_remote(ctx, comp, &mut session, &mut seen, &overlay, version, mode),
         };
         if let Err(e) = &step {
             comp.metrics.refuse(e.code());
         }
         out.push(step);
     }
-    out
+    // What the next batch is prepared on top of while this one commits: exactly this batch's
+    // versions to commit (the batch in flight under it is committed by then), moved, not copied.
+    drop(session);
+    let docs = match Arc::try_unwrap(overlay) {
+        Ok(docs) => docs.into_inner().unwrap_or_else(|e| e.into_inner()),
+        Err(shared) => shared.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+    };
+    let idem = out
+        .iter()
+        .filter_map(|step| match step {
+            Ok(Step::Commit(w, _)) => w.idem.as_ref().map(|ik| (ik.key.clone(), ik.fingerprint.clone())),
+            _ => None,
+        })
+        .collect();
+    (out, Pending { priors: seen.priors, docs, idem })
 }
 
 fn timed<R>(comp: &ComponentState, f: impl FnOnce() -> R) -> R {
@@ -576,8 +597,7 @@ fn prepare_local(
     ctx: &Ctx,
     comp: &Arc<ComponentState>,
     session: &mut Session,
-    batch: &mut HashMap<String, Prior>,
-    batch_idem: &mut HashMap<String, (usize, String)>,
+    seen: &mut Seen,
     overlay: &Overlay,
     index: usize,
     key: String,
@@ -585,11 +605,11 @@ fn prepare_local(
     idem: Option<IdemKey>,
 ) -> Result<Step, NodeError> {
     if let Some(ik) = &idem {
-        if let Some((first, fp)) = batch_idem.get(&ik.key) {
-            return match (*fp == ik.fingerprint, *first) {
+        if let Some((first, fp)) = seen.idem(&ik.key) {
+            return match (fp == ik.fingerprint, first) {
                 (false, _) => Err(NodeError::IdempotencyReused(ik.key.clone())),
-                (true, usize::MAX) => Ok(Step::SameAsPending(ik.key.clone())),
-                (true, first) => Ok(Step::SameAs(first)),
+                (true, None) => Ok(Step::SameAsPending(ik.key.clone())),
+                (true, Some(first)) => Ok(Step::SameAs(first)),
             };
         }
         let known = ctx.idem.lock().unwrap_or_else(|e| e.into_inner()).get(&(comp.name().to_owned(), ik.key.clone())).cloned();
@@ -599,10 +619,10 @@ fn prepare_local(
             }
             return Ok(Step::Done(WriteOutcome::Local(replayed_ack(comp, entry))));
         }
-        batch_idem.insert(ik.key.clone(), (index, ik.fingerprint.clone()));
+        seen.idem.insert(ik.key.clone(), (index, ik.fingerprint.clone()));
     }
-    let prior = match batch.get(&key) {
-        Some(p) => Some(p.clone()),
+    let prior = match seen.prior(&key) {
+        Some(p) => Some(p),
         None => ctx.prior(comp, &key)?,
     };
     if matches!(op, Op::Delete) && prior.as_ref().is_none_or(|p| p.tombstone) {
@@ -639,8 +659,8 @@ fn prepare_local(
     }
     let doc = decode(session, comp, &key, &stored.data, stored.tombstone)?;
     let data: Arc<[u8]> = Arc::from(stored.data);
-    overlay.lock().unwrap_or_else(|e| e.into_inner()).insert((comp.name().to_owned(), key.clone()), doc.clone());
-    batch.insert(
+    overlay.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), doc.clone());
+    seen.priors.insert(
         key.clone(),
         Prior { data: data.clone(), tombstone: stored.tombstone, stamp: stamp.clone(), origin: ctx.name.clone(), seq: None },
     );
@@ -684,7 +704,7 @@ fn prepare_remote(
     ctx: &Ctx,
     comp: &Arc<ComponentState>,
     session: &mut Session,
-    batch: &mut HashMap<String, Prior>,
+    seen: &mut Seen,
     overlay: &Overlay,
     version: RemoteVersion,
     mode: ApplyMode,
@@ -692,8 +712,8 @@ fn prepare_remote(
     check_key(&version.key)?;
     ctx.clock.observe(&version.stamp).map_err(NodeError::ClockAhead)?;
     let key = version.key.clone();
-    let prior = match batch.get(&key) {
-        Some(p) => Some(p.clone()),
+    let prior = match seen.prior(&key) {
+        Some(p) => Some(p),
         None => ctx.prior(comp, &key)?,
     };
     let same = |p: &Prior, s: &Stored| p.tombstone == s.tombstone && p.data[..] == s.data[..];
@@ -785,8 +805,8 @@ fn prepare_remote(
         _ => decode(session, comp, &key, &stored.data, stored.tombstone)?,
     };
     let data: Arc<[u8]> = Arc::from(stored.data);
-    overlay.lock().unwrap_or_else(|e| e.into_inner()).insert((comp.name().to_owned(), key.clone()), doc.clone());
-    batch.insert(
+    overlay.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), doc.clone());
+    seen.priors.insert(
         key.clone(),
         Prior { data: data.clone(), tombstone: stored.tombstone, stamp: stamp.clone(), origin: origin.clone(), seq: None },
     );
@@ -1266,14 +1286,14 @@ async fn prepare(
         items.extend(r.items);
     }
     let total = items.len();
-    let steps = if needs_no_plugin(comp, &items) {
+    let (steps, view) = if needs_no_plugin(comp, &items) {
         // Warm versions that come with their document: nothing for the plugin to do and nothing
         // to read from the store, so no hop to a plugin thread.
-        prepare_batch(ctx, comp, &plugin, items, pending.as_deref())
+        prepare_batch(ctx, comp, &plugin, items, pending)
     } else {
         let (job_ctx, job_comp) = (ctx.clone(), comp.clone());
-        match pool.run(move || prepare_batch(&job_ctx, &job_comp, &plugin, items, pending.as_deref())).await {
-            Ok(steps) => steps,
+        match pool.run(move || prepare_batch(&job_ctx, &job_comp, &plugin, items, pending)).await {
+            Ok(prepared) => prepared,
             Err(_busy) => {
                 comp.metrics.refuse("busy");
                 for (reply, n) in replies {
@@ -1283,7 +1303,7 @@ async fn prepare(
             }
         }
     };
-    let view = Arc::new(Pending::of(&steps));
+    let view = Arc::new(view);
     let mut p = PreparedBatch {
         results: Vec::with_capacity(total),
         to_commit: Vec::new(),
