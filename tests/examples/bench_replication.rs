@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tandem::node::Server;
 use tandem::plugin::Op;
+use tandem_tests::bench::{cpu_by_thread, cpu_line, plain_sqlite_upserts};
 use tandem_tests::cluster::{NodeDef, free_port, write_cluster_node};
 use tandem_tests::start_node;
 
@@ -47,38 +48,6 @@ fn pair(root: &Path, ack: &str) -> (Server, Server) {
     (a, b)
 }
 
-fn sqlite_baseline(path: &Path, records: &[(String, Vec<u8>)]) -> f64 {
-    let _ = std::fs::remove_file(path);
-    let mut conn = rusqlite_conn(path);
-    let started = Instant::now();
-    for chunk in records.chunks(BATCH) {
-        let tx = conn.transaction().expect("tx");
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO kv (component, key, data) VALUES ('trunks', ?1, ?2) ON CONFLICT DO UPDATE SET data = excluded.data",
-                )
-                .expect("prepare");
-            for (k, v) in chunk {
-                st.execute((k, v)).expect("insert");
-            }
-        }
-        tx.commit().expect("commit");
-    }
-    records.len() as f64 / started.elapsed().as_secs_f64()
-}
-
-fn rusqlite_conn(path: &Path) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())).expect("wal");
-    conn.pragma_update(None, "synchronous", "FULL").expect("full");
-    conn.execute_batch(
-        "CREATE TABLE kv (component TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (component, key)) WITHOUT ROWID",
-    )
-    .expect("table");
-    conn
-}
-
 fn pct(v: &mut [u64], p: f64) -> u64 {
     if v.is_empty() {
         return 0;
@@ -91,6 +60,7 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
 /// (the node groups concurrent batches into one commit); returns (acked rate, replicated rate).
 fn throughput(a: &Server, b: &Server, n: usize, offset: usize) -> (f64, f64) {
     const WRITERS: usize = 8;
+    let cpu = cpu_by_thread();
     let started = Instant::now();
     let node = a.node().clone();
     a.block_on(async move {
@@ -118,6 +88,7 @@ fn throughput(a: &Server, b: &Server, n: usize, offset: usize) -> (f64, f64) {
         std::thread::sleep(Duration::from_millis(1));
     }
     let replicated = started.elapsed().as_secs_f64();
+    println!("  {}", cpu_line(&cpu, n, started.elapsed()));
     (n as f64 / acked, n as f64 / replicated)
 }
 
@@ -136,9 +107,12 @@ fn main() {
             (k, stored.data.to_vec())
         })
         .collect();
-    let sqlite = sqlite_baseline(&root.path().join("baseline.db"), &records);
+    let cpu = cpu_by_thread();
+    let took = plain_sqlite_upserts(&root.path().join("baseline.db"), &records, BATCH);
+    let sqlite = n as f64 / took.as_secs_f64();
     println!("records {n}, batch {BATCH}");
     println!("plain SQLite upserts (WAL, FULL)            {sqlite:>10.0} writes/s");
+    println!("  {}", cpu_line(&cpu, n, took));
 
     let (acked, replicated) = throughput(&a, &b, n, 0);
     println!("local ack: acknowledged on the primary       {acked:>10.0} writes/s  ({:.2}x SQLite)", acked / sqlite);

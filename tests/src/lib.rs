@@ -226,5 +226,6 @@ impl Drop for NodeProcess {
         }
     }
 }
+pub mod bench;
 pub mod cluster;
 pub mod fault_proxy;
