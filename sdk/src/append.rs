@@ -132,7 +132,7 @@ impl<T: ReportSchema> Plugin for AppendPlugin<T> {
         {
             map.insert("_conflicts".to_owned(), Value::Array(versions));
         }
-        Ok(Some(String::from_utf8_lossy(&canonical_json(&out)).into_owned()))
+        Ok(Some(crate::canonical_json_string(&out)))
     }
 
     fn merge(_key: &str, a: &[u8], b: &[u8]) -> Result<Stored, String> {

@@ -216,6 +216,11 @@ pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
     out
 }
 
+/// [`canonical_json`] as a string, without copying it: the encoding of a `Value` is UTF-8.
+pub(crate) fn canonical_json_string(value: &serde_json::Value) -> String {
+    String::from_utf8(canonical_json(value)).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Appends the canonical JSON encoding of `value` to `out` (see [`canonical_json`]).
 pub fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value;

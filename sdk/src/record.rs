@@ -419,22 +419,41 @@ fn encode(doc: Doc) -> Stored {
     let mut data = Vec::with_capacity(512);
     write_doc(&doc, &mut data);
     let tombstone = !is_live(&doc);
-    LAST.with_borrow_mut(|last| *last = Some((data.clone(), doc)));
+    LAST.with_borrow_mut(|last| *last = Some(Last { bytes: data.clone(), doc, view: None }));
     Stored { data, tombstone }
 }
 
-thread_local! {
-    /// The version this plugin encoded last, with its document: the engine validates and reads
-    /// the bytes `serialize` or `merge` has just returned, which then need no decoding. A pure
-    /// cache: the bytes are compared in full, so every answer is the one decoding would give.
-    static LAST: std::cell::RefCell<Option<(Vec<u8>, Doc)>> = const { std::cell::RefCell::new(None) };
+/// The version this plugin encoded last, with its document and, once a call has needed it, the
+/// document's view.
+struct Last {
+    bytes: Vec<u8>,
+    doc: Doc,
+    view: Option<View>,
 }
 
-/// Runs `f` on the document stored as `data`, decoded or from [`LAST`].
-fn with_doc<R>(data: &[u8], f: impl FnOnce(&Doc) -> R) -> Result<R, String> {
-    LAST.with_borrow(|last| match last {
-        Some((bytes, doc)) if bytes.as_slice() == data => Ok(f(doc)),
-        _ => decode(data).map(|doc| f(&doc)),
+thread_local! {
+    /// The version this plugin encoded last: the engine validates and reads the bytes
+    /// `serialize` or `merge` has just returned, which then need no decoding, and `validate`
+    /// leaves the view it made for `deserialize`. A pure cache: the bytes are compared in full,
+    /// and a view is a function of the document, so every answer is the one decoding would give.
+    static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on the view of the document stored as `data`: from [`LAST`] (made once, then kept
+/// there), or decoded.
+fn with_view<R>(data: &[u8], f: impl FnOnce(&View) -> R) -> Result<R, String> {
+    LAST.with_borrow_mut(|last| match last {
+        Some(Last { bytes, doc, view: cached }) if bytes.as_slice() == data => Ok(f(cached.get_or_insert_with(|| view(doc)))),
+        _ => decode(data).map(|doc| f(&view(&doc))),
+    })
+}
+
+/// The view of the document stored as `data`, taken from [`LAST`] when there, else made from the
+/// document there or decoded.
+fn take_view(data: &[u8]) -> Result<View, String> {
+    LAST.with_borrow_mut(|last| match last {
+        Some(Last { bytes, doc, view: cached }) if bytes.as_slice() == data => Ok(cached.take().unwrap_or_else(|| view(doc))),
+        _ => decode(data).map(|doc| view(&doc)),
     })
 }
 
@@ -680,7 +699,7 @@ impl<T: RecordSchema> Plugin for RecordPlugin<T> {
     }
 
     fn deserialize(_key: &str, data: &[u8]) -> Result<Option<String>, String> {
-        let mut v = with_doc(data, view)?;
+        let mut v = take_view(data)?;
         if !v.live {
             return Ok(None);
         }
@@ -690,7 +709,7 @@ impl<T: RecordSchema> Plugin for RecordPlugin<T> {
             T::redact(&mut conflicts);
             v.doc.insert("_conflicts".to_owned(), Value::Object(conflicts));
         }
-        Ok(Some(String::from_utf8_lossy(&canonical_json(&Value::Object(v.doc))).into_owned()))
+        Ok(Some(crate::canonical_json_string(&Value::Object(v.doc))))
     }
 
     fn merge(_key: &str, a: &[u8], b: &[u8]) -> Result<Stored, String> {
@@ -712,27 +731,33 @@ impl<T: RecordSchema> Plugin for RecordPlugin<T> {
     }
 
     fn validate(key: &str, data: &[u8], host: &dyn Host) -> Result<(), Vec<Violation>> {
-        let v = with_doc(data, view).map_err(|e| vec![Violation::new("", "schema", e)])?;
-        if !v.live {
+        let checked = with_view(data, |v| {
+            if !v.live {
+                return None;
+            }
+            // Violations reach operators and logs: they show the values only as readers may see them.
+            let mut shown = v.conflicts.clone();
+            T::redact(&mut shown);
+            let violations: Vec<Violation> = v
+                .conflicts
+                .keys()
+                .map(|field| {
+                    let message = match shown.get(field) {
+                        Some(values) => {
+                            format!("concurrent changes need an operator's decision: {}", String::from_utf8_lossy(&canonical_json(values)))
+                        }
+                        None => "concurrent changes need an operator's decision (the values are not shown)".to_owned(),
+                    };
+                    Violation::new(field, "conflict", message)
+                })
+                .collect();
+            Some((violations, T::deserialize(&v.doc)))
+        })
+        .map_err(|e| vec![Violation::new("", "schema", e)])?;
+        let Some((mut violations, typed)) = checked else {
             return Ok(());
-        }
-        // Violations reach operators and logs: they show the values only as readers may see them.
-        let mut shown = v.conflicts.clone();
-        T::redact(&mut shown);
-        let mut violations: Vec<Violation> = v
-            .conflicts
-            .keys()
-            .map(|field| {
-                let message = match shown.get(field) {
-                    Some(values) => {
-                        format!("concurrent changes need an operator's decision: {}", String::from_utf8_lossy(&canonical_json(values)))
-                    }
-                    None => "concurrent changes need an operator's decision (the values are not shown)".to_owned(),
-                };
-                Violation::new(field, "conflict", message)
-            })
-            .collect();
-        match serde_json::from_value::<T>(Value::Object(v.doc)) {
+        };
+        match typed {
             Ok(typed) => violations.extend(typed.validate(key, host)),
             Err(e) => violations.push(Violation::new("", "schema", format!("the merged document does not match the schema: {e}"))),
         }
