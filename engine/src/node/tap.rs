@@ -137,7 +137,7 @@ impl CommitTap {
 
     /// Times the consumer fell too far behind and the tap closed.
     pub fn overflows(&self) -> u64 {
-        self.overflows.load(Ordering::Relaxed)
+        self.overflows.load(Ordering::Acquire)
     }
 
     /// Called by the writer after every commit, with the versions it committed (empty when no
@@ -153,9 +153,11 @@ impl CommitTap {
         let over = inner.pending.entries.load(Ordering::Acquire) + n > self.max_entries.load(Ordering::Relaxed)
             || inner.pending.bytes.load(Ordering::Acquire) + bytes > self.max_bytes.load(Ordering::Relaxed);
         if over {
-            inner.tx = None;
+            // Counted before the channel ends: a consumer that sees it end must find the
+            // overflow counted.
+            self.overflows.fetch_add(1, Ordering::Release);
             self.active.store(false, Ordering::Release);
-            self.overflows.fetch_add(1, Ordering::Relaxed);
+            inner.tx = None;
             return;
         }
         inner.pending.entries.fetch_add(n, Ordering::AcqRel);
