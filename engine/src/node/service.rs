@@ -1015,8 +1015,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             ctx.metrics.commit_latency.observe(elapsed);
             ctx.metrics.commit_size.observe(total as f64);
             ctx.metrics.conflicts_recorded.fetch_add(outcome.recorded, Ordering::Relaxed);
-            let open = ctx.conflicts_open.load(Ordering::Relaxed);
-            ctx.conflicts_open.store((open + outcome.recorded).saturating_sub(outcome.resolved), Ordering::Relaxed);
+            ctx.conflicts_open.store(store.conflicts_open(), Ordering::Relaxed);
             let mut seqs = outcome.seqs.iter();
             let tapped = ctx.tap.active();
             let epoch = store.meta().epoch;
@@ -1586,7 +1585,7 @@ impl Node {
             epoch: AtomicU64::new(meta.epoch),
             last_seq: AtomicU64::new(meta.last_seq),
             commits: AtomicU64::new(0),
-            conflicts_open: AtomicU64::new(0),
+            conflicts_open: AtomicU64::new(store.conflicts_open()),
             metrics: NodeMetrics::default(),
             seq_tx,
             tap: super::tap::CommitTap::default(),
@@ -1597,7 +1596,7 @@ impl Node {
                 of: config.components.iter().map(|c| (c.name.clone(), store.digest(&c.name))).collect(),
             }),
         });
-        // Idempotency keys, open conflicts, and components the store has but the config lacks.
+        // Idempotency keys, and components the store has but the config lacks.
         {
             let ctx = ctx.clone();
             let ttl_ms = config.raw.store.idempotency_ttl_s.saturating_mul(1000);
@@ -1611,7 +1610,6 @@ impl Node {
                     );
                 }
                 drop(idem);
-                ctx.conflicts_open.store(ctx.readers.with(store::open_conflicts)?, Ordering::Relaxed);
                 for c in ctx.readers.with(store::components)? {
                     if !ctx.components.contains_key(&c) {
                         tracing::warn!(component = %c, "the store holds records of a component that is not configured; they are kept but not served");

@@ -409,6 +409,11 @@ impl Store {
         self.digests.get(component).copied().unwrap_or_default()
     }
 
+    /// Conflicts not yet resolved, as of the last commit.
+    pub fn conflicts_open(&self) -> u64 {
+        self.open_conflicts
+    }
+
     /// Caps the database size (0: no cap). Past the cap, writes fail as on a full disk.
     pub fn set_max_size(&mut self, bytes: u64) -> Result<(), StoreError> {
         let pages = if bytes == 0 { 4_294_967_294 } else { (bytes / self.page_size).max(1) };
@@ -423,7 +428,8 @@ impl Store {
         let epoch = self.meta.epoch;
         let mut out = CommitOutcome { seqs: Vec::with_capacity(writes.len()), resolved: 0, recorded: 0 };
         // Open conflicts as the transaction goes: none open, none to resolve.
-        let mut open = self.open_conflicts;
+        let open_before = self.open_conflicts;
+        let open = |out: &CommitOutcome| (open_before + out.recorded).saturating_sub(out.resolved);
         // The digests move only once the transaction commits.
         let mut digests: BTreeMap<&str, SetDigest> = BTreeMap::new();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -479,7 +485,7 @@ impl Store {
                         sql_i64(now_ms)
                     ])?;
                 }
-                if w.resolves_conflicts && open > 0 {
+                if w.resolves_conflicts && open(&out) > 0 {
                     let mut res = tx.prepare_cached(
                         "UPDATE conflicts SET resolved_seq = ?3, resolution = ?4
                          WHERE component = ?1 AND key = ?2 AND resolved_seq IS NULL",
@@ -490,9 +496,7 @@ impl Store {
                         sql_i64(seq),
                         format!("superseded by a write stamped {}.{}@{}", w.stamp.physical, w.stamp.logical, w.stamp.node)
                     ])?;
-                    let n = u64::try_from(n).unwrap_or(0);
-                    out.resolved += n;
-                    open = open.saturating_sub(n);
+                    out.resolved += u64::try_from(n).unwrap_or(0);
                 }
                 if let Some(c) = w.conflict {
                     // An older open conflict on the key is superseded by this one (its versions
@@ -501,14 +505,10 @@ impl Store {
                         "UPDATE conflicts SET resolved_seq = ?3, resolution = ?4
                          WHERE component = ?1 AND key = ?2 AND resolved_seq IS NULL AND id <> ?5",
                     )?;
-                    let n = if open > 0 {
-                        sup.execute(params![w.component, w.key, sql_i64(seq), format!("superseded by conflict {}", c.id), c.id])?
-                    } else {
-                        0
-                    };
-                    let n = u64::try_from(n).unwrap_or(0);
-                    out.resolved += n;
-                    open = open.saturating_sub(n);
+                    if open(&out) > 0 {
+                        let n = sup.execute(params![w.component, w.key, sql_i64(seq), format!("superseded by conflict {}", c.id), c.id])?;
+                        out.resolved += u64::try_from(n).unwrap_or(0);
+                    }
                     let mut ins = tx.prepare_cached(
                         "INSERT INTO conflicts (id, component, key, reason, violations, versions, detected_p, detected_seq)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
@@ -523,9 +523,7 @@ impl Store {
                         sql_i64(c.detected_p),
                         sql_i64(seq)
                     ])?;
-                    let n = u64::try_from(n).unwrap_or(0);
-                    out.recorded += n;
-                    open += n;
+                    out.recorded += u64::try_from(n).unwrap_or(0);
                 }
                 out.seqs.push(seq);
             }
@@ -539,7 +537,7 @@ impl Store {
         tx.commit()?;
         self.meta.last_seq = seq;
         self.meta.hlc = hlc;
-        self.open_conflicts = open;
+        self.open_conflicts = open(&out);
         for (component, d) in digests {
             self.digests.insert(component.to_owned(), d);
         }

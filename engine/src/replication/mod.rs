@@ -1900,7 +1900,11 @@ impl Replication {
         tokio::task::spawn_blocking(move || write_replacing(&file, &text))
             .await
             .map_err(|e| LinkError::Apply(format!("saving the position: {e}")))?
-            .map_err(|e| LinkError::Apply(format!("saving the position in {}: {e}", self.positions_file.display())))
+            .map_err(|e| self.positions_write_error(&e))
+    }
+
+    fn positions_write_error(&self, e: &std::io::Error) -> LinkError {
+        LinkError::Apply(format!("saving the positions in {}: {e}", self.positions_file.display()))
     }
 
     /// The positions as the file holds them; they count as written from here on.
@@ -1916,10 +1920,9 @@ impl Replication {
             return;
         }
         let Ok(_writing) = self.positions_writing.try_lock() else { return };
-        if let Err(e) = self.positions_text().and_then(|text| {
-            write_replacing(&self.positions_file, &text)
-                .map_err(|e| LinkError::Apply(format!("saving the positions in {}: {e}", self.positions_file.display())))
-        }) {
+        if let Err(e) =
+            self.positions_text().and_then(|text| write_replacing(&self.positions_file, &text).map_err(|e| self.positions_write_error(&e)))
+        {
             tracing::warn!("{e}");
         }
     }
