@@ -744,7 +744,7 @@ impl<T: RecordSchema> Plugin for RecordPlugin<T> {
                 .map(|field| {
                     let message = match shown.get(field) {
                         Some(values) => {
-                            format!("concurrent changes need an operator's decision: {}", String::from_utf8_lossy(&canonical_json(values)))
+                            format!("concurrent changes need an operator's decision: {}", crate::canonical_json_string(values))
                         }
                         None => "concurrent changes need an operator's decision (the values are not shown)".to_owned(),
                     };
