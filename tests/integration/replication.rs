@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tandem::node::Server;
 use tandem_tests::cluster::{NodeDef, free_port, write_cluster_node};
 use tandem_tests::fault_proxy::FaultProxy;
-use tandem_tests::{client, start_node, wait_until};
+use tandem_tests::{alarms, client, digest, start_node, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -27,10 +27,6 @@ fn account(i: usize) -> String {
         n /= 32;
     }
     format!("account:01J8Z3K4M5N6P7Q8R9S0T1{tail}")
-}
-
-fn digest(s: &Server, component: &str) -> String {
-    s.node().digest(component).expect("digest")
 }
 
 fn count(s: &Server, component: &str) -> usize {
@@ -159,10 +155,6 @@ fn replication_resumes_after_restart_and_disconnect_without_loss_or_duplication(
     wait_until("sync after a cut", WAIT, || digest(&a, "trunks") == digest(&b, "trunks"));
     assert_eq!(b.node().last_seq(), seq_before + 35 + 30);
     assert_eq!(count(&b, "trunks"), 75);
-}
-
-fn alarms(s: &Server) -> Vec<String> {
-    s.replication().map(|r| r.status().alarms).unwrap_or_default()
 }
 
 #[test]

@@ -9,20 +9,12 @@ use std::time::Duration;
 
 use tandem::node::Server;
 use tandem_tests::cluster::{NodeDef, free_port, write_cluster_node};
-use tandem_tests::{client, start_node, wait_until};
+use tandem_tests::{alarms, client, digest, start_node, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
-}
-
-fn digest(s: &Server, component: &str) -> String {
-    s.node().digest(component).expect("digest")
-}
-
-fn alarms(s: &Server) -> Vec<String> {
-    s.replication().expect("replication").status().alarms
 }
 
 fn trunk(i: usize) -> (String, String) {

@@ -25,8 +25,9 @@ fn has_tombstone(s: &Server, key: &str) -> bool {
     changes.iter().any(|c| c.key == key && c.stored.tombstone)
 }
 
+/// The node's replication alarms as one text.
 fn alarms(s: &Server) -> String {
-    s.replication().map(|r| r.status().alarms.join("\n")).unwrap_or_default()
+    tandem_tests::alarms(s).join("\n")
 }
 
 #[test]

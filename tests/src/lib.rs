@@ -105,6 +105,16 @@ pub fn client(server: &Server) -> tandem::node::client::Client {
     tandem::node::client::Client::new(&server.api_addr().to_string(), TEST_TOKEN)
 }
 
+/// A component's convergence digest on an in-process node.
+pub fn digest(server: &Server, component: &str) -> String {
+    server.node().digest(component).expect("digest")
+}
+
+/// The replication alarms of an in-process node that replicates.
+pub fn alarms(server: &Server) -> Vec<String> {
+    server.replication().expect("replication").status().alarms
+}
+
 /// Waits until `cond` holds, failing the test after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
