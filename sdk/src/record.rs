@@ -190,10 +190,11 @@ impl<'de> Deserialize<'de> for Cell {
 /// Appends the canonical JSON of `doc` (members in key order, no whitespace): the bytes
 /// `canonical_json(&serde_json::to_value(doc))` gives, without building the value tree.
 fn write_doc(doc: &Doc, out: &mut Vec<u8>) {
+    let mut memo = StampMemo::default();
     out.push(b'{');
     if let Some(d) = &doc.d {
         out.extend_from_slice(b"\"d\":");
-        write_stamp(d, out);
+        write_stamp(d, out, &mut memo);
         out.push(b',');
     }
     out.extend_from_slice(b"\"f\":{");
@@ -203,18 +204,18 @@ fn write_doc(doc: &Doc, out: &mut Vec<u8>) {
         }
         write_json_str(name, out);
         out.push(b':');
-        write_cell(cell, out);
+        write_cell(cell, out, &mut memo);
     }
     out.extend_from_slice(b"},\"v\":");
     write_number(doc.v, out);
     out.push(b'}');
 }
 
-fn write_cell(cell: &Cell, out: &mut Vec<u8>) {
+fn write_cell<'a>(cell: &'a Cell, out: &mut Vec<u8>, memo: &mut StampMemo<'a>) {
     match cell {
         Cell::Lww { s, v } => {
             out.extend_from_slice(b"{\"k\":\"w\",\"s\":");
-            write_stamp(s, out);
+            write_stamp(s, out, memo);
             out.extend_from_slice(b",\"v\":");
             write_canonical(v, out);
         }
@@ -232,29 +233,29 @@ fn write_cell(cell: &Cell, out: &mut Vec<u8>) {
                 out.push(b']');
             }
             out.extend_from_slice(b"},\"e\":");
-            write_entries(e, out);
+            write_entries(e, out, memo);
             out.extend_from_slice(if matches!(cell, Cell::Strict { .. }) { b",\"k\":\"m\"" } else { b",\"k\":\"s\"" });
         }
         Cell::Append { e } => {
             out.extend_from_slice(b"{\"e\":");
-            write_entries(e, out);
+            write_entries(e, out, memo);
             out.extend_from_slice(b",\"k\":\"a\"");
         }
         Cell::Rank { e } => {
             out.extend_from_slice(b"{\"e\":");
-            write_list(e.iter().map(|x| (Some(x.r), &x.s, &x.v)), out);
+            write_list(e.iter().map(|x| (Some(x.r), &x.s, &x.v)), out, memo);
             out.extend_from_slice(b",\"k\":\"r\"");
         }
     }
     out.push(b'}');
 }
 
-fn write_entries(e: &[Entry], out: &mut Vec<u8>) {
-    write_list(e.iter().map(|x| (None, &x.stamp, &x.value)), out);
+fn write_entries<'a>(e: &'a [Entry], out: &mut Vec<u8>, memo: &mut StampMemo<'a>) {
+    write_list(e.iter().map(|x| (None, &x.stamp, &x.value)), out, memo);
 }
 
 /// A list of `{"r"?, "s", "v"}` objects: rank entries carry their rank, dotted entries none.
-fn write_list<'a>(items: impl Iterator<Item = (Option<u32>, &'a Stamp, &'a Value)>, out: &mut Vec<u8>) {
+fn write_list<'a>(items: impl Iterator<Item = (Option<u32>, &'a Stamp, &'a Value)>, out: &mut Vec<u8>, memo: &mut StampMemo<'a>) {
     out.push(b'[');
     for (i, (rank, stamp, value)) in items.enumerate() {
         if i > 0 {
@@ -267,7 +268,7 @@ fn write_list<'a>(items: impl Iterator<Item = (Option<u32>, &'a Stamp, &'a Value
             out.push(b',');
         }
         out.extend_from_slice(b"\"s\":");
-        write_stamp(stamp, out);
+        write_stamp(stamp, out, memo);
         out.extend_from_slice(b",\"v\":");
         write_canonical(value, out);
         out.push(b'}');
@@ -275,7 +276,21 @@ fn write_list<'a>(items: impl Iterator<Item = (Option<u32>, &'a Stamp, &'a Value
     out.push(b']');
 }
 
-fn write_stamp(s: &Stamp, out: &mut Vec<u8>) {
+/// The stamp [`write_stamp`] wrote last and where its encoding is in the output: most cells of a
+/// version carry the same stamp (the write's), which is then copied rather than encoded again.
+#[derive(Default)]
+struct StampMemo<'a> {
+    last: Option<(&'a Stamp, std::ops::Range<usize>)>,
+}
+
+fn write_stamp<'a>(s: &'a Stamp, out: &mut Vec<u8>, memo: &mut StampMemo<'a>) {
+    if let Some((last, at)) = &memo.last
+        && *last == s
+    {
+        out.extend_from_within(at.clone());
+        return;
+    }
+    let start = out.len();
     out.extend_from_slice(b"{\"l\":");
     write_number(s.logical, out);
     out.extend_from_slice(b",\"n\":");
@@ -283,11 +298,11 @@ fn write_stamp(s: &Stamp, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"p\":");
     write_number(s.physical, out);
     out.push(b'}');
+    memo.last = Some((s, start..out.len()));
 }
 
 fn write_number(n: impl Into<u64>, out: &mut Vec<u8>) {
-    // Writing a number into a vector cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &n.into());
+    out.extend_from_slice(itoa::Buffer::new().format(n.into()).as_bytes());
 }
 
 /// Drops the rank entries that the delete hides or that a higher (or equal) rank at least as new
@@ -439,11 +454,22 @@ thread_local! {
     static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
 }
 
+/// Whether two byte strings are equal, compared eight bytes at a time: slice equality calls the
+/// C library's `memcmp`, which in WebAssembly compares one byte per loop turn (and is charged
+/// fuel per turn), about a microsecond for a stored version of a few hundred bytes.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let ((wa, ta), (wb, tb)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    ta == tb && wa.iter().zip(wb).all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
+}
+
 /// Runs `f` on the view of the document stored as `data`: from [`LAST`] (made once, then kept
 /// there), or decoded.
 fn with_view<R>(data: &[u8], f: impl FnOnce(&View) -> R) -> Result<R, String> {
     LAST.with_borrow_mut(|last| match last {
-        Some(Last { bytes, doc, view: cached }) if bytes.as_slice() == data => Ok(f(cached.get_or_insert_with(|| view(doc)))),
+        Some(Last { bytes, doc, view: cached }) if same_bytes(bytes, data) => Ok(f(cached.get_or_insert_with(|| view(doc)))),
         _ => decode(data).map(|doc| f(&view(&doc))),
     })
 }
@@ -452,9 +478,36 @@ fn with_view<R>(data: &[u8], f: impl FnOnce(&View) -> R) -> Result<R, String> {
 /// document there or decoded.
 fn take_view(data: &[u8]) -> Result<View, String> {
     LAST.with_borrow_mut(|last| match last {
-        Some(Last { bytes, doc, view: cached }) if bytes.as_slice() == data => Ok(cached.take().unwrap_or_else(|| view(doc))),
+        Some(Last { bytes, doc, view: cached }) if same_bytes(bytes, data) => Ok(cached.take().unwrap_or_else(|| view(doc))),
         _ => decode(data).map(|doc| view(&doc)),
     })
+}
+
+/// Every field of the input and of the stored version, in name order, each with the input's value
+/// (null when the input leaves it out) and the stored cell (if any).
+fn paired(new: Map<String, Value>, old: BTreeMap<String, Cell>) -> Vec<(String, Value, Option<Cell>)> {
+    let mut new: Vec<(String, Value)> = new.into_iter().collect();
+    // serde_json's map is sorted unless another crate turns on its `preserve_order`.
+    if !new.is_sorted_by(|a, b| a.0 < b.0) {
+        new.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    let mut out = Vec::with_capacity(new.len() + old.len());
+    let (mut new, mut old) = (new.into_iter().peekable(), old.into_iter().peekable());
+    loop {
+        let order = match (new.peek(), old.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((n, _)), Some((o, _))) => n.cmp(o),
+        };
+        let next = match order {
+            std::cmp::Ordering::Less => new.next().map(|(name, value)| (name, value, None)),
+            std::cmp::Ordering::Greater => old.next().map(|(name, cell)| (name, Value::Null, Some(cell))),
+            std::cmp::Ordering::Equal => new.next().map(|(name, value)| (name, value, old.next().map(|(_, cell)| cell))),
+        };
+        out.extend(next);
+    }
+    out
 }
 
 fn is_live(doc: &Doc) -> bool {
@@ -517,26 +570,25 @@ impl<T: RecordSchema> RecordPlugin<T> {
             return Err(WriteError::Malformed("input must be a JSON object".to_owned()));
         }
         let mut doc = prior.unwrap_or(Doc { v: FORMAT, d: None, f: BTreeMap::new() });
-        let current = view(&doc);
-        let prior_view = current.live.then(|| Value::Object(current.doc.clone()));
+        let mut current = view(&doc);
+        // The prior document is lent to `before_store`, then put back.
+        let prior_view = current.live.then(|| Value::Object(std::mem::take(&mut current.doc)));
         let input = T::before_store(input, key, stamp, prior_view.as_ref()).map_err(WriteError::Invalid)?;
+        if let Some(Value::Object(doc)) = prior_view {
+            current.doc = doc;
+        }
         // The typed round trip checks the shape and fills in defaults.
         let typed: T = serde_json::from_value(input)
             .map_err(|e| WriteError::Malformed(format!("input does not match the {} schema: {e}", T::info().component)))?;
-        let Value::Object(mut new) = serde_json::to_value(&typed).map_err(|e| WriteError::Malformed(e.to_string()))? else {
+        let Value::Object(new) = serde_json::to_value(&typed).map_err(|e| WriteError::Malformed(e.to_string()))? else {
             return Err(WriteError::Malformed("the schema must serialize to a JSON object".to_owned()));
         };
 
-        let mut names: Vec<String> = new.keys().cloned().collect();
-        names.extend(doc.f.keys().cloned());
-        names.sort();
-        names.dedup();
         let mut violations = Vec::new();
-        for name in names {
-            let wanted = new.remove(&name).unwrap_or(Value::Null);
+        let mut cells = Vec::with_capacity(new.len() + doc.f.len());
+        for (name, wanted, old) in paired(new, std::mem::take(&mut doc.f)) {
             let seen = current.doc.get(&name).unwrap_or(&Value::Null);
             let in_conflict = current.conflicts.contains_key(&name);
-            let old = doc.f.remove(&name);
             let cell = match Self::kind_of(&name) {
                 FieldKind::Lww => {
                     if wanted == *seen && old.is_some() {
@@ -648,9 +700,11 @@ impl<T: RecordSchema> RecordPlugin<T> {
                 }
             };
             if let Some(cell) = cell {
-                doc.f.insert(name, cell);
+                cells.push((name, cell));
             }
         }
+        // In key order already: the map is built in one pass.
+        doc.f = cells.into_iter().collect();
         if !violations.is_empty() {
             return Err(WriteError::Invalid(violations));
         }
@@ -924,6 +978,22 @@ mod tests {
         let both = merge::<P>("k", &draft, &approved);
         assert_eq!(crate::testing::read::<P>("k", &both), Some(serde_json::json!({"status": "approved"})));
         assert_eq!(merge::<P>("k", &approved, &draft), both);
+    }
+
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        let base: Vec<u8> = (0..=40u8).collect();
+        for len in 0..base.len() {
+            let a = &base[..len];
+            assert!(same_bytes(a, a));
+            assert!(!same_bytes(a, &base[..len + 1]), "lengths {len} and {}", len + 1);
+            // One byte changed anywhere, in a whole word or in the tail.
+            for at in 0..len {
+                let mut b = a.to_vec();
+                b[at] ^= 0x80;
+                assert!(!same_bytes(a, &b), "length {len}, byte {at} changed");
+            }
+        }
     }
 
     #[test]
