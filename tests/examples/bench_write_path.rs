@@ -4,6 +4,9 @@
 //! SQLite upserts of the same bytes with the same batching.
 //!
 //! cargo run --profile bench -p tandem-tests --example bench_write_path [-- RECORDS [BATCH]]
+//!
+//! `TANDEM_BENCH_PLUGIN=FILE` times that trunks plugin file instead of the bundled one (e.g. one
+//! rebuilt after an SDK change, without rebuilding the engine that embeds the bundled plugins).
 
 use std::time::Instant;
 
@@ -25,8 +28,9 @@ fn main() {
     let batch: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(168);
     let root = tempfile::tempdir().expect("tempdir");
     let runtime = tandem::plugin::Runtime::new(tandem::plugin::RuntimeConfig::default()).expect("runtime");
-    let plugin =
-        runtime.load("trunks", tandem::bundled::get("trunks").expect("bundled trunks"), tandem::plugin::Limits::default()).expect("plugin");
+    let file = std::env::var_os("TANDEM_BENCH_PLUGIN").map(|p| std::fs::read(p).expect("read TANDEM_BENCH_PLUGIN"));
+    let bytes = file.as_deref().unwrap_or_else(|| tandem::bundled::get("trunks").expect("bundled trunks"));
+    let plugin = runtime.load("trunks", bytes, tandem::plugin::Limits::default()).expect("plugin");
     let stamp = Stamp::new(1_700_000_000_000, 0, "a");
     let inputs: Vec<(String, Op)> = (0..n)
         .map(|i| {

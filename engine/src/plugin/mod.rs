@@ -272,6 +272,12 @@ impl Runtime {
             // three times the compile time of a cache miss. Fuel is counted per WebAssembly
             // operator before inlining, so every call uses the same fuel as without it.
             .compiler_inlining(Inlining::Yes);
+        // For profiling plugins: `TANDEM_PERFMAP=1` writes `/tmp/perf-PID.map`, from which
+        // `perf report` names each plugin function (see docs/plugin-guide.md). Results do not
+        // change; it only costs the map file's writes when code is loaded.
+        if std::env::var_os("TANDEM_PERFMAP").is_some() {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(config.max_instances)
             .total_core_instances(config.max_instances.saturating_mul(4))
