@@ -465,21 +465,29 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     ta == tb && wa.iter().zip(wb).all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
 }
 
+/// The document [`LAST`] holds for `data`, with its view slot, if `data` is its bytes.
+fn cached<'l>(last: &'l mut Option<Last>, data: &[u8]) -> Option<(&'l Doc, &'l mut Option<View>)> {
+    match last {
+        Some(Last { bytes, doc, view }) if same_bytes(bytes, data) => Some((doc, view)),
+        _ => None,
+    }
+}
+
 /// Runs `f` on the view of the document stored as `data`: from [`LAST`] (made once, then kept
 /// there), or decoded.
 fn with_view<R>(data: &[u8], f: impl FnOnce(&View) -> R) -> Result<R, String> {
-    LAST.with_borrow_mut(|last| match last {
-        Some(Last { bytes, doc, view: cached }) if same_bytes(bytes, data) => Ok(f(cached.get_or_insert_with(|| view(doc)))),
-        _ => decode(data).map(|doc| f(&view(&doc))),
+    LAST.with_borrow_mut(|last| match cached(last, data) {
+        Some((doc, slot)) => Ok(f(slot.get_or_insert_with(|| view(doc)))),
+        None => decode(data).map(|doc| f(&view(&doc))),
     })
 }
 
 /// The view of the document stored as `data`, taken from [`LAST`] when there, else made from the
 /// document there or decoded.
 fn take_view(data: &[u8]) -> Result<View, String> {
-    LAST.with_borrow_mut(|last| match last {
-        Some(Last { bytes, doc, view: cached }) if same_bytes(bytes, data) => Ok(cached.take().unwrap_or_else(|| view(doc))),
-        _ => decode(data).map(|doc| view(&doc)),
+    LAST.with_borrow_mut(|last| match cached(last, data) {
+        Some((doc, slot)) => Ok(slot.take().unwrap_or_else(|| view(doc))),
+        None => decode(data).map(|doc| view(&doc)),
     })
 }
 

@@ -37,10 +37,12 @@ pub fn plain_sqlite_upserts(path: &Path, records: &[(String, Vec<u8>)], batch: u
 /// CPU time (ns) the calling thread has run so far (`/proc/thread-self/schedstat`; 0 without
 /// /proc).
 pub fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+    schedstat_ns(Path::new("/proc/thread-self/schedstat"))
+}
+
+/// The CPU time (ns) a `schedstat` file gives (its first field); 0 when it cannot be read.
+fn schedstat_ns(file: &Path) -> u64 {
+    std::fs::read_to_string(file).ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0)
 }
 
 /// CPU time (ns) each thread of this process has run so far, summed by thread name
@@ -51,11 +53,7 @@ pub fn cpu_by_thread() -> BTreeMap<String, u64> {
     for t in tasks.flatten() {
         let p = t.path();
         let name = std::fs::read_to_string(p.join("comm")).unwrap_or_default().trim().to_owned();
-        let ns = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-            .unwrap_or(0);
-        *out.entry(name).or_insert(0) += ns;
+        *out.entry(name).or_insert(0) += schedstat_ns(&p.join("schedstat"));
     }
     out
 }
