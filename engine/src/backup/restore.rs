@@ -295,11 +295,13 @@ struct Built {
 
 fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path, seq_floor: u64) -> anyhow::Result<Built> {
     let m = &plan.manifest;
-    if m.store_schema != store::SCHEMA_VERSION {
+    // The versions this build reads differ in indexes only: their records restore as they are.
+    if !(store::RECORDS_SINCE..=store::SCHEMA_VERSION).contains(&m.store_schema) {
         bail!(
-            "{} holds a store of schema version {}; this tandem writes version {}",
+            "{} holds a store of schema version {}; this tandem restores versions {} to {}",
             plan.snapshot.display(),
             m.store_schema,
+            store::RECORDS_SINCE,
             store::SCHEMA_VERSION
         );
     }

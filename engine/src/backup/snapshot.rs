@@ -285,8 +285,13 @@ fn create_in(conn: &Connection, target: &Path, opts: &CreateOptions<'_>) -> anyh
     // The first read fixes the transaction's view of the database.
     let meta = read_meta(conn)?;
     let created_ms = time::now_ms();
-    if meta.schema != store::SCHEMA_VERSION {
-        anyhow::bail!("the store has schema version {}, this tandem writes snapshots of version {}", meta.schema, store::SCHEMA_VERSION);
+    if !(store::RECORDS_SINCE..=store::SCHEMA_VERSION).contains(&meta.schema) {
+        anyhow::bail!(
+            "the store has schema version {}, this tandem reads versions {} to {}",
+            meta.schema,
+            store::RECORDS_SINCE,
+            store::SCHEMA_VERSION
+        );
     }
     if let Some(cb) = opts.on_started {
         cb();

@@ -28,7 +28,11 @@ use super::hlc::HlcTime;
 use crate::plugin::{Stamp, Stored};
 
 /// The newest schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The oldest schema whose `records` rows this build reads as its own (snapshots of stores from
+/// `RECORDS_SINCE` to [`SCHEMA_VERSION`] restore): the versions between differ in indexes only.
+pub const RECORDS_SINCE: i64 = 1;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the initial schema.
@@ -77,6 +81,13 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_by_age ON idempotency(created_ms);
     CREATE TABLE probe (id INTEGER PRIMARY KEY, filler BLOB NOT NULL);
+    "#,
+    // 2: every write paid an entry in an index by age that only retention reads: retention has
+    // an index per component that has retention (`Store::purge`), and the tombstone purge an
+    // index of tombstones only.
+    r#"
+    DROP INDEX records_by_age;
+    CREATE INDEX records_tombstones ON records(stamp_p) WHERE tombstone = 1;
     "#,
 ];
 
@@ -297,6 +308,8 @@ pub struct Store {
     /// Conflicts not yet resolved, as of the last commit: while there are none, a local write
     /// has no conflict to mark resolved and skips that statement.
     open_conflicts: u64,
+    /// Components whose index by age ([`age_index`]) this store has made sure of.
+    aged: std::collections::BTreeSet<String>,
 }
 
 impl Store {
@@ -388,7 +401,15 @@ impl Store {
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let digests = set_digests(&conn)?;
         let open_conflicts = open_conflicts(&conn)?;
-        let mut store = Store { conn, path: path.to_path_buf(), meta, page_size: sql_u64(page_size).max(512), digests, open_conflicts };
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            meta,
+            page_size: sql_u64(page_size).max(512),
+            digests,
+            open_conflicts,
+            aged: Default::default(),
+        };
         store.set_max_size(opts.max_size_bytes)?;
         Ok(store)
     }
@@ -581,7 +602,13 @@ impl Store {
         keep_newest: Option<u64>,
     ) -> Result<Vec<(String, bool)>, StoreError> {
         let mut digest = self.digest(component);
+        let sql = AgeSql::of(component);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !self.aged.contains(component) {
+            // Made once, by the first purge (a pause of the writer as long as it takes to sort the
+            // component's records), then kept up by the component's writes only.
+            tx.execute_batch(&sql.create)?;
+        }
         let mut removed = Vec::new();
         {
             let mut take = |q: &mut rusqlite::CachedStatement<'_>, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
@@ -594,21 +621,16 @@ impl Store {
                 Ok(())
             };
             if let Some(before) = before_physical {
-                let mut q =
-                    tx.prepare_cached("DELETE FROM records WHERE component = ?1 AND stamp_p < ?2 RETURNING key, data, tombstone")?;
-                take(&mut q, params![component, sql_i64(before)])?;
+                let mut q = tx.prepare_cached(&sql.older)?;
+                take(&mut q, params![sql_i64(before)])?;
             }
             if let Some(keep) = keep_newest {
-                let mut q = tx.prepare_cached(
-                    "DELETE FROM records WHERE component = ?1 AND key IN (
-                       SELECT key FROM records WHERE component = ?1
-                       ORDER BY stamp_p DESC, stamp_l DESC, stamp_n DESC LIMIT -1 OFFSET ?2)
-                     RETURNING key, data, tombstone",
-                )?;
-                take(&mut q, params![component, sql_i64(keep)])?;
+                let mut q = tx.prepare_cached(&sql.keep)?;
+                take(&mut q, params![sql_i64(keep)])?;
             }
         }
         tx.commit()?;
+        self.aged.insert(component.to_owned());
         if !removed.is_empty() {
             self.digests.insert(component.to_owned(), digest);
         }
@@ -721,6 +743,38 @@ impl Readers {
             idle.push(conn);
         }
         result
+    }
+}
+
+/// A component's index by age and retention's statements that read it. Only components with
+/// retention have the index (made by their first purge): the other components' writes pay no
+/// entry in it.
+struct AgeSql {
+    index: String,
+    create: String,
+    /// Deletes the records stamped before `?1`.
+    older: String,
+    /// Deletes all but the newest `?1` records.
+    keep: String,
+}
+
+impl AgeSql {
+    fn of(component: &str) -> AgeSql {
+        let index = format!("records_age_{}", hex::encode(component));
+        // The component as a literal, which is what lets SQLite use the partial index; and
+        // INDEXED BY, since without statistics the primary key's prefix looks as good to it.
+        let c = format!("'{}'", component.replace('\'', "''"));
+        AgeSql {
+            create: format!("CREATE INDEX IF NOT EXISTS {index} ON records(stamp_p, stamp_l, stamp_n) WHERE component = {c}"),
+            older: format!("DELETE FROM records INDEXED BY {index} WHERE component = {c} AND stamp_p < ?1 RETURNING key, data, tombstone"),
+            keep: format!(
+                "DELETE FROM records WHERE component = {c} AND key IN (
+                   SELECT key FROM records INDEXED BY {index} WHERE component = {c}
+                   ORDER BY stamp_p DESC, stamp_l DESC, stamp_n DESC LIMIT -1 OFFSET ?1)
+                 RETURNING key, data, tombstone"
+            ),
+            index,
+        }
     }
 }
 
@@ -1148,6 +1202,73 @@ mod tests {
         let mut removed = s.purge("r", None, Some(2)).expect("purge");
         removed.sort();
         assert_eq!(removed.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["c", "d", "e"]);
+    }
+
+    /// How SQLite runs `sql` (with its parameters bound to 1), one line per step.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut q = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
+        let ones = vec![1i64; q.parameter_count()];
+        let steps = q.query_map(rusqlite::params_from_iter(ones), |r| r.get::<_, String>(3)).expect("plan");
+        steps.map(|s| s.expect("step")).collect::<Vec<_>>().join("\n")
+    }
+
+    fn indexes(conn: &Connection) -> Vec<String> {
+        let mut q = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' ORDER BY name").expect("q");
+        q.query_map([], |r| r.get::<_, String>(0)).expect("names").map(|n| n.expect("name")).collect()
+    }
+
+    #[test]
+    fn only_components_with_retention_index_records_by_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let mut s = Store::open(&path, "a", &StoreOptions::default(), 1).expect("open");
+        assert_eq!(indexes(&s.conn), vec!["records_by_seq", "records_tombstones"], "a write pays no index by age");
+        let (old, new) = (Stamp::new(10, 0, "a"), Stamp::new(20, 0, "a"));
+        s.commit(&[row("r", "old", b"o", &old), row("r", "new", b"n", &new), row("t", "old", b"o", &old)], 1).expect("commit");
+        assert_eq!(s.purge("r", Some(15), None).expect("purge"), vec![("old".to_owned(), true)]);
+        let sql = AgeSql::of("r");
+        assert_eq!(indexes(&s.conn), vec![sql.index.clone(), "records_by_seq".to_owned(), "records_tombstones".to_owned()]);
+        // Retention reads the component's own index.
+        for q in [&sql.older, &sql.keep] {
+            let steps = plan(&s.conn, q);
+            assert!(steps.contains(&sql.index) && !steps.contains("TEMP B-TREE"), "{q}: {steps}");
+        }
+        // The other component's records are untouched, and a reopened store purges as before.
+        drop(s);
+        let mut s = Store::open(&path, "a", &StoreOptions::default(), 2).expect("reopen");
+        assert_eq!(s.purge("t", Some(15), None).expect("purge"), vec![("old".to_owned(), true)]);
+        assert_eq!(s.purge("r", Some(25), None).expect("purge"), vec![("new".to_owned(), true)]);
+        // The tombstone purge reads the index of tombstones, not every record.
+        let tomb = plan(&s.conn, "DELETE FROM records WHERE tombstone = 1 AND stamp_p < 1 AND (seq <= 2 OR stamp_p < 3)");
+        assert!(tomb.contains("records_tombstones"), "{tomb}");
+    }
+
+    #[test]
+    fn a_store_of_schema_1_is_migrated_with_its_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        {
+            // A store as the first schema's build left it.
+            let mut s = Store::open(&path, "a", &StoreOptions::default(), 1).expect("open");
+            let st = Stamp::new(10, 0, "a");
+            s.commit(&[row("t", "k1", b"1", &st), row("r", "k2", b"2", &st)], 1).expect("commit");
+            s.conn
+                .execute_batch(
+                    "DROP INDEX records_tombstones; CREATE INDEX records_by_age ON records(component, stamp_p); PRAGMA user_version = 1;",
+                )
+                .expect("back to schema 1");
+        }
+        let digest = {
+            let s = Store::open(&path, "a", &StoreOptions::default(), 2).expect("reopen");
+            assert_eq!(indexes(&s.conn), vec!["records_by_seq", "records_tombstones"]);
+            let v: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+            assert_eq!(v, SCHEMA_VERSION);
+            assert_eq!(s.meta().last_seq, 2);
+            s.digest("t")
+        };
+        assert_ne!(digest, SetDigest::default());
+        let r = Readers::new(&path, 1);
+        assert_eq!(r.with(|c| changes(c, 0, 10)).expect("feed").len(), 2);
     }
 
     #[test]
