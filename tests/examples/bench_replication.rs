@@ -56,19 +56,24 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Writes `n` records in batches of `BATCH` on the primary from `WRITERS` concurrent writers
+/// Concurrent writers of the throughput phases: 8, or `TANDEM_BENCH_WRITERS`.
+fn writers() -> usize {
+    std::env::var("TANDEM_BENCH_WRITERS").ok().and_then(|v| v.parse().ok()).filter(|&w| w > 0).unwrap_or(8)
+}
+
+/// Writes `n` records in batches of `BATCH` on the primary from [`writers`] concurrent writers
 /// (the node groups concurrent batches into one commit); returns (acked rate, replicated rate).
 fn throughput(a: &Server, b: &Server, n: usize, offset: usize) -> (f64, f64) {
-    const WRITERS: usize = 8;
+    let writers = writers();
     let cpu = cpu_by_thread();
     let started = Instant::now();
     let node = a.node().clone();
     a.block_on(async move {
         let mut set = tokio::task::JoinSet::new();
-        for w in 0..WRITERS {
+        for w in 0..writers {
             let node = node.clone();
             set.spawn(async move {
-                let keys: Vec<usize> = (offset..offset + n).filter(|i| i % WRITERS == w).collect();
+                let keys: Vec<usize> = (offset..offset + n).filter(|i| i % writers == w).collect();
                 for chunk in keys.chunks(BATCH) {
                     let writes = chunk.iter().map(|&i| trunk(i)).collect();
                     for r in node.write_many("trunks", writes).await.expect("write_many") {
@@ -110,7 +115,7 @@ fn main() {
     let cpu = cpu_by_thread();
     let took = plain_sqlite_upserts(&root.path().join("baseline.db"), &records, BATCH);
     let sqlite = n as f64 / took.as_secs_f64();
-    println!("records {n}, batch {BATCH}");
+    println!("records {n}, batch {BATCH}, {} concurrent writers", writers());
     println!("plain SQLite upserts (WAL, FULL)            {sqlite:>10.0} writes/s");
     println!("  {}", cpu_line(&cpu, n, took));
 
