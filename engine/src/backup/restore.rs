@@ -423,6 +423,9 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path, seq_floor: u64) -> 
         ] {
             tx.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![k, v])?;
         }
+        // The records were written here, not by the store's writer: its digests are not kept
+        // until they are computed below.
+        store::forget_digests(&tx)?;
         tx.commit()?;
         // Back to the node's journal mode (WAL is persistent in the file).
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -437,6 +440,11 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path, seq_floor: u64) -> 
         }
         let mut components = Vec::new();
         let status = store::set_digests(&conn)?;
+        {
+            let tx = conn.transaction()?;
+            store::save_digests(&tx, &status)?;
+            tx.commit()?;
+        }
         for c in store::components(&conn)? {
             let (n, _) = store::counts(&conn, &c)?;
             let live = status.get(&c).copied().unwrap_or_default().hex();

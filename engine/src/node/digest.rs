@@ -51,6 +51,15 @@ impl SetDigest {
         }
     }
 
+    /// Moves the digest by the difference `to - from` (both sums over sets of records): what a
+    /// digest kept from `from` becomes once `from` is found to be `to`.
+    pub fn shift(&mut self, from: SetDigest, to: SetDigest) {
+        let mut negated = SetDigest(from.0.map(|limb| !limb));
+        negated.add_limbs([1, 0, 0, 0]);
+        self.add_limbs(negated.0);
+        self.add_limbs(to.0);
+    }
+
     /// Adds a 256-bit number, modulo 2^256.
     fn add_limbs(&mut self, r: [u64; 4]) {
         let mut carry = false;
@@ -71,11 +80,48 @@ impl SetDigest {
         }
         out
     }
+
+    /// Reads what [`SetDigest::hex`] wrote.
+    pub fn from_hex(hex: &str) -> Option<SetDigest> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut limbs = [0u64; 4];
+        for (i, limb) in limbs.iter_mut().rev().enumerate() {
+            *limb = u64::from_str_radix(hex.get(i * 16..(i + 1) * 16)?, 16).ok()?;
+        }
+        Some(SetDigest(limbs))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifting_by_a_difference_corrects_a_digest_that_moved_on() {
+        let (mut kept, mut actual) = (SetDigest::default(), SetDigest::default());
+        kept.add("k1", b"a", false);
+        actual.add("k1", b"b", false);
+        // The digest moved on from the wrong starting point by a write of k2.
+        let mut moved = kept;
+        moved.add("k2", b"c", false);
+        moved.shift(kept, actual);
+        let mut expected = actual;
+        expected.add("k2", b"c", false);
+        assert_eq!(moved, expected);
+    }
+
+    #[test]
+    fn hex_reads_back() {
+        let mut d = SetDigest::default();
+        d.add("k", b"v", false);
+        assert_eq!(SetDigest::from_hex(&d.hex()), Some(d));
+        assert_eq!(SetDigest::from_hex(&SetDigest::default().hex()), Some(SetDigest::default()));
+        for bad in ["", "00", &"g".repeat(64), &"0".repeat(65), &"é".repeat(32)] {
+            assert_eq!(SetDigest::from_hex(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_sum_ignores_order_and_removing_undoes_adding() {

@@ -295,6 +295,7 @@ enum Job {
     ExpireIdem { before_ms: u64 },
     SetEpoch { epoch: u64, reply: oneshot::Sender<Result<u64, StoreError>> },
     SetMaxSize { bytes: u64, reply: oneshot::Sender<Result<(), StoreError>> },
+    CorrectDigest { found: store::DigestMismatch },
     Shutdown { reply: oneshot::Sender<()> },
 }
 
@@ -942,6 +943,12 @@ fn writer_loop(mut store: Store, ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<
             Job::SetMaxSize { bytes, reply } => {
                 let _ = reply.send(store.set_max_size(bytes));
             }
+            Job::CorrectDigest { found } => match store.correct_digest(&found.component, found.kept, found.actual) {
+                Ok(()) => ctx.publish_digests(&store, [found.component.as_str()]),
+                Err(e) => {
+                    tracing::warn!(component = %found.component, error = %e, "cannot correct the digest; corrected at the next start")
+                }
+            },
             Job::Shutdown { reply } => {
                 if ctx.health.refusal().is_none() {
                     let _ = store.persist_hlc(ctx.clock.last());
@@ -1687,6 +1694,7 @@ impl Node {
             backup: Default::default(),
             config,
         };
+        node.spawn_scrub(stop_rx.clone());
         node.spawn_maintenance(stop_rx);
         if node.config.raw.plugins.watch
             && node.config.components.iter().any(|c| c.digest.is_none())
@@ -1695,6 +1703,46 @@ impl Node {
             tracing::warn!(error = %e, "cannot watch plugin files; plugins will not be reloaded when they change");
         }
         Ok(node)
+    }
+
+    /// Reads every record once, on a reader, and checks that each component's records sum to
+    /// the digest the store keeps with them (invariant 9): a store edited outside Tandem, or
+    /// damaged, is logged and its digest corrected, so that the comparison with the peers shows
+    /// what the records hold.
+    fn spawn_scrub(&self, mut stop: watch::Receiver<bool>) {
+        let (ctx, writer) = (self.ctx.clone(), self.writer.clone());
+        let task = tokio::spawn(async move {
+            let cancel = Arc::new(AtomicBool::new(false));
+            let scrub = {
+                let (ctx, cancel) = (ctx.clone(), cancel.clone());
+                tokio::task::spawn_blocking(move || ctx.readers.with(|c| store::scrub_digests(c, &cancel)))
+            };
+            let found = tokio::select! {
+                r = scrub => r,
+                _ = stop.changed() => {
+                    cancel.store(true, Ordering::Relaxed);
+                    return;
+                }
+            };
+            match found {
+                Ok(Ok(found)) => {
+                    for f in found {
+                        tracing::warn!(
+                            component = %f.component,
+                            kept = %f.kept.hex(),
+                            records = %f.actual.hex(),
+                            "the component's records do not sum to the digest kept with them: the store was edited outside tandem, or damaged; the digest is corrected, compare it with the peers'"
+                        );
+                        if writer.send(Job::CorrectDigest { found: f }).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the store's digests"),
+                Err(_) => {}
+            }
+        });
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
     }
 
     fn spawn_maintenance(&self, mut stop: watch::Receiver<bool>) {

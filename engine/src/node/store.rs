@@ -380,10 +380,16 @@ impl Store {
                         hlc: HlcTime { physical: num("hlc_p")?, logical: u32::try_from(num("hlc_l")?).unwrap_or(u32::MAX) },
                         last_seq: num("last_seq")?,
                     };
-                    // Belt and braces: the clock and the sequence resume above anything on disk.
-                    let (max_seq, max_p): (Option<i64>, Option<i64>) =
-                        tx.query_row("SELECT MAX(seq), MAX(stamp_p) FROM records", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    // Belt and braces: the clock and the sequence resume above anything on disk
+                    // (the clock from every record only where the digests are read from every
+                    // record too: a store written by this build's writer keeps both in `meta`).
+                    let max_seq: Option<i64> = tx.query_row("SELECT MAX(seq) FROM records", [], |r| r.get(0))?;
                     meta.last_seq = meta.last_seq.max(max_seq.map_or(0, sql_u64));
+                    let max_p: Option<i64> = if get(DIGESTS_KEPT)?.is_some() {
+                        None
+                    } else {
+                        tx.query_row("SELECT MAX(stamp_p) FROM records", [], |r| r.get(0))?
+                    };
                     if let Some(p) = max_p.map(sql_u64)
                         && p > meta.hlc.physical
                     {
@@ -399,7 +405,18 @@ impl Store {
             meta
         };
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let digests = set_digests(&conn)?;
+        let digests = match kept_digests(&conn)? {
+            Some(kept) => kept,
+            None => {
+                // A store from before the digests were kept, or a restored one: read every record
+                // once, and keep the result.
+                let all = set_digests(&conn)?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                save_digests(&tx, &all)?;
+                tx.commit()?;
+                all
+            }
+        };
         let open_conflicts = open_conflicts(&conn)?;
         let mut store = Store {
             conn,
@@ -428,6 +445,19 @@ impl Store {
     /// records).
     pub fn digest(&self, component: &str) -> SetDigest {
         self.digests.get(component).copied().unwrap_or_default()
+    }
+
+    /// Corrects a component's digest kept from `kept` to `actual` (what [`scrub_digests`] found):
+    /// the digest moves by the difference, which keeps the writes made since the scrub read the
+    /// store.
+    pub fn correct_digest(&mut self, component: &str, kept: SetDigest, actual: SetDigest) -> Result<(), StoreError> {
+        let mut d = self.digest(component);
+        d.shift(kept, actual);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        put_digest(&tx, component, &d)?;
+        tx.commit()?;
+        self.digests.insert(component.to_owned(), d);
+        Ok(())
     }
 
     /// Conflicts not yet resolved, as of the last commit.
@@ -548,6 +578,9 @@ impl Store {
                 }
                 out.seqs.push(seq);
             }
+            for (component, d) in &digests {
+                put_digest(&tx, component, d)?;
+            }
             let mut meta = tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
             meta.execute(params!["last_seq", seq.to_string()])?;
             if hlc != self.meta.hlc {
@@ -628,6 +661,9 @@ impl Store {
                 let mut q = tx.prepare_cached(&sql.keep)?;
                 take(&mut q, params![sql_i64(keep)])?;
             }
+        }
+        if !removed.is_empty() {
+            put_digest(&tx, component, &digest)?;
         }
         tx.commit()?;
         self.aged.insert(component.to_owned());
@@ -750,6 +786,7 @@ impl Readers {
 /// retention have the index (made by their first purge): the other components' writes pay no
 /// entry in it.
 struct AgeSql {
+    #[cfg(test)]
     index: String,
     create: String,
     /// Deletes the records stamped before `?1`.
@@ -773,6 +810,7 @@ impl AgeSql {
                    ORDER BY stamp_p DESC, stamp_l DESC, stamp_n DESC LIMIT -1 OFFSET ?1)
                  RETURNING key, data, tombstone"
             ),
+            #[cfg(test)]
             index,
         }
     }
@@ -923,14 +961,103 @@ pub fn components(conn: &Connection) -> Result<Vec<String>, StoreError> {
     Ok(out)
 }
 
+/// `meta` holds every component's convergence digest (`digest:COMPONENT`, absent: zeros) while
+/// this key is there: the store's writes and purges keep them in the same transaction. A writer
+/// that writes records otherwise (a restore) removes it first ([`forget_digests`]).
+const DIGESTS_KEPT: &str = "digests_kept";
+
+fn put_digest(tx: &rusqlite::Transaction<'_>, component: &str, d: &SetDigest) -> Result<(), StoreError> {
+    let mut put = tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('digest:' || ?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?;
+    put.execute(params![component, d.hex()])?;
+    Ok(())
+}
+
+/// The digests `meta` keeps, if it keeps them.
+fn kept_digests(conn: &Connection) -> Result<Option<BTreeMap<String, SetDigest>>, StoreError> {
+    if conn.query_row("SELECT 1 FROM meta WHERE key = ?1", [DIGESTS_KEPT], |_| Ok(())).optional()?.is_none() {
+        return Ok(None);
+    }
+    let mut out = BTreeMap::new();
+    let mut q = conn.prepare("SELECT key, value FROM meta WHERE key >= 'digest:' AND key < 'digest;'")?;
+    let mut rows = q.query([])?;
+    while let Some(r) = rows.next()? {
+        let (key, value) = (r.get::<_, String>(0)?, r.get::<_, String>(1)?);
+        let component = key.strip_prefix("digest:").unwrap_or(&key);
+        let d = SetDigest::from_hex(&value).ok_or_else(|| StoreError::Sqlite(format!("meta.{key} is not a digest: {value:?}")))?;
+        out.insert(component.to_owned(), d);
+    }
+    Ok(Some(out))
+}
+
+/// Makes `meta` keep `digests`, which must be every component's digest from every record.
+pub(crate) fn save_digests(tx: &rusqlite::Transaction<'_>, digests: &BTreeMap<String, SetDigest>) -> Result<(), StoreError> {
+    forget_digests(tx)?;
+    for (component, d) in digests {
+        put_digest(tx, component, d)?;
+    }
+    tx.execute("INSERT INTO meta (key, value) VALUES (?1, '1')", [DIGESTS_KEPT])?;
+    Ok(())
+}
+
+/// Makes `meta` stop keeping the digests: the next open reads them from every record.
+pub(crate) fn forget_digests(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM meta WHERE key = ?1 OR (key >= 'digest:' AND key < 'digest;')", [DIGESTS_KEPT])?;
+    Ok(())
+}
+
+/// A component whose records do not sum to the digest kept with them (a store edited outside
+/// Tandem, or damaged): `kept` is what `meta` held, `actual` what the records sum to, both as of
+/// one read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DigestMismatch {
+    pub component: String,
+    pub kept: SetDigest,
+    pub actual: SetDigest,
+}
+
+/// Reads every record in one read transaction and compares each component's sum with the digest
+/// `meta` keeps: what the open of a store used to do before it kept them, now on a reader,
+/// without holding the writer up.
+/// Stops early, finding nothing, once `cancel` is set.
+pub fn scrub_digests(conn: &Connection, cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<DigestMismatch>, StoreError> {
+    conn.execute_batch("BEGIN DEFERRED")?;
+    let read = (|| Ok::<_, StoreError>((kept_digests(conn)?, sum_records(conn, Some(cancel))?)))();
+    let _ = conn.execute_batch("ROLLBACK");
+    let (Some(kept), Some(actual)) = read? else { return Ok(Vec::new()) };
+    let names: std::collections::BTreeSet<&String> = kept.keys().chain(actual.keys()).collect();
+    Ok(names
+        .into_iter()
+        .filter_map(|c| {
+            let (k, a) = (kept.get(c).copied().unwrap_or_default(), actual.get(c).copied().unwrap_or_default());
+            (k != a).then(|| DigestMismatch { component: c.clone(), kept: k, actual: a })
+        })
+        .collect())
+}
+
 /// Every component's convergence digest, from every record (see [`super::digest`]): what
-/// [`Store`] starts from at open, and what the one it maintains must always equal.
+/// [`Store`] starts from when `meta` does not keep them, and what the one it maintains must
+/// always equal.
 pub fn set_digests(conn: &Connection) -> Result<BTreeMap<String, SetDigest>, StoreError> {
+    Ok(sum_records(conn, None)?.unwrap_or_default())
+}
+
+/// [`set_digests`], or `None` once `cancel` is set.
+fn sum_records(
+    conn: &Connection,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<Option<BTreeMap<String, SetDigest>>, StoreError> {
     let mut out: BTreeMap<String, SetDigest> = BTreeMap::new();
     // Tombstones count as absent.
     let mut q = conn.prepare("SELECT component, key, data FROM records WHERE tombstone = 0")?;
     let mut rows = q.query([])?;
+    let mut n = 0u64;
     while let Some(r) = rows.next()? {
+        n += 1;
+        if n.is_multiple_of(4096) && cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Ok(None);
+        }
         let component = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
         let key = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
         let data = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
@@ -939,7 +1066,7 @@ pub fn set_digests(conn: &Connection) -> Result<BTreeMap<String, SetDigest>, Sto
             None => out.entry(component.to_owned()).or_default().add(key, data, false),
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// The snapshot digest of a component's records (keys, stored bytes and tombstones, hashed in
@@ -1188,6 +1315,49 @@ mod tests {
         let s = Store::open(&path, "a", &StoreOptions::default(), 2).expect("reopen");
         assert_eq!(s.digest("t"), digest);
         check(&s, "a reopen");
+    }
+
+    #[test]
+    fn a_reopened_store_reads_its_kept_digests_and_a_scrub_corrects_an_edited_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let st = Stamp::new(10, 0, "a");
+        let full = {
+            let mut s = Store::open(&path, "a", &StoreOptions::default(), 1).expect("open");
+            s.commit(&[row("t", "k1", b"1", &st), row("t", "k2", b"2", &st), row("r", "k", b"r", &st)], 1).expect("commit");
+            // Edited behind the store's back: a record's bytes change, its kept digest does not.
+            s.conn.execute("UPDATE records SET data = x'00' WHERE component = 't' AND key = 'k2'", []).expect("edit");
+            set_digests(&s.conn).expect("full")
+        };
+        let mut s = Store::open(&path, "a", &StoreOptions::default(), 2).expect("reopen");
+        let kept = s.digest("t");
+        assert_ne!(kept, full["t"], "the open read the kept digest, not every record");
+        assert_eq!(s.digest("r"), full["r"]);
+        let r = Readers::new(&path, 1);
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let found = r.with(|c| scrub_digests(c, &cancel)).expect("scrub");
+        assert_eq!(found, vec![DigestMismatch { component: "t".into(), kept, actual: full["t"] }]);
+        // A write between the scrub's read and the correction stays counted.
+        s.commit(&[row("t", "k3", b"3", &st)], 1).expect("commit");
+        s.correct_digest("t", found[0].kept, found[0].actual).expect("correct");
+        assert_eq!(s.digest("t"), set_digests(&s.conn).expect("full")["t"]);
+        assert_eq!(r.with(|c| scrub_digests(c, &cancel)).expect("scrub"), vec![]);
+        // A cancelled scrub finds nothing (it stops within 4,096 records).
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        let many: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+        s.commit(&many.iter().map(|k| row("t", k, b"m", &st)).collect::<Vec<_>>(), 1).expect("commit");
+        s.conn.execute("UPDATE records SET data = x'01' WHERE component = 't' AND key = 'k1'", []).expect("edit");
+        assert_eq!(r.with(|c| scrub_digests(c, &cancel)).expect("scrub"), vec![]);
+        // A store whose records were written otherwise (a restore) forgets its digests, and the
+        // next open reads every record.
+        {
+            let tx = s.conn.transaction().expect("tx");
+            forget_digests(&tx).expect("forget");
+            tx.commit().expect("commit");
+        }
+        drop(s);
+        let s = Store::open(&path, "a", &StoreOptions::default(), 3).expect("reopen");
+        assert_eq!(s.digest("t"), set_digests(&s.conn).expect("full")["t"]);
     }
 
     #[test]
