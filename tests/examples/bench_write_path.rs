@@ -1,7 +1,8 @@
 //! The stages of a local write, one at a time in one thread, each as the thread's CPU time per
 //! record: the plugin's `serialize`, `validate` and `deserialize` (in batches of BATCH per
 //! instance, as a lane runs them) and the node store's `commit` of the stored bytes, beside plain
-//! SQLite upserts of the same bytes with the same batching.
+//! SQLite upserts of the same bytes with the same batching; then the time the store takes to
+//! open again, and to check its kept digests (which a node does on a reader after it started).
 //!
 //! cargo run --profile bench -p tandem-tests --example bench_write_path [-- RECORDS [BATCH]]
 //!
@@ -103,4 +104,19 @@ fn main() {
         cpu / plain_cpu,
         written as f64 / plain_written.max(1) as f64
     );
+
+    // Opening the store again: what a node's start waits for, with the page cache warm.
+    drop(store);
+    let t = Instant::now();
+    let store = Store::open(&root.path().join("store.db"), "a", &StoreOptions::default(), 2).expect("reopen");
+    let open_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let readers = tandem::node::store::Readers::new(&root.path().join("store.db"), 1);
+    let found = readers.with(|c| tandem::node::store::scrub_digests(c, &Default::default())).expect("scrub");
+    assert!(found.is_empty(), "{found:?}");
+    println!(
+        "store open with {n} records: {open_ms:.1} ms; the scrub of its digests after a start (on a reader): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    drop(store);
 }
