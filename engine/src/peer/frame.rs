@@ -39,34 +39,72 @@ impl FrameError {
 
 /// Encodes a frame (header and body) into bytes.
 pub fn encode(payload: &[u8], compress: bool) -> Result<Vec<u8>, FrameError> {
-    let (flags, body) =
-        if compress && payload.len() > 256 { (FLAG_ZSTD, zstd::bulk::compress(payload, 3)?) } else { (0, payload.to_vec()) };
-    let len = body.len() + 1;
+    encode_with(payload.len(), compress, |out| {
+        out.extend_from_slice(payload);
+        Ok(())
+    })
+}
+
+/// Header bytes before the payload: `len`, `crc32`, `flags`.
+const HEADER: usize = 9;
+
+/// Encodes a frame whose payload `fill` appends to the buffer it is given (about `size_hint`
+/// bytes): the payload is written once, in place behind the header, not copied into the frame.
+pub fn encode_with(
+    size_hint: usize,
+    compress: bool,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<(), FrameError>,
+) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(HEADER + size_hint);
+    out.resize(HEADER, 0);
+    fill(&mut out)?;
+    let mut flags = 0;
+    if compress && out.len() - HEADER > 256 {
+        let body = zstd::bulk::compress(&out[HEADER..], 3)?;
+        out.truncate(HEADER);
+        out.extend_from_slice(&body);
+        flags = FLAG_ZSTD;
+    }
+    // `len` counts the flags and the body.
+    let len = out.len() - (HEADER - 1);
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&[flags]);
-    h.update(&body);
-    let crc = h.finalize();
-    let mut out = Vec::with_capacity(9 + body.len());
-    out.extend_from_slice(&u32::try_from(len).map_err(|_| FrameError::TooLarge(len))?.to_be_bytes());
-    out.extend_from_slice(&crc.to_be_bytes());
-    out.push(flags);
-    out.extend_from_slice(&body);
+    out[HEADER - 1] = flags;
+    let crc = crc32fast::hash(&out[HEADER - 1..]);
+    out[..4].copy_from_slice(&u32::try_from(len).map_err(|_| FrameError::TooLarge(len))?.to_be_bytes());
+    out[4..8].copy_from_slice(&crc.to_be_bytes());
     Ok(out)
 }
 
 /// Writes one frame and flushes.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8], compress: bool) -> Result<(), FrameError> {
-    let bytes = encode(payload, compress)?;
-    w.write_all(&bytes).await?;
+    write_encoded(w, &encode(payload, compress)?).await
+}
+
+/// Writes an encoded frame ([`encode_with`]) and flushes.
+pub async fn write_encoded<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
+    w.write_all(frame).await?;
     w.flush().await?;
     Ok(())
 }
 
+/// A frame's payload, read into the buffer the frame was read into (no copy to drop the flags).
+#[derive(Debug)]
+pub struct Payload {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
+    }
+}
+
 /// Reads one frame and checks it; returns the (decompressed) payload.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Payload, FrameError> {
     let mut header = [0u8; 8];
     match r.read_exact(&mut header).await {
         Ok(_) => {}
@@ -90,10 +128,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, Fram
     }
     let flags = body[0];
     if flags & FLAG_ZSTD != 0 {
-        zstd::bulk::decompress(&body[1..], MAX_PAYLOAD).map_err(|e| FrameError::Decode(format!("zstd: {e}")))
+        let buf = zstd::bulk::decompress(&body[1..], MAX_PAYLOAD).map_err(|e| FrameError::Decode(format!("zstd: {e}")))?;
+        Ok(Payload { buf, start: 0 })
     } else {
-        body.remove(0);
-        Ok(body)
+        Ok(Payload { buf: body, start: 1 })
     }
 }
 
@@ -107,7 +145,14 @@ mod tests {
             let payload: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
             let bytes = encode(&payload, compress).expect("encode");
             let mut r = &bytes[..];
-            assert_eq!(read_frame(&mut r).await.expect("read"), payload);
+            assert_eq!(*read_frame(&mut r).await.expect("read"), payload[..]);
+            // A payload written in place is the same frame.
+            let in_place = encode_with(0, compress, |out| {
+                out.extend_from_slice(&payload);
+                Ok(())
+            })
+            .expect("encode");
+            assert_eq!(in_place, bytes);
         }
     }
 

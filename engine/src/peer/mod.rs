@@ -105,7 +105,7 @@ pub async fn accept(tcp: TcpStream, creds: &Credentials, us: &str, timeout: Dura
 
 /// Sends a message.
 pub async fn send<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, msg: &Msg, compress: bool) -> Result<(), LinkError> {
-    Ok(write_frame(w, &msg.encode()?, compress).await?)
+    Ok(frame::write_encoded(w, &msg.encode_frame(compress)?).await?)
 }
 
 /// Receives a message (a corrupted frame is an error: the caller resets the link).

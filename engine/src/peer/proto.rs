@@ -192,6 +192,37 @@ impl Msg {
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         postcard::to_allocvec(self).map_err(|e| FrameError::Decode(format!("encoding: {e}")))
     }
+    /// About the encoded size: a batch's changes' bytes, so that its buffer grows at most once.
+    fn size_hint(&self) -> usize {
+        match self {
+            Msg::Batch(b) => {
+                64 + b
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        48 + c.component.len()
+                            + c.key.len()
+                            + c.data.len()
+                            + c.stamp_node.len()
+                            + c.origin.len()
+                            + c.doc.as_ref().map_or(0, String::len)
+                    })
+                    .sum::<usize>()
+            }
+            Msg::SnapshotChunk { bytes, .. } => 32 + bytes.len(),
+            Msg::Failover(b) | Msg::FailoverReply(b) => 16 + b.len(),
+            _ => 256,
+        }
+    }
+
+    /// Encodes the message as a frame, written once into the frame's buffer.
+    pub fn encode_frame(&self, compress: bool) -> Result<Vec<u8>, FrameError> {
+        super::frame::encode_with(self.size_hint(), compress, |out| {
+            let buf = std::mem::take(out);
+            *out = postcard::to_extend(self, buf).map_err(|e| FrameError::Decode(format!("encoding: {e}")))?;
+            Ok(())
+        })
+    }
     pub fn decode(bytes: &[u8]) -> Result<Msg, FrameError> {
         postcard::from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))
     }
@@ -298,6 +329,29 @@ mod tests {
             Msg::SnapshotStored { path: "/i/x.tsnap".into(), last_seq: 7, records: 3 },
         ] {
             assert_eq!(Msg::decode(&m.encode().expect("encode")).expect("decode"), m);
+        }
+    }
+
+    #[test]
+    fn a_message_encoded_in_place_is_the_frame_of_its_encoding() {
+        let change = |i: u64| WireChange {
+            seq: i,
+            component: "trunks".into(),
+            key: format!("k{i}"),
+            data: vec![7; 700],
+            tombstone: false,
+            physical: 1_700_000_000_000 + i,
+            logical: 0,
+            stamp_node: "a".into(),
+            origin: "a".into(),
+            doc: Some("{\"host\": \"h\"}".into()),
+        };
+        let batch = Msg::Batch(Batch { epoch: 3, up_to: 100, high: 100, changes: (0..100).map(change).collect() });
+        for m in [batch, Msg::SnapshotDone, Msg::Ack { seq: 1, high: 1, epoch: 1 }] {
+            for compress in [false, true] {
+                let frame = m.encode_frame(compress).expect("frame");
+                assert_eq!(frame, super::super::frame::encode(&m.encode().expect("encode"), compress).expect("encode"));
+            }
         }
     }
 }
