@@ -156,6 +156,24 @@ fn creds_of(dir: &Path) -> tandem::peer::tls::Credentials {
 /// Offers `bytes` as `name` (announcing `size` and `sha256`) to the inbox of the node at
 /// `address`, as node `us`; returns the receiver's last answer.
 fn offer(creds: &tandem::peer::tls::Credentials, us: &str, address: &str, name: &str, announced: &[u8], bytes: &[u8]) -> Msg {
+    offer_from(creds, us, address, name, announced, bytes, None).1
+}
+
+/// Chunk size of [`offer_from`].
+const STEP: usize = 200;
+
+/// [`offer`], sending from the offset the receiver asks for, in chunks of [`STEP`] bytes; with
+/// `cut_at`, the link is dropped once that many bytes were sent. Returns that offset (`None` if
+/// the receiver answered the offer otherwise) and the last answer (`SnapshotReady` after a cut).
+fn offer_from(
+    creds: &tandem::peer::tls::Credentials,
+    us: &str,
+    address: &str,
+    name: &str,
+    announced: &[u8],
+    bytes: &[u8],
+    cut_at: Option<usize>,
+) -> (Option<u64>, Msg) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let tls = peer::dial(address, creds, PROTOCOL_VERSION, Duration::from_secs(10)).await.expect("dial");
@@ -166,17 +184,33 @@ fn offer(creds: &tandem::peer::tls::Credentials, us: &str, address: &str, name: 
         let sha256 = backup_peer::sha256_hex(announced);
         let size = announced.len() as u64;
         peer::send(&mut wr, &Msg::SnapshotOffer { name: name.into(), size, sha256 }, false).await.expect("offer");
-        match peer::recv(&mut rd).await.expect("answer to the offer") {
-            Msg::SnapshotReady => {}
-            other => return other,
-        }
-        for (i, chunk) in bytes.chunks(100_000).enumerate() {
-            let offset = (i * 100_000) as u64;
+        let from = match peer::recv(&mut rd).await.expect("answer to the offer") {
+            Msg::SnapshotReady { from } => from,
+            other => return (None, other),
+        };
+        let start = usize::try_from(from).expect("offset").min(bytes.len());
+        for (i, chunk) in bytes[start..].chunks(STEP).enumerate() {
+            let offset = (start + i * STEP) as u64;
+            if cut_at.is_some_and(|cut| offset as usize >= cut) {
+                return (Some(from), Msg::SnapshotReady { from });
+            }
             peer::send(&mut wr, &Msg::SnapshotChunk { offset, bytes: chunk.to_vec() }, false).await.expect("chunk");
         }
         peer::send(&mut wr, &Msg::SnapshotDone, false).await.expect("done");
-        peer::recv(&mut rd).await.expect("final answer")
+        (Some(from), peer::recv(&mut rd).await.expect("final answer"))
     })
+}
+
+/// The partial files in an inbox, with their sizes.
+fn partials(inbox: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(snapshot::dir(inbox))
+        .expect("inbox")
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .filter(|(n, _)| n.ends_with(".partial"))
+        .collect();
+    v.sort();
+    v
 }
 
 fn refusal(m: &Msg) -> String {
@@ -269,6 +303,37 @@ fn backup_peer_inbox_receives_scheduled_snapshots_refuses_damaged_ones_and_a_dow
     // Sending the same file again is answered at once: it is there already.
     assert!(matches!(offer(&creds, "a", &addr(bp), &name.to_string_lossy(), &good, &good), Msg::SnapshotStored { .. }));
 
+    // A transfer that breaks off leaves what arrived, and the next offer of the file resumes
+    // after it; the whole file's sha256 is checked all the same.
+    assert!(good.len() > 4 * STEP, "{} bytes", good.len());
+    let cut = good.len() / 2 / STEP * STEP;
+    let resumed = "20990101T000000004Z-a-all.tsnap";
+    let (from, _) = offer_from(&creds, "a", &addr(bp), resumed, &good, &good, Some(cut));
+    assert_eq!(from, Some(0));
+    wait_until("the partial file holds what was sent", WAIT, || partials(&inbox).iter().any(|(_, n)| *n == cut as u64));
+    let (from, answer) = offer_from(&creds, "a", &addr(bp), resumed, &good, &good, None);
+    assert_eq!(from, Some(cut as u64));
+    assert!(matches!(answer, Msg::SnapshotStored { .. }), "{answer:?}");
+    assert_eq!(std::fs::read(snapshot::dir(&inbox).join(resumed)).expect("stored"), good);
+    assert!(partials(&inbox).is_empty(), "{:?}", partials(&inbox));
+    // What a broken transfer left is damaged before the resume: the end's check refuses the
+    // file, the partial file goes, and the offer after that starts over.
+    let damaged = "20990101T000000005Z-a-all.tsnap";
+    offer_from(&creds, "a", &addr(bp), damaged, &good, &good, Some(cut));
+    wait_until("the partial file holds what was sent", WAIT, || partials(&inbox).iter().any(|(_, n)| *n == cut as u64));
+    let (held, _) = partials(&inbox).into_iter().next().expect("partial");
+    let held = snapshot::dir(&inbox).join(held);
+    let mut bytes = std::fs::read(&held).expect("partial");
+    bytes[10] ^= 0x01;
+    std::fs::write(&held, &bytes).expect("damage");
+    let (from, answer) = offer_from(&creds, "a", &addr(bp), damaged, &good, &good, None);
+    assert_eq!(from, Some(cut as u64));
+    assert!(refusal(&answer).contains("corrupted in transfer"), "{answer:?}");
+    assert!(partials(&inbox).is_empty(), "{:?}", partials(&inbox));
+    let (from, answer) = offer_from(&creds, "a", &addr(bp), damaged, &good, &good, None);
+    assert_eq!(from, Some(0));
+    assert!(matches!(answer, Msg::SnapshotStored { .. }), "{answer:?}");
+
     // The peer goes down: the next scheduled snapshot stays in the local target, and says so.
     drop(b);
     let before = backup.status().peer_sends_failed;
@@ -276,7 +341,7 @@ fn backup_peer_inbox_receives_scheduled_snapshots_refuses_damaged_ones_and_a_dow
     let st = backup_status(&a);
     assert_eq!(st["last_peer_send"]["ok"], false, "{st}");
     let msg = st["last_peer_send"]["message"].as_str().unwrap_or_default().to_owned();
-    assert!(msg.contains("local target only") && msg.contains("peer b"), "{st}");
+    assert!(msg.contains("local target only until it is sent again") && msg.contains("peer b"), "{st}");
     let file = st["last_peer_send"]["file"].as_str().unwrap_or_default().to_owned();
     assert!(Path::new(&file).is_file(), "{st}");
     let m = ca.metrics().expect("metrics");
@@ -290,6 +355,41 @@ fn backup_peer_inbox_receives_scheduled_snapshots_refuses_damaged_ones_and_a_dow
     let out = tandem(&["snapshot", "create", "--dir", &ad, "--to-peer", "nosuch"]);
     assert!(!out.status.success() && text(&out).contains("no [[peer]] named \"nosuch\""), "{}", text(&out));
     backup.stop();
+}
+
+#[test]
+fn backup_peer_snapshot_that_could_not_be_sent_is_sent_again_once_the_peer_is_back() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let target = root.path().join("backup");
+    // One snapshot an hour: the first is taken at start, and no other during the test.
+    let extra = format!("\n[backup]\ntarget = {:?}\npeer = \"b\"\n\n[[backup.schedule]]\nevery = \"1h\"\n", target.display().to_string());
+    let (a_dir, b_dir) = cluster_pair(root.path(), ap, bp, "cold", &extra);
+    let a = start_node(&a_dir);
+    let ca = client(&a);
+    for i in 0..10 {
+        ca.put("trunks", &format!("t{i}"), &format!(r#"{{"host": "h{i}.example"}}"#), None).expect("put");
+    }
+    let backup = service::start(a.node()).expect("backup thread").expect("a target is configured");
+    wait_until("a failed send, to be retried", WAIT, || backup.status().peer_retry.is_some_and(|r| r.attempts >= 1));
+    let st = backup_status(&a);
+    assert_eq!(st["last_peer_send"]["ok"], false, "{st}");
+    let file = st["peer_retry"]["file"].as_str().unwrap_or_default().to_owned();
+    assert!(Path::new(&file).is_file() && st["peer_retry"]["next_ms"].as_u64().is_some(), "{st}");
+    // The peer comes up: the same snapshot reaches its inbox, without a new one being taken.
+    let b = start_node(&b_dir);
+    let inbox = backup_peer::inbox(&b_dir);
+    wait_until("the snapshot in the peer's inbox", Duration::from_secs(60), || !snapshot::list(&inbox).is_empty());
+    wait_until("the retry done", WAIT, || backup.status().peer_retry.is_none());
+    let (received, _) = snapshot::list(&inbox).into_iter().next().expect("received");
+    assert_eq!(received.file_name(), Path::new(&file).file_name());
+    assert_eq!(std::fs::read(&received).expect("inbox copy"), std::fs::read(&file).expect("local copy"));
+    assert_eq!(snapshot::list(&target).len(), 1, "no other snapshot was taken");
+    let st = backup_status(&a);
+    assert_eq!(st["last_peer_send"]["ok"], true, "{st}");
+    assert_eq!(st["snapshots_taken"], 1, "{st}");
+    backup.stop();
+    drop(b);
 }
 
 #[test]

@@ -124,6 +124,9 @@ pub struct BackupStatus {
     pub last_peer_send: Option<PeerSend>,
     pub peer_sends_ok: u64,
     pub peer_sends_failed: u64,
+    /// The newest snapshot not yet in the peer's inbox, sent again until it is (or a newer one
+    /// is): after 5 s, then twice as long each time, up to 5 minutes.
+    pub peer_retry: Option<PeerRetry>,
     /// The last failure of any backup action (kept after a later success, for the record).
     pub last_error: Option<BackupError>,
     /// Areas whose last attempt failed (`archive`, `snapshot`, `peer`, `config`).
@@ -156,6 +159,15 @@ pub struct PeerSend {
     /// Where the peer stored it, or why it was not sent (the snapshot is then only in the local
     /// target).
     pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PeerRetry {
+    pub file: String,
+    /// Failed sends of it so far.
+    pub attempts: u32,
+    pub next_ms: u64,
+    pub next: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -339,6 +351,7 @@ fn spawn_with(config: &Config, target: &Path, plugins: Vec<PluginManifest>, node
         tap: None,
         caught_up: false,
         job: None,
+        unsent: None,
         failed: std::collections::HashMap::new(),
         node,
         peer,
@@ -365,8 +378,10 @@ struct Worker {
     tap: Option<TapReceiver>,
     /// The archive read the store up to the tap's start.
     caught_up: bool,
-    /// The thread taking scheduled snapshots, if one runs; it returns the scopes that failed.
-    job: Option<JoinHandle<Vec<String>>>,
+    /// The thread taking scheduled snapshots (or sending one again), if one runs.
+    job: Option<JoinHandle<JobOutcome>>,
+    /// The newest snapshot the peer's inbox lacks, while one does.
+    unsent: Option<Unsent>,
     failed: std::collections::HashMap<String, Instant>,
     node: Option<Arc<Node>>,
     peer: Option<peer::PeerTarget>,
@@ -374,7 +389,75 @@ struct Worker {
     stop: Arc<AtomicBool>,
 }
 
+/// What a snapshot thread did.
+#[derive(Default)]
+struct JobOutcome {
+    /// Scopes whose snapshot failed.
+    failed: Vec<String>,
+    /// Snapshots sent to the peer, and the newest that could not be, in the order taken.
+    sent: Vec<(PathBuf, bool)>,
+}
+
+/// A snapshot to send to the peer again.
+struct Unsent {
+    path: PathBuf,
+    attempts: u32,
+    next: Instant,
+}
+
+/// The wait before sending a snapshot again after `attempts` failed sends: 5 s, doubling, at
+/// most 5 minutes.
+fn retry_after(attempts: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << attempts.saturating_sub(1).min(6)).min(300))
+}
+
 impl Worker {
+    /// Takes what a finished snapshot thread did: the scopes to retry, and what the peer lacks.
+    fn took(&mut self, outcome: JobOutcome) {
+        for label in outcome.failed {
+            self.failed.insert(label, Instant::now());
+        }
+        for (path, ok) in outcome.sent {
+            if ok {
+                // Sent: that one, and any older one, is in the inbox or superseded.
+                self.unsent = None;
+            } else {
+                let attempts = self.unsent.as_ref().filter(|u| u.path == path).map_or(0, |u| u.attempts) + 1;
+                self.unsent = Some(Unsent { path, attempts, next: Instant::now() + retry_after(attempts) });
+            }
+        }
+        let retry = self.unsent.as_ref().map(|u| {
+            let next_ms = time::now_ms() + u64::try_from(u.next.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(0);
+            PeerRetry { file: u.path.display().to_string(), attempts: u.attempts, next_ms, next: time::format_ms(next_ms) }
+        });
+        update(&self.status, |s| s.peer_retry = retry);
+    }
+
+    /// Sends the snapshot the peer lacks again, once its wait is over (and no snapshot thread
+    /// runs); a snapshot deleted by retention meanwhile is given up.
+    fn retry_send(&mut self) {
+        let (Some(peer), Some(u)) = (&self.peer, &self.unsent) else { return };
+        if self.job.is_some() || Instant::now() < u.next {
+            return;
+        }
+        if !u.path.is_file() {
+            tracing::warn!(file = %u.path.display(), "backup: the snapshot to send to the peer again is gone (retention); the next one is sent");
+            self.unsent = None;
+            update(&self.status, |s| s.peer_retry = None);
+            return;
+        }
+        let (peer, path, status) = (peer.clone(), u.path.clone(), self.status.clone());
+        let job = std::thread::Builder::new().name("tandem-snapshot".into()).spawn(move || {
+            tracing::info!(peer = %peer.peer.name, file = %path.display(), "backup: sending a snapshot to the peer again");
+            let ok = send_to_peer(&peer, &path, &status);
+            JobOutcome { failed: Vec::new(), sent: vec![(path, ok)] }
+        });
+        match job {
+            Ok(j) => self.job = Some(j),
+            Err(e) => tracing::error!(error = %e, "backup: cannot start a thread to send a snapshot again"),
+        }
+    }
+
     fn run(&mut self) {
         let mut last_schedule_check: Option<Instant> = None;
         loop {
@@ -408,6 +491,7 @@ impl Worker {
             if last_schedule_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_schedule_check = Some(Instant::now());
                 self.run_schedules(time::now_ms());
+                self.retry_send();
             }
             if self.tap.is_none() || self.archiver.is_none() {
                 std::thread::sleep(Duration::from_millis(20));
@@ -530,18 +614,16 @@ impl Worker {
     /// Starts the snapshots that are due, on a thread of their own so the archive keeps up
     /// meanwhile (one batch at a time), then applies retention and sends them to the peer.
     fn run_schedules(&mut self, now: u64) {
-        if self.plans.is_empty() {
-            return;
-        }
         if let Some(job) = self.job.take() {
             if !job.is_finished() {
                 self.job = Some(job);
                 return;
             }
-            let failed = job.join().unwrap_or_default();
-            for label in failed {
-                self.failed.insert(label, Instant::now());
-            }
+            let outcome = job.join().unwrap_or_default();
+            self.took(outcome);
+        }
+        if self.plans.is_empty() {
+            return;
         }
         let existing = snapshot::list(&self.target);
         let mut due = Vec::new();
@@ -622,15 +704,16 @@ impl Worker {
                     }
                 }
             }
+            let mut sent = Vec::new();
             if let Some(peer) = &peer {
                 for path in &took {
-                    send_to_peer(peer, path, &status);
+                    sent.push((path.clone(), send_to_peer(peer, path, &status)));
                 }
             }
             if !took.is_empty() {
                 apply_retention(&target, time::now_ms(), retention);
             }
-            failed
+            JobOutcome { failed, sent }
         });
         match job {
             Ok(j) => self.job = Some(j),
@@ -643,13 +726,20 @@ impl Worker {
 }
 
 /// Sends a snapshot to the peer's inbox and records the outcome; a peer that is down leaves the
-/// snapshot in the local target only, and the status says so.
-fn send_to_peer(peer: &peer::PeerTarget, path: &Path, status: &SharedStatus) {
+/// snapshot in the local target only (until it is sent again), and the status says so. Returns
+/// whether the peer stored it.
+fn send_to_peer(peer: &peer::PeerTarget, path: &Path, status: &SharedStatus) -> bool {
     let at_ms = time::now_ms();
     let file = path.display().to_string();
     match peer.send_blocking(path) {
         Ok(stored) => {
-            tracing::info!(peer = %stored.peer, file = %file, stored = %stored.path, "backup: snapshot stored in the peer's inbox");
+            tracing::info!(
+                peer = %stored.peer,
+                file = %file,
+                stored = %stored.path,
+                resumed_from = stored.resumed_from,
+                "backup: snapshot stored in the peer's inbox"
+            );
             update(status, |s| {
                 s.peer_sends_ok += 1;
                 s.last_peer_send = Some(PeerSend {
@@ -661,15 +751,17 @@ fn send_to_peer(peer: &peer::PeerTarget, path: &Path, status: &SharedStatus) {
                 });
             });
             note_ok(status, "peer");
+            true
         }
         Err(e) => {
-            let msg = format!("{e:#}; the snapshot is in the local target only");
+            let msg = format!("{e:#}; the snapshot is in the local target only until it is sent again");
             tracing::warn!(peer = %peer.peer.name, "backup: {msg}");
             update(status, |s| {
                 s.peer_sends_failed += 1;
                 s.last_peer_send = Some(PeerSend { peer: peer.peer.name.clone(), file, at_ms, ok: false, message: msg.clone() });
             });
             note_error(status, "peer", msg);
+            false
         }
     }
 }

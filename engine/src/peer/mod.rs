@@ -13,8 +13,9 @@ pub mod proto;
 pub mod tls;
 
 /// The peer protocol version this build speaks (2: failover requests and snapshot transfers;
-/// 3: warm versions carry the reader's document; 4: heartbeats carry the component digests).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 3: warm versions carry the reader's document; 4: heartbeats carry the component digests;
+/// 5: a snapshot transfer resumes where a broken one stopped).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 use std::time::Duration;
 

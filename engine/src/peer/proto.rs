@@ -170,8 +170,11 @@ pub enum Msg {
         /// sha256 of the whole file, hex.
         sha256: String,
     },
-    /// The listener takes the offered file.
-    SnapshotReady,
+    /// The listener takes the offered file, from byte `from` on: what it holds of it already,
+    /// from a transfer of the same file (name and sha256) that broke off.
+    SnapshotReady {
+        from: u64,
+    },
     /// A piece of the file, at the offset the receiver expects.
     SnapshotChunk {
         offset: u64,
@@ -323,7 +326,7 @@ mod tests {
     fn snapshot_messages_round_trip() {
         for m in [
             Msg::SnapshotOffer { name: "x.tsnap".into(), size: 9, sha256: "ab".repeat(32) },
-            Msg::SnapshotReady,
+            Msg::SnapshotReady { from: 3 },
             Msg::SnapshotChunk { offset: 4, bytes: vec![1, 2, 3] },
             Msg::SnapshotDone,
             Msg::SnapshotStored { path: "/i/x.tsnap".into(), last_seq: 7, records: 3 },
