@@ -389,7 +389,30 @@ fn backup_peer_snapshot_that_could_not_be_sent_is_sent_again_once_the_peer_is_ba
     assert_eq!(st["last_peer_send"]["ok"], true, "{st}");
     assert_eq!(st["snapshots_taken"], 1, "{st}");
     backup.stop();
+
+    // By hand: `snapshot send` sends the newest snapshot, resuming a transfer that broke off.
+    let ad = a_dir.display().to_string();
+    let out = tandem(&["snapshot", "send", "--dir", &ad, "--to-peer", "b", &file]);
+    assert!(out.status.success() && text(&out).contains("holds") && text(&out).contains("already"), "{}", text(&out));
+    let out = tandem(&["snapshot", "create", "--dir", &ad]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (newest, _) = snapshot::list(&target).into_iter().max_by_key(|(p, _)| p.clone()).expect("newest");
+    assert_ne!(newest, Path::new(&file));
+    let bytes = std::fs::read(&newest).expect("snapshot");
+    let name = newest.file_name().expect("name").to_string_lossy().into_owned();
+    let cut = bytes.len() / 2 / STEP * STEP;
+    offer_from(&creds_of(&a_dir), "a", &addr(bp), &name, &bytes, &bytes, Some(cut));
+    wait_until("the partial file holds what was sent", WAIT, || partials(&inbox).iter().any(|(_, n)| *n == cut as u64));
+    let out = tandem(&["snapshot", "send", "--dir", &ad, "--to-peer", "b"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("stored in its inbox as") && text(&out).contains("resumed after"), "{}", text(&out));
+    assert_eq!(std::fs::read(snapshot::dir(&inbox).join(&name)).expect("stored"), bytes);
     drop(b);
+    let out = tandem(&["snapshot", "send", "--dir", &ad, "--to-peer", "b"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("run the same command again"), "{}", text(&out));
+    let out = tandem(&["snapshot", "send", "--dir", &ad, "--to-peer", "nosuch"]);
+    assert!(!out.status.success() && text(&out).contains("no [[peer]] named \"nosuch\""), "{}", text(&out));
 }
 
 #[test]

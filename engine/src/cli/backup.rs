@@ -18,6 +18,9 @@ use crate::node::config::{CONFIG_FILE, Config};
 pub enum SnapshotCommand {
     /// Take a snapshot now (consistent as of one point; the node may keep running and writing).
     Create(CreateArgs),
+    /// Send a snapshot to a peer's inbox (default: the newest in the backup target). A transfer
+    /// that broke off, by this command or the backup thread, resumes where it stopped.
+    Send(SendArgs),
     /// List the snapshots and archive segments in the backup target.
     List(ListArgs),
     /// Check snapshots and archive segments completely: checksums, every record, digests, and
@@ -94,6 +97,17 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The snapshot file (default: the newest snapshot in the backup target).
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub at: NodeAndTarget,
+    /// The peer whose inbox receives it (a `[[peer]]` of the configuration).
+    #[arg(long, value_name = "PEER")]
+    pub to_peer: String,
+}
+
+#[derive(Args, Debug)]
 pub struct ListArgs {
     #[command(flatten)]
     pub at: NodeAndTarget,
@@ -156,6 +170,7 @@ pub struct RestoreArgs {
 pub fn run(cmd: SnapshotCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SnapshotCommand::Create(a) => create(a),
+        SnapshotCommand::Send(a) => send(a),
         SnapshotCommand::List(a) => list(a),
         SnapshotCommand::Verify(a) => verify(a),
         SnapshotCommand::Prune(a) => prune(a),
@@ -231,6 +246,50 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("the snapshot is in the local target only: {}", path.display());
                 return Ok(ExitCode::from(1));
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
+    let config = a.at.config()?;
+    let peer = crate::backup::peer::PeerTarget::from_config(&config, &a.to_peer)?;
+    let file = match a.file {
+        Some(f) => f,
+        None => {
+            let target = a.at.target(Some(&config))?;
+            snapshot::list(&target)
+                .into_iter()
+                .filter_map(|(p, m)| m.ok().map(|m| (m.created_ms, p)))
+                .max()
+                .map(|(_, p)| p)
+                .with_context(|| format!("there is no readable snapshot in {}", target.display()))?
+        }
+    };
+    let started = Instant::now();
+    match peer.send_blocking(&file) {
+        Ok(stored) if stored.resumed_from >= stored.bytes => {
+            eprintln!("peer {} holds {} already, as {}", stored.peer, file.display(), stored.path);
+        }
+        Ok(stored) => {
+            let resumed = if stored.resumed_from > 0 {
+                format!(", resumed after the {} a broken transfer had sent", human_bytes(stored.resumed_from))
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "sent {} to peer {}: stored in its inbox as {} ({}{resumed}) in {:.1} s",
+                file.display(),
+                stored.peer,
+                stored.path,
+                human_bytes(stored.bytes),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            eprintln!("run the same command again once the peer is reachable: the transfer resumes where it stopped");
+            return Ok(ExitCode::from(1));
         }
     }
     Ok(ExitCode::SUCCESS)
