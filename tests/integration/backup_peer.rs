@@ -407,6 +407,20 @@ fn backup_peer_snapshot_that_could_not_be_sent_is_sent_again_once_the_peer_is_ba
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("stored in its inbox as") && text(&out).contains("resumed after"), "{}", text(&out));
     assert_eq!(std::fs::read(snapshot::dir(&inbox).join(&name)).expect("stored"), bytes);
+    // Progress is reported as the file goes, from where the transfer starts to its end.
+    let config = tandem::node::Config::load(&a_dir.join("tandem.toml")).expect("config");
+    let to_b = backup_peer::PeerTarget::from_config(&config, "b").expect("peer b");
+    let out = tandem(&["snapshot", "create", "--dir", &ad]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (third, _) = snapshot::list(&target).into_iter().max_by_key(|(p, _)| p.clone()).expect("newest");
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = |done: u64, total: u64| seen.lock().expect("lock").push((done, total));
+    let stored = to_b.send_blocking_with(&third, Some(&record)).expect("send");
+    let seen = seen.into_inner().expect("lock");
+    let size = std::fs::metadata(&third).expect("size").len();
+    assert_eq!((seen.first().copied(), seen.last().copied()), (Some((0, size)), Some((size, size))), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+    assert_eq!((stored.bytes, stored.resumed_from), (size, 0));
     drop(b);
     let out = tandem(&["snapshot", "send", "--dir", &ad, "--to-peer", "b"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

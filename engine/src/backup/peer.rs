@@ -108,8 +108,14 @@ impl PeerTarget {
     /// Sends a snapshot file, blocking (a runtime of its own: callers are backup threads and the
     /// CLI).
     pub fn send_blocking(&self, file: &Path) -> anyhow::Result<Stored> {
+        self.send_blocking_with(file, None)
+    }
+
+    /// [`PeerTarget::send_blocking`], calling `progress` with (bytes the peer holds, size) as the
+    /// file goes.
+    pub fn send_blocking_with(&self, file: &Path, progress: Option<&dyn Fn(u64, u64)>) -> anyhow::Result<Stored> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime to send the snapshot")?;
-        rt.block_on(send(self, file))
+        rt.block_on(send(self, file, progress))
     }
 }
 
@@ -140,7 +146,7 @@ async fn answer<R: AsyncRead + Unpin>(rd: &mut R, within: Duration, what: &str) 
 }
 
 /// Sends a snapshot to the peer's inbox and waits until the peer has checked and stored it.
-pub async fn send(target: &PeerTarget, file: &Path) -> anyhow::Result<Stored> {
+pub async fn send(target: &PeerTarget, file: &Path, progress: Option<&dyn Fn(u64, u64)>) -> anyhow::Result<Stored> {
     let name =
         file.file_name().map(|n| n.to_string_lossy().into_owned()).with_context(|| format!("{} is not a file name", file.display()))?;
     // Never offer a file that does not verify here.
@@ -173,6 +179,9 @@ pub async fn send(target: &PeerTarget, file: &Path) -> anyhow::Result<Stored> {
     if from > 0 {
         tracing::info!(peer = %peer_name, file = %name, from, size, "backup: resuming a transfer that broke off");
     }
+    if let Some(p) = progress {
+        p(from, size);
+    }
     // Blocking reads: the sender runs on a runtime of its own (`send_blocking`).
     let mut f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(from)).with_context(|| format!("cannot read {}", file.display()))?;
@@ -192,6 +201,9 @@ pub async fn send(target: &PeerTarget, file: &Path) -> anyhow::Result<Stored> {
         }
         peer::send(&mut wr, &Msg::SnapshotChunk { offset, bytes: buf[..k].to_vec() }, false).await.map_err(fail)?;
         offset += k as u64;
+        if let Some(p) = progress {
+            p(offset, size);
+        }
     }
     if offset != size {
         anyhow::bail!("{} changed while it was sent ({offset} bytes read, {size} when offered)", file.display());

@@ -188,6 +188,22 @@ fn bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// A progress bar in bytes (a transfer to a peer).
+fn byte_bar(what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    let style = ProgressStyle::with_template("{msg:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn byte_progress(pb: &ProgressBar, done: u64, total: u64) {
+    pb.set_length(total);
+    pb.set_position(done);
+}
+
 fn human_bytes(n: u64) -> String {
     let f = n as f64;
     if n >= 1 << 30 {
@@ -237,7 +253,10 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(peer) = peer {
-        match peer.send_blocking(&path) {
+        let pb = byte_bar("to peer");
+        let sent = peer.send_blocking_with(&path, Some(&|done, total| byte_progress(&pb, done, total)));
+        pb.finish_and_clear();
+        match sent {
             Ok(stored) => {
                 eprintln!("sent to peer {}: stored in its inbox as {} ({})", stored.peer, stored.path, human_bytes(stored.bytes));
             }
@@ -267,7 +286,10 @@ fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let started = Instant::now();
-    match peer.send_blocking(&file) {
+    let pb = byte_bar("sending");
+    let sent = peer.send_blocking_with(&file, Some(&|done, total| byte_progress(&pb, done, total)));
+    pb.finish_and_clear();
+    match sent {
         Ok(stored) if stored.resumed_from >= stored.bytes => {
             eprintln!("peer {} holds {} already, as {}", stored.peer, file.display(), stored.path);
         }
