@@ -216,6 +216,19 @@ fn retention_purges_reports_older_than_the_plugins_rule_from_their_stamps() {
     let wall = ManualWallClock::new(t0);
     let server = start_node_with(dir.path(), NodeOptions { wall: wall.clone() });
     let c = client(&server);
+    // The node made the component's index by age before taking writes (store schema 2: only
+    // components with retention have one).
+    let conn = rusqlite::Connection::open(server.node().config().store_path()).expect("store");
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'records_age_%'")
+        .expect("query")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .map(|n| n.expect("name"))
+        .collect();
+    let hex: String = "pbx-reports".bytes().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(indexes, vec![format!("records_age_{hex}")]);
+    drop(conn);
     let plugin = server.node().registry().get("pbx-reports").expect("plugin");
     let max_age = plugin.info().retention.clone().and_then(|r| r.max_age_ms).expect("reports have a retention age");
     let examples = plugin.info().examples.clone();

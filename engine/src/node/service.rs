@@ -1648,6 +1648,26 @@ impl Node {
                 Err(_) => anyhow::bail!("cannot preload component {name}: the plugin threads are saturated"),
             }
         }
+        // Retention's indexes before any write (made once: a pause at the first start after an
+        // upgrade, not in the middle of taking writes).
+        let mut store = store;
+        let aged: Vec<String> = ctx
+            .components
+            .keys()
+            .filter(|c| {
+                registry.get(c).and_then(|p| p.info().retention.clone()).is_some_and(|r| r.max_age_ms.is_some() || r.max_count.is_some())
+            })
+            .cloned()
+            .collect();
+        let store = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
+            for c in &aged {
+                store.ensure_age_index(c)?;
+            }
+            Ok(store)
+        })
+        .await
+        .context("indexing the store")?
+        .context("indexing the store for retention")?;
         let (writer_tx, writer_rx) = crossbeam_channel::bounded(config.raw.queues.commit_queue);
         let writer_thread = {
             let ctx = ctx.clone();

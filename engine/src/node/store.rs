@@ -636,12 +636,8 @@ impl Store {
     ) -> Result<Vec<(String, bool)>, StoreError> {
         let mut digest = self.digest(component);
         let sql = AgeSql::of(component);
+        self.ensure_age_index(component)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if !self.aged.contains(component) {
-            // Made once, by the first purge (a pause of the writer as long as it takes to sort the
-            // component's records), then kept up by the component's writes only.
-            tx.execute_batch(&sql.create)?;
-        }
         let mut removed = Vec::new();
         {
             let mut take = |q: &mut rusqlite::CachedStatement<'_>, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
@@ -666,11 +662,22 @@ impl Store {
             put_digest(&tx, component, &digest)?;
         }
         tx.commit()?;
-        self.aged.insert(component.to_owned());
         if !removed.is_empty() {
             self.digests.insert(component.to_owned(), digest);
         }
         Ok(removed)
+    }
+
+    /// Makes sure `component` has its index by age (see [`AgeSql`]): made once, as long as it
+    /// takes to sort the component's records, then kept up by the component's writes only. A
+    /// node makes those of its components with retention before it takes writes; a purge makes
+    /// its own if it is missing (a plugin that took retention on since).
+    pub fn ensure_age_index(&mut self, component: &str) -> Result<(), StoreError> {
+        if !self.aged.contains(component) {
+            self.conn.execute_batch(&AgeSql::of(component).create)?;
+            self.aged.insert(component.to_owned());
+        }
+        Ok(())
     }
 
     /// Deletes tombstones (deletions) stamped before `before_physical` and at feed positions up
