@@ -390,8 +390,22 @@ fn backup_peer_snapshot_that_could_not_be_sent_is_sent_again_once_the_peer_is_ba
     assert_eq!(st["snapshots_taken"], 1, "{st}");
     backup.stop();
 
-    // By hand: `snapshot send` sends the newest snapshot, resuming a transfer that broke off.
+    // A snapshot the peer did not get before the backup thread stopped is sent when it starts
+    // again; one the peer got is not sent again.
     let ad = a_dir.display().to_string();
+    let out = tandem(&["snapshot", "create", "--dir", &ad]);
+    assert!(out.status.success(), "{}", text(&out));
+    let backup = service::start(a.node()).expect("backup thread").expect("a target is configured");
+    wait_until("the unsent snapshot in the peer's inbox", WAIT, || snapshot::list(&inbox).len() == 2);
+    wait_until("the send in the status", WAIT, || backup.status().last_peer_send.is_some_and(|s| s.ok));
+    assert_eq!(backup.status().snapshots_taken, 0);
+    backup.stop();
+    let backup = service::start(a.node()).expect("backup thread").expect("a target is configured");
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(backup.status().last_peer_send, None, "nothing to send again");
+    backup.stop();
+
+    // By hand: `snapshot send` sends the newest snapshot, resuming a transfer that broke off.
     let out = tandem(&["snapshot", "send", "--dir", &ad, "--to-peer", "b", &file]);
     assert!(out.status.success() && text(&out).contains("holds") && text(&out).contains("already"), "{}", text(&out));
     let out = tandem(&["snapshot", "create", "--dir", &ad]);

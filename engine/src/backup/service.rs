@@ -351,7 +351,7 @@ fn spawn_with(config: &Config, target: &Path, plugins: Vec<PluginManifest>, node
         tap: None,
         caught_up: false,
         job: None,
-        unsent: None,
+        unsent: peer.as_ref().and_then(|p| unsent_at_start(target, &p.peer.name)),
         failed: std::collections::HashMap::new(),
         node,
         peer,
@@ -403,6 +403,21 @@ struct Unsent {
     path: PathBuf,
     attempts: u32,
     next: Instant,
+}
+
+/// The file beside a target's snapshots that names the last one `peer` stored (a hint, so that a
+/// snapshot still unsent when the node stopped is sent after it starts again).
+fn sent_marker(snapshots: &Path, peer: &str) -> PathBuf {
+    snapshots.join(format!(".sent-to-{peer}"))
+}
+
+/// The newest snapshot of the target, unless the marker says `peer` stored it: what the backup
+/// thread sends first (a peer that holds it already says so at once).
+fn unsent_at_start(target: &Path, peer: &str) -> Option<Unsent> {
+    let newest = snapshot::list(target).into_iter().filter_map(|(p, m)| m.ok().map(|m| (m.created_ms, p))).max().map(|(_, p)| p)?;
+    let name = newest.file_name()?.to_string_lossy().into_owned();
+    let sent = std::fs::read_to_string(sent_marker(&snapshot::dir(target), peer)).unwrap_or_default();
+    (sent.trim() != name).then(|| Unsent { path: newest, attempts: 0, next: Instant::now() })
 }
 
 /// The wait before sending a snapshot again after `attempts` failed sends: 5 s, doubling, at
@@ -751,6 +766,12 @@ fn send_to_peer(peer: &peer::PeerTarget, path: &Path, status: &SharedStatus) -> 
                 });
             });
             note_ok(status, "peer");
+            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                let marker = sent_marker(dir, &peer.peer.name);
+                if let Err(e) = std::fs::write(&marker, name.to_string_lossy().as_bytes()) {
+                    tracing::warn!(file = %marker.display(), error = %e, "backup: cannot record the last snapshot the peer stored");
+                }
+            }
             true
         }
         Err(e) => {
