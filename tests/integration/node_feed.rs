@@ -218,17 +218,8 @@ fn retention_purges_reports_older_than_the_plugins_rule_from_their_stamps() {
     let c = client(&server);
     // The node made the component's index by age before taking writes (store schema 2: only
     // components with retention have one).
-    let conn = rusqlite::Connection::open(server.node().config().store_path()).expect("store");
-    let indexes: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'records_age_%'")
-        .expect("query")
-        .query_map([], |r| r.get(0))
-        .expect("rows")
-        .map(|n| n.expect("name"))
-        .collect();
     let hex: String = "pbx-reports".bytes().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(indexes, vec![format!("records_age_{hex}")]);
-    drop(conn);
+    assert_eq!(age_indexes(&server.node().config().store_path()), vec![format!("records_age_{hex}")]);
     let plugin = server.node().registry().get("pbx-reports").expect("plugin");
     let max_age = plugin.info().retention.clone().and_then(|r| r.max_age_ms).expect("reports have a retention age");
     let examples = plugin.info().examples.clone();
@@ -244,6 +235,31 @@ fn retention_purges_reports_older_than_the_plugins_rule_from_their_stamps() {
     let s = c.status().expect("status");
     assert_eq!((s.components[0].records, s.components[0].live), (1, 1));
     assert!(c.metrics().expect("metrics").contains("tandem_purged_total{node=\"a\",component=\"pbx-reports\"} 1"));
+}
+
+/// The store's indexes by age (`records_age_HEX`).
+fn age_indexes(store: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(store).expect("store");
+    let mut q = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'records_age_%'").expect("query");
+    q.query_map([], |r| r.get(0)).expect("rows").map(|n| n.expect("name")).collect()
+}
+
+#[test]
+fn a_component_whose_plugin_has_no_retention_loses_its_index_by_age_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_node_dir(dir.path(), "a", &["trunks"], "");
+    let server = start_node(dir.path());
+    let store = server.node().config().store_path();
+    drop(server);
+    // Left by a plugin version that had retention.
+    let hex: String = "trunks".bytes().map(|b| format!("{b:02x}")).collect();
+    let conn = rusqlite::Connection::open(&store).expect("store");
+    conn.execute_batch(&format!("CREATE INDEX records_age_{hex} ON records(stamp_p, stamp_l, stamp_n) WHERE component = 'trunks'"))
+        .expect("index");
+    drop(conn);
+    assert_eq!(age_indexes(&store).len(), 1);
+    let _server = start_node(dir.path());
+    assert_eq!(age_indexes(&store), Vec::<String>::new());
 }
 
 #[test]

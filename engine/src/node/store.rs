@@ -680,6 +680,14 @@ impl Store {
         Ok(())
     }
 
+    /// Drops `component`'s index by age, if it has one (its plugin no longer has retention: its
+    /// writes stop paying for the index).
+    pub fn drop_age_index(&mut self, component: &str) -> Result<(), StoreError> {
+        self.conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", AgeSql::of(component).index))?;
+        self.aged.remove(component);
+        Ok(())
+    }
+
     /// Deletes tombstones (deletions) stamped before `before_physical` and at feed positions up
     /// to `through_seq`, plus any stamped before `hard_before_physical` whatever their position
     /// (a peer held them back too long). Records the highest position purged (`meta`
@@ -793,7 +801,6 @@ impl Readers {
 /// retention have the index (made by their first purge): the other components' writes pay no
 /// entry in it.
 struct AgeSql {
-    #[cfg(test)]
     index: String,
     create: String,
     /// Deletes the records stamped before `?1`.
@@ -817,7 +824,6 @@ impl AgeSql {
                    ORDER BY stamp_p DESC, stamp_l DESC, stamp_n DESC LIMIT -1 OFFSET ?1)
                  RETURNING key, data, tombstone"
             ),
-            #[cfg(test)]
             index,
         }
     }
@@ -1415,6 +1421,12 @@ mod tests {
         let mut s = Store::open(&path, "a", &StoreOptions::default(), 2).expect("reopen");
         assert_eq!(s.purge("t", Some(15), None).expect("purge"), vec![("old".to_owned(), true)]);
         assert_eq!(s.purge("r", Some(25), None).expect("purge"), vec![("new".to_owned(), true)]);
+        // A component whose plugin no longer has retention loses its index.
+        assert_eq!(indexes(&s.conn).len(), 4, "r's and t's, made by their purges");
+        for c in ["r", "t", "never-had-one"] {
+            s.drop_age_index(c).expect("drop");
+        }
+        assert_eq!(indexes(&s.conn), vec!["records_by_seq", "records_tombstones"]);
         // The tombstone purge reads the index of tombstones, not every record.
         let tomb = plan(&s.conn, "DELETE FROM records WHERE tombstone = 1 AND stamp_p < 1 AND (seq <= 2 OR stamp_p < 3)");
         assert!(tomb.contains("records_tombstones"), "{tomb}");
