@@ -194,6 +194,9 @@ fn replication_digests_that_stay_different_raise_an_alarm_until_a_write_repairs_
         alarms(&b).iter().any(|m| m.starts_with("trunks: this node's digest") && m.contains("differs from a's"))
     });
     assert_ne!(digest(&a, "trunks"), digest(&b, "trunks"));
+    // The standby's scrub after its start found the edit.
+    let m = client(&b).metrics().expect("metrics");
+    assert!(m.contains("tandem_store_digest_corrections_total{node=\"b\"} 1"), "{m}");
     // The standby compares; the primary shows what the standby reports.
     wait_until("the primary shows the standby's report", WAIT, || {
         alarms(&a).iter().any(|m| m.starts_with("trunks: b reports that its copy differs from this node's"))

@@ -137,6 +137,8 @@ pub struct NodeMetrics {
     pub commit_size: Histogram,
     pub conflicts_recorded: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// Components whose records the start-up scrub found not to sum to their kept digest.
+    pub digest_corrections: AtomicU64,
 }
 
 impl Default for NodeMetrics {
@@ -149,6 +151,7 @@ impl Default for NodeMetrics {
             commit_size: Histogram::new(SIZE_BUCKETS),
             conflicts_recorded: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
+            digest_corrections: AtomicU64::new(0),
         }
     }
 }

@@ -944,7 +944,10 @@ fn writer_loop(mut store: Store, ctx: Arc<Ctx>, rx: crossbeam_channel::Receiver<
                 let _ = reply.send(store.set_max_size(bytes));
             }
             Job::CorrectDigest { found } => match store.correct_digest(&found.component, found.kept, found.actual) {
-                Ok(()) => ctx.publish_digests(&store, [found.component.as_str()]),
+                Ok(()) => {
+                    ctx.metrics.digest_corrections.fetch_add(1, Ordering::Relaxed);
+                    ctx.publish_digests(&store, [found.component.as_str()]);
+                }
                 Err(e) => {
                     tracing::warn!(component = %found.component, error = %e, "cannot correct the digest; corrected at the next start")
                 }
@@ -2442,6 +2445,12 @@ impl Node {
             self.ctx.conflicts_open.load(Ordering::Relaxed) as f64,
         );
         e.counter("tandem_conflicts_recorded_total", "Conflicts recorded.", &node, m.conflicts_recorded.load(Ordering::Relaxed));
+        e.counter(
+            "tandem_store_digest_corrections_total",
+            "Components whose records did not sum to the digest kept with them (a store edited outside tandem, or damaged), found by the scrub after the start.",
+            &node,
+            m.digest_corrections.load(Ordering::Relaxed),
+        );
         e.counter(
             "tandem_unauthorized_total",
             "Requests refused for a missing or wrong token.",
