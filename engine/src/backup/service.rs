@@ -394,7 +394,7 @@ struct Worker {
 struct JobOutcome {
     /// Scopes whose snapshot failed.
     failed: Vec<String>,
-    /// Snapshots sent to the peer, and the newest that could not be, in the order taken.
+    /// Each snapshot offered to the peer, in the order taken, and whether the peer stored it.
     sent: Vec<(PathBuf, bool)>,
 }
 
@@ -833,4 +833,27 @@ pub fn apply_retention(target: &Path, now: u64, retention: policy::Retention) ->
         }
     }
     deleted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_sent_again_after_a_doubling_wait_of_at_most_five_minutes() {
+        let waits: Vec<u64> = (1..=9).map(|a| retry_after(a).as_secs()).collect();
+        assert_eq!(waits, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_after(0).as_secs(), 5);
+        assert_eq!(retry_after(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn at_start_the_newest_snapshot_is_unsent_unless_the_marker_names_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(unsent_at_start(dir.path(), "b").is_none(), "no snapshot, nothing to send");
+        let snaps = snapshot::dir(dir.path());
+        std::fs::create_dir_all(&snaps).expect("dir");
+        std::fs::write(sent_marker(&snaps, "b"), "20260101T000000000Z-a-all.tsnap").expect("marker");
+        assert!(unsent_at_start(dir.path(), "b").is_none(), "a marker without snapshots sends nothing");
+    }
 }
