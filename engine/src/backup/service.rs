@@ -411,6 +411,24 @@ fn sent_marker(snapshots: &Path, peer: &str) -> PathBuf {
     snapshots.join(format!(".sent-to-{peer}"))
 }
 
+/// Records that `peer` stored the snapshot at `path` (beside it, in [`sent_marker`], when it is
+/// in a target's `snapshots` directory), unless a newer one is recorded already.
+pub fn note_stored(path: &Path, peer: &str) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    if dir.file_name().is_none_or(|d| d != "snapshots") {
+        return;
+    }
+    let marker = sent_marker(dir, peer);
+    let name = name.to_string_lossy();
+    // Snapshot names begin with their creation time: the greater name is the newer snapshot.
+    if std::fs::read_to_string(&marker).is_ok_and(|recorded| recorded.trim() > name.as_ref()) {
+        return;
+    }
+    if let Err(e) = std::fs::write(&marker, name.as_bytes()) {
+        tracing::warn!(file = %marker.display(), error = %e, "backup: cannot record the last snapshot the peer stored");
+    }
+}
+
 /// The newest snapshot of the target, unless the marker says `peer` stored it: what the backup
 /// thread sends first (a peer that holds it already says so at once).
 fn unsent_at_start(target: &Path, peer: &str) -> Option<Unsent> {
@@ -766,12 +784,7 @@ fn send_to_peer(peer: &peer::PeerTarget, path: &Path, status: &SharedStatus) -> 
                 });
             });
             note_ok(status, "peer");
-            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-                let marker = sent_marker(dir, &peer.peer.name);
-                if let Err(e) = std::fs::write(&marker, name.to_string_lossy().as_bytes()) {
-                    tracing::warn!(file = %marker.display(), error = %e, "backup: cannot record the last snapshot the peer stored");
-                }
-            }
+            note_stored(path, &peer.peer.name);
             true
         }
         Err(e) => {
@@ -855,5 +868,20 @@ mod tests {
         std::fs::create_dir_all(&snaps).expect("dir");
         std::fs::write(sent_marker(&snaps, "b"), "20260101T000000000Z-a-all.tsnap").expect("marker");
         assert!(unsent_at_start(dir.path(), "b").is_none(), "a marker without snapshots sends nothing");
+    }
+
+    #[test]
+    fn the_marker_names_the_newest_snapshot_stored_and_only_in_a_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snaps = snapshot::dir(dir.path());
+        std::fs::create_dir_all(&snaps).expect("dir");
+        let (older, newer) = ("20260101T000000000Z-a-all.tsnap", "20260102T000000000Z-a-all.tsnap");
+        let marker = || std::fs::read_to_string(sent_marker(&snaps, "b")).ok();
+        note_stored(&snaps.join(newer), "b");
+        assert_eq!(marker().as_deref(), Some(newer));
+        note_stored(&snaps.join(older), "b");
+        assert_eq!(marker().as_deref(), Some(newer), "an older snapshot sent by hand does not move it back");
+        note_stored(&dir.path().join(older), "b");
+        assert!(!dir.path().join(".sent-to-b").exists(), "a file outside a target leaves no marker");
     }
 }

@@ -258,6 +258,7 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         pb.finish_and_clear();
         match sent {
             Ok(stored) => {
+                service::note_stored(&path, &stored.peer);
                 eprintln!("sent to peer {}: stored in its inbox as {} ({})", stored.peer, stored.path, human_bytes(stored.bytes));
             }
             Err(e) => {
@@ -289,6 +290,9 @@ fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
     let pb = byte_bar("sending");
     let sent = peer.send_blocking_with(&file, Some(&|done, total| byte_progress(&pb, done, total)));
     pb.finish_and_clear();
+    if let Ok(stored) = &sent {
+        service::note_stored(&file, &stored.peer);
+    }
     match sent {
         Ok(stored) if stored.resumed_from >= stored.bytes => {
             eprintln!("peer {} holds {} already, as {}", stored.peer, file.display(), stored.path);
