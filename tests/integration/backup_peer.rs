@@ -410,7 +410,7 @@ fn backup_peer_snapshot_that_could_not_be_sent_is_sent_again_once_the_peer_is_ba
     assert!(out.status.success() && text(&out).contains("holds") && text(&out).contains("already"), "{}", text(&out));
     let out = tandem(&["snapshot", "create", "--dir", &ad]);
     assert!(out.status.success(), "{}", text(&out));
-    let (newest, _) = snapshot::list(&target).into_iter().max_by_key(|(p, _)| p.clone()).expect("newest");
+    let newest = snapshot::newest(&target).expect("newest");
     assert_ne!(newest, Path::new(&file));
     let bytes = std::fs::read(&newest).expect("snapshot");
     let name = newest.file_name().expect("name").to_string_lossy().into_owned();
@@ -426,7 +426,7 @@ fn backup_peer_snapshot_that_could_not_be_sent_is_sent_again_once_the_peer_is_ba
     let to_b = backup_peer::PeerTarget::from_config(&config, "b").expect("peer b");
     let out = tandem(&["snapshot", "create", "--dir", &ad]);
     assert!(out.status.success(), "{}", text(&out));
-    let (third, _) = snapshot::list(&target).into_iter().max_by_key(|(p, _)| p.clone()).expect("newest");
+    let third = snapshot::newest(&target).expect("newest");
     let seen = std::sync::Mutex::new(Vec::new());
     let record = |done: u64, total: u64| seen.lock().expect("lock").push((done, total));
     let stored = to_b.send_blocking_with(&third, Some(&record)).expect("send");

@@ -125,20 +125,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn sha256_of(file: &Path) -> anyhow::Result<(u64, String)> {
+    let (n, h) = hash_upto(file, u64::MAX).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok((n, hex::encode(h.finalize())))
+}
+
+/// The bytes read of a file's first `limit` (all of it if shorter), and their sha256 state.
+fn hash_upto(path: &Path, limit: u64) -> std::io::Result<(u64, sha2::Sha256)> {
     use std::io::Read as _;
-    let mut f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(path)?.take(limit);
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
-        let k = f.read(&mut buf).with_context(|| format!("cannot read {}", file.display()))?;
+        let k = f.read(&mut buf)?;
         if k == 0 {
             break;
         }
         h.update(&buf[..k]);
         n += k as u64;
     }
-    Ok((n, hex::encode(h.finalize())))
+    Ok((n, h))
 }
 
 async fn answer<R: AsyncRead + Unpin>(rd: &mut R, within: Duration, what: &str) -> Result<Msg, LinkError> {
@@ -292,19 +298,7 @@ fn sweep_partials(dir: &Path, keep: Duration) -> Vec<PathBuf> {
 
 /// The sha256 state of a file's first `len` bytes.
 fn hash_prefix(path: &Path, len: u64) -> std::io::Result<sha2::Sha256> {
-    use std::io::Read as _;
-    let mut h = sha2::Sha256::new();
-    let mut f = std::fs::File::open(path)?.take(len);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
+    let (n, h) = hash_upto(path, len)?;
     if n != len {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{} holds {n} bytes, not {len}", path.display())));
     }

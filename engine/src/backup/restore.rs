@@ -423,9 +423,6 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path, seq_floor: u64) -> 
         ] {
             tx.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![k, v])?;
         }
-        // The records were written here, not by the store's writer: its digests are not kept
-        // until they are computed below.
-        store::forget_digests(&tx)?;
         tx.commit()?;
         // Back to the node's journal mode (WAL is persistent in the file).
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -439,6 +436,8 @@ fn build(plan: &Plan, opts: &RestoreOptions<'_>, tmp: &Path, seq_floor: u64) -> 
             bail!("the restored store fails SQLite's integrity check: {check}");
         }
         let mut components = Vec::new();
+        // The records were written here, not by the store's writer: the digests it keeps are
+        // those of every record.
         let status = store::set_digests(&conn)?;
         {
             let tx = conn.transaction()?;

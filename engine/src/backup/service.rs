@@ -432,7 +432,7 @@ pub fn note_stored(path: &Path, peer: &str) {
 /// The newest snapshot of the target, unless the marker says `peer` stored it: what the backup
 /// thread sends first (a peer that holds it already says so at once).
 fn unsent_at_start(target: &Path, peer: &str) -> Option<Unsent> {
-    let newest = snapshot::list(target).into_iter().filter_map(|(p, m)| m.ok().map(|m| (m.created_ms, p))).max().map(|(_, p)| p)?;
+    let newest = snapshot::newest(target)?;
     let name = newest.file_name()?.to_string_lossy().into_owned();
     let sent = std::fs::read_to_string(sent_marker(&snapshot::dir(target), peer)).unwrap_or_default();
     (sent.trim() != name).then(|| Unsent { path: newest, attempts: 0, next: Instant::now() })

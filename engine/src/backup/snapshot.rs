@@ -473,6 +473,11 @@ pub fn list(target: &Path) -> Vec<(PathBuf, Result<Manifest, Corrupt>)> {
     out
 }
 
+/// The newest readable snapshot of a target.
+pub fn newest(target: &Path) -> Option<PathBuf> {
+    list(target).into_iter().rev().find_map(|(p, m)| m.ok().map(|_| p))
+}
+
 /// Files with an extension in a directory (not hidden temporaries), sorted by name.
 pub(crate) fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();

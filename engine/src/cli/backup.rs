@@ -179,29 +179,30 @@ pub fn run(cmd: SnapshotCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn bar(total: u64, what: &str) -> ProgressBar {
+    styled_bar(total, what, "{msg:>9} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})")
+}
+
+fn styled_bar(total: u64, what: &str, template: &str) -> ProgressBar {
     let pb = ProgressBar::new(total);
-    let style = ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(template).map(|s| s.progress_chars("=> ")).unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
     pb.set_message(what.to_owned());
     pb
 }
 
-/// A progress bar in bytes (a transfer to a peer).
-fn byte_bar(what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    let style = ProgressStyle::with_template("{msg:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style);
-    pb.set_message(what.to_owned());
-    pb
-}
-
-fn byte_progress(pb: &ProgressBar, done: u64, total: u64) {
-    pb.set_length(total);
-    pb.set_position(done);
+/// Sends a snapshot to a peer's inbox with a progress bar in bytes, and records it as stored
+/// there (as the backup thread does).
+fn send_to_peer(peer: &crate::backup::peer::PeerTarget, file: &Path, what: &str) -> anyhow::Result<crate::backup::peer::Stored> {
+    let pb = styled_bar(0, what, "{msg:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})");
+    let progress = |done: u64, total: u64| {
+        pb.set_length(total);
+        pb.set_position(done);
+    };
+    let sent = peer.send_blocking_with(file, Some(&progress));
+    pb.finish_and_clear();
+    let stored = sent?;
+    service::note_stored(file, &stored.peer);
+    Ok(stored)
 }
 
 fn human_bytes(n: u64) -> String {
@@ -253,12 +254,8 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(peer) = peer {
-        let pb = byte_bar("to peer");
-        let sent = peer.send_blocking_with(&path, Some(&|done, total| byte_progress(&pb, done, total)));
-        pb.finish_and_clear();
-        match sent {
+        match send_to_peer(&peer, &path, "to peer") {
             Ok(stored) => {
-                service::note_stored(&path, &stored.peer);
                 eprintln!("sent to peer {}: stored in its inbox as {} ({})", stored.peer, stored.path, human_bytes(stored.bytes));
             }
             Err(e) => {
@@ -278,22 +275,11 @@ fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
         Some(f) => f,
         None => {
             let target = a.at.target(Some(&config))?;
-            snapshot::list(&target)
-                .into_iter()
-                .filter_map(|(p, m)| m.ok().map(|m| (m.created_ms, p)))
-                .max()
-                .map(|(_, p)| p)
-                .with_context(|| format!("there is no readable snapshot in {}", target.display()))?
+            snapshot::newest(&target).with_context(|| format!("there is no readable snapshot in {}", target.display()))?
         }
     };
     let started = Instant::now();
-    let pb = byte_bar("sending");
-    let sent = peer.send_blocking_with(&file, Some(&|done, total| byte_progress(&pb, done, total)));
-    pb.finish_and_clear();
-    if let Ok(stored) = &sent {
-        service::note_stored(&file, &stored.peer);
-    }
-    match sent {
+    match send_to_peer(&peer, &file, "sending") {
         Ok(stored) if stored.resumed_from >= stored.bytes => {
             eprintln!("peer {} holds {} already, as {}", stored.peer, file.display(), stored.path);
         }

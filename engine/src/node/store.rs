@@ -308,7 +308,7 @@ pub struct Store {
     /// Conflicts not yet resolved, as of the last commit: while there are none, a local write
     /// has no conflict to mark resolved and skips that statement.
     open_conflicts: u64,
-    /// Components whose index by age ([`age_index`]) this store has made sure of.
+    /// Components whose index by age ([`AgeSql`]) this store has made sure of.
     aged: std::collections::BTreeSet<String>,
 }
 
@@ -332,8 +332,10 @@ impl Store {
             tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
             tx.commit()?;
         }
-        let meta = {
+        let (meta, kept) = {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The digests `meta` keeps, read with the rest of `meta`.
+            let kept = kept_digests(&tx)?;
             let get = |k: &str| -> Result<Option<String>, StoreError> {
                 Ok(tx.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, String>(0)).optional()?)
             };
@@ -385,11 +387,8 @@ impl Store {
                     // record too: a store written by this build's writer keeps both in `meta`).
                     let max_seq: Option<i64> = tx.query_row("SELECT MAX(seq) FROM records", [], |r| r.get(0))?;
                     meta.last_seq = meta.last_seq.max(max_seq.map_or(0, sql_u64));
-                    let max_p: Option<i64> = if get(DIGESTS_KEPT)?.is_some() {
-                        None
-                    } else {
-                        tx.query_row("SELECT MAX(stamp_p) FROM records", [], |r| r.get(0))?
-                    };
+                    let max_p: Option<i64> =
+                        if kept.is_some() { None } else { tx.query_row("SELECT MAX(stamp_p) FROM records", [], |r| r.get(0))? };
                     if let Some(p) = max_p.map(sql_u64)
                         && p > meta.hlc.physical
                     {
@@ -402,10 +401,10 @@ impl Store {
                 }
             };
             tx.commit()?;
-            meta
+            (meta, kept)
         };
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let digests = match kept_digests(&conn)? {
+        let digests = match kept {
             Some(kept) => kept,
             None => {
                 // A store from before the digests were kept, or a restored one: read every record
@@ -636,7 +635,7 @@ impl Store {
     ) -> Result<Vec<(String, bool)>, StoreError> {
         let mut digest = self.digest(component);
         let sql = AgeSql::of(component);
-        self.ensure_age_index(component)?;
+        self.ensure_age(component, &sql)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut removed = Vec::new();
         {
@@ -673,8 +672,12 @@ impl Store {
     /// node makes those of its components with retention before it takes writes; a purge makes
     /// its own if it is missing (a plugin that took retention on since).
     pub fn ensure_age_index(&mut self, component: &str) -> Result<(), StoreError> {
+        self.ensure_age(component, &AgeSql::of(component))
+    }
+
+    fn ensure_age(&mut self, component: &str, sql: &AgeSql) -> Result<(), StoreError> {
         if !self.aged.contains(component) {
-            self.conn.execute_batch(&AgeSql::of(component).create)?;
+            self.conn.execute_batch(&sql.create)?;
             self.aged.insert(component.to_owned());
         }
         Ok(())
@@ -798,7 +801,7 @@ impl Readers {
 }
 
 /// A component's index by age and retention's statements that read it. Only components with
-/// retention have the index (made by their first purge): the other components' writes pay no
+/// retention have the index ([`Store::ensure_age_index`]): the other components' writes pay no
 /// entry in it.
 struct AgeSql {
     index: String,
@@ -1015,7 +1018,7 @@ pub(crate) fn save_digests(tx: &rusqlite::Transaction<'_>, digests: &BTreeMap<St
 }
 
 /// Makes `meta` stop keeping the digests: the next open reads them from every record.
-pub(crate) fn forget_digests(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+fn forget_digests(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute("DELETE FROM meta WHERE key = ?1 OR (key >= 'digest:' AND key < 'digest;')", [DIGESTS_KEPT])?;
     Ok(())
 }
