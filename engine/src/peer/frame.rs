@@ -127,17 +127,155 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Payload, Fram
         return Err(FrameError::Checksum { got, computed });
     }
     let flags = body[0];
-    if flags & FLAG_ZSTD != 0 {
-        let buf = zstd::bulk::decompress(&body[1..], MAX_PAYLOAD).map_err(|e| FrameError::Decode(format!("zstd: {e}")))?;
-        Ok(Payload { buf, start: 0 })
-    } else {
-        Ok(Payload { buf: body, start: 1 })
+    if flags & FLAG_ZSTD != 0 { Ok(Payload { buf: decompress(&body[1..])?, start: 0 }) } else { Ok(Payload { buf: body, start: 1 }) }
+}
+
+/// Decompresses a compressed frame's payload into a buffer of the size its zstd header
+/// declares (the encoder always declares it), refused past [`MAX_PAYLOAD`] before anything is
+/// allocated. A payload that decompresses to another size is refused.
+fn decompress(compressed: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let declared = match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err(FrameError::Decode("zstd: the payload does not declare its decompressed size".into())),
+        Err(_) => return Err(FrameError::Decode("zstd: the payload is not a zstd frame".into())),
+    };
+    let size = usize::try_from(declared)
+        .ok()
+        .filter(|&n| n <= MAX_PAYLOAD)
+        .ok_or_else(|| FrameError::Decode(format!("zstd: the payload declares {declared} bytes, over the limit of {MAX_PAYLOAD}")))?;
+    let mut buf = Vec::with_capacity(size);
+    zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(compressed, &mut buf))
+        .map_err(|e| FrameError::Decode(format!("zstd: {e}")))?;
+    if buf.len() != size {
+        return Err(FrameError::Decode(format!("zstd: the payload declares {size} bytes and holds {}", buf.len())));
     }
+    Ok(buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Reads one frame from bytes (a slice never waits, so one small runtime serves every case).
+    fn read(bytes: &[u8]) -> Result<Payload, FrameError> {
+        static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        let rt = RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().expect("runtime"));
+        let mut r = bytes;
+        rt.block_on(read_frame(&mut r))
+    }
+
+    /// A frame around `body` (its flags byte first) with a correct length and checksum: what
+    /// a peer holding the cluster's credentials could send, however malformed its content.
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(body.len()).expect("small").to_be_bytes().to_vec();
+        out.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The header of a zstd frame that declares `size` bytes of content (single segment,
+    /// an 8-byte content size), and no blocks.
+    fn zstd_header(size: u64) -> Vec<u8> {
+        let mut h = vec![0x28, 0xB5, 0x2F, 0xFD, 0xE0];
+        h.extend_from_slice(&size.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn a_compressed_payload_is_read_into_a_buffer_of_its_size() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+        let p = read(&encode(&payload, true).expect("encode")).expect("read");
+        assert_eq!(*p, payload[..]);
+        // Not a buffer of the largest payload accepted for every compressed frame.
+        assert_eq!(p.buf.capacity(), payload.len());
+    }
+
+    #[test]
+    fn a_compressed_payload_must_declare_a_size_within_the_limit_and_hold_it() {
+        let over = u64::try_from(MAX_PAYLOAD).expect("fits") + 1;
+        let body = [&[FLAG_ZSTD][..], &zstd_header(over)].concat();
+        let err = read(&framed(&body)).expect_err("refused");
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        assert_eq!(err.code(), "decode");
+
+        // Two zstd frames back to back: the first declares less than the payload holds.
+        let a = zstd::bulk::compress(&[1u8; 1000], 3).expect("compress");
+        let b = zstd::bulk::compress(&[2u8; 1000], 3).expect("compress");
+        let body = [&[FLAG_ZSTD][..], &a, &b].concat();
+        assert!(matches!(read(&framed(&body)), Err(FrameError::Decode(_))));
+
+        // A zstd stream that does not declare its size.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("encoder");
+        std::io::Write::write_all(&mut enc, &[3u8; 1000]).expect("write");
+        let streamed = enc.finish().expect("finish");
+        let body = [&[FLAG_ZSTD][..], &streamed].concat();
+        let err = read(&framed(&body)).expect_err("refused");
+        assert!(err.to_string().contains("does not declare"), "{err}");
+
+        // Not zstd at all.
+        let err = read(&framed(&[FLAG_ZSTD, 1, 2, 3, 4, 5, 6])).expect_err("refused");
+        assert!(err.to_string().contains("not a zstd frame"), "{err}");
+    }
+
+    /// Payloads that compress (runs) and payloads that do not (noise), so that both kinds of
+    /// frame are made.
+    fn payloads() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..3000),
+            (any::<u8>(), 0..5000usize).prop_map(|(b, n)| vec![b; n]),
+            proptest::collection::vec(0..4u8, 0..4000),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_payload_round_trips_and_one_flipped_bit_is_never_read(
+            payload in payloads(),
+            compress in any::<bool>(),
+            at in any::<proptest::sample::Index>(),
+            bit in 0..8u8,
+        ) {
+            let mut bytes = encode(&payload, compress).expect("encode");
+            prop_assert_eq!(&*read(&bytes).expect("read"), &payload[..]);
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            // A damaged length reads as a truncated link or an oversized frame; anything
+            // else fails the checksum. Nothing is read as a payload.
+            let got = read(&bytes);
+            prop_assert!(got.is_err(), "byte {} bit {}: read {:?}", i, bit, got.map(|p| p.len()));
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_refused_or_read_only_when_their_checksum_holds(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if read(&bytes).is_ok() {
+                let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+                let stored = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+                prop_assert_eq!(crc32fast::hash(&bytes[8..8 + len]), stored);
+            }
+        }
+
+        #[test]
+        fn a_checked_frame_with_any_body_is_read_or_refused_never_a_panic(
+            flags in any::<u8>(),
+            zstd_like in any::<bool>(),
+            declared in any::<u64>(),
+            rest in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            // Half the cases start like a zstd frame, to reach the decompressor's parsing.
+            let mut body = vec![flags];
+            if zstd_like {
+                body.extend_from_slice(&zstd_header(declared % (1 << 20)));
+            }
+            body.extend_from_slice(&rest);
+            match read(&framed(&body)) {
+                Ok(p) if flags & FLAG_ZSTD == 0 => prop_assert_eq!(&*p, &body[1..]),
+                Ok(p) => prop_assert!(p.len() <= MAX_PAYLOAD),
+                Err(e) => prop_assert_eq!(e.code(), "decode"),
+            }
+        }
+    }
 
     #[tokio::test]
     async fn round_trip_plain_and_compressed() {
