@@ -287,6 +287,8 @@ pub struct Dec<R: std::io::Read> {
 
 /// Largest single field accepted (records are far smaller; a corrupt length must not allocate).
 const MAX_FIELD: u32 = 256 << 20;
+/// Fields up to this size are read into a buffer of their length at once.
+const SMALL_FIELD: usize = 64 << 10;
 
 impl<R: std::io::Read> Dec<R> {
     fn fail(&self, e: std::io::Error) -> String {
@@ -331,8 +333,19 @@ impl<R: std::io::Read> Dec<R> {
         if n > MAX_FIELD {
             return Err(format!("records section malformed at entry {}: a field claims {n} bytes", self.entry));
         }
-        let mut v = vec![0u8; n as usize];
-        self.r.read_exact(&mut v).map_err(|e| self.fail(e))?;
+        let n = n as usize;
+        if n <= SMALL_FIELD {
+            let mut v = vec![0u8; n];
+            self.r.read_exact(&mut v).map_err(|e| self.fail(e))?;
+            return Ok(v);
+        }
+        // A large field grows as its bytes arrive: a corrupt length in a short section
+        // allocates what the section holds, not what the length claims.
+        let mut v = Vec::with_capacity(SMALL_FIELD);
+        let got = (&mut self.r).take(n as u64).read_to_end(&mut v).map_err(|e| self.fail(e))?;
+        if got != n {
+            return Err(self.fail(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         Ok(v)
     }
     pub fn str(&mut self) -> Result<String, String> {

@@ -493,3 +493,193 @@ pub(crate) fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,10}", "[a-z0-9-]{1,16}"]
+    }
+
+    fn record_for(component: String, key: String) -> impl Strategy<Value = RecordRow> {
+        (vec(any::<u8>(), 0..200), any::<bool>(), any::<u64>(), any::<u32>(), text(), text(), any::<u64>(), 0..1000u64).prop_map(
+            move |(data, tombstone, physical, logical, node, origin, epoch, seq)| RecordRow {
+                component: component.clone(),
+                key: key.clone(),
+                data,
+                tombstone,
+                stamp: Stamp { physical, logical, node },
+                origin,
+                epoch,
+                seq,
+            },
+        )
+    }
+
+    /// Records in the order a snapshot holds them (by component, then key), seqs up to 999.
+    fn records() -> impl Strategy<Value = Vec<RecordRow>> {
+        btree_map(("[a-c]", "[a-z0-9]{1,6}"), Just(()), 0..8)
+            .prop_flat_map(|keys| keys.into_keys().map(|(c, k)| record_for(c, k)).collect::<Vec<_>>())
+    }
+
+    fn conflict() -> impl Strategy<Value = ConflictRow> {
+        (
+            (text(), text(), text(), text(), text(), text()),
+            (any::<u64>(), any::<u64>(), proptest::option::of(0..u64::MAX), proptest::option::of(text())),
+        )
+            .prop_map(
+                |((id, component, key, reason, violations, versions), (detected_p, detected_seq, resolved_seq, resolution))| ConflictRow {
+                    id,
+                    component,
+                    key,
+                    reason,
+                    violations,
+                    versions,
+                    detected_p,
+                    detected_seq,
+                    resolved_seq,
+                    resolution,
+                },
+            )
+    }
+
+    fn body_of(records: &[RecordRow], conflicts: &[ConflictRow]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for r in records {
+            body.push(TAG_RECORD);
+            encode_record(&mut body, r);
+        }
+        for c in conflicts {
+            body.push(TAG_CONFLICT);
+            encode_conflict(&mut body, c);
+        }
+        body
+    }
+
+    /// The manifest a snapshot of these entries carries (its body line is filled when sealed).
+    fn manifest_of(records: &[RecordRow], conflicts: &[ConflictRow]) -> Manifest {
+        let mut comps: BTreeMap<String, ComponentAcc> = BTreeMap::new();
+        for r in records {
+            comps.entry(r.component.clone()).or_default().add(r);
+        }
+        Manifest {
+            format: FORMAT,
+            kind: "snapshot".into(),
+            last_seq: 999,
+            components: comps.into_iter().map(|(n, a)| a.finish(&n)).collect(),
+            conflicts: conflicts.len() as u64,
+            ..Manifest::default()
+        }
+    }
+
+    /// A snapshot file around `body` whose checksums all hold: what a peer holding the
+    /// cluster's credentials could offer to an inbox, however wrong its entries.
+    fn sealed(dir: &Path, body: &[u8], manifest: &Manifest) -> PathBuf {
+        let path = dir.join("x.tsnap");
+        let mut w = BodyWriter::create(&path, MAGIC, 3).expect("create");
+        w.write_all(body).expect("write");
+        w.finish(|info| Ok(serde_json::to_vec(&Manifest { body: info.clone(), ..manifest.clone() })?)).expect("finish");
+        path
+    }
+
+    fn read_back(path: &Path) -> anyhow::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        scan(path, |e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn decode_all(body: &[u8]) -> Result<Vec<Entry>, String> {
+        let mut d = Dec { r: body, entry: 0 };
+        let mut out = Vec::new();
+        while let Some(tag) = d.tag()? {
+            out.push(match tag {
+                TAG_RECORD => Entry::Record(decode_record(&mut d)?),
+                TAG_CONFLICT => Entry::Conflict(decode_conflict(&mut d)?),
+                t => return Err(format!("unknown entry type {t}")),
+            });
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_large_field_reads_in_full_and_one_longer_than_the_section_ends_the_entry() {
+        let big = RecordRow {
+            component: "c".into(),
+            key: "k".into(),
+            data: (0..300_000u32).map(|i| (i % 251) as u8).collect(),
+            tombstone: false,
+            stamp: Stamp { physical: 1, logical: 2, node: "a".into() },
+            origin: "a".into(),
+            epoch: 1,
+            seq: 3,
+        };
+        assert_eq!(decode_all(&body_of(std::slice::from_ref(&big), &[])), Ok(vec![Entry::Record(big)]));
+        let mut body = vec![TAG_RECORD];
+        enc::u32(&mut body, 200 << 20);
+        body.extend_from_slice(b"short");
+        let err = decode_all(&body).expect_err("refused");
+        assert!(err.contains("ends in the middle of entry 1"), "{err}");
+        let mut body = vec![TAG_RECORD];
+        enc::u32(&mut body, u32::MAX);
+        let err = decode_all(&body).expect_err("refused");
+        assert!(err.contains("claims 4294967295 bytes"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn entries_round_trip(records in records(), conflicts in vec(conflict(), 0..3)) {
+            let expected: Vec<Entry> =
+                records.iter().cloned().map(Entry::Record).chain(conflicts.iter().cloned().map(Entry::Conflict)).collect();
+            prop_assert_eq!(decode_all(&body_of(&records, &conflicts)), Ok(expected));
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_to_entries_or_an_error(body in vec(any::<u8>(), 0..600)) {
+            let _ = decode_all(&body);
+        }
+    }
+
+    proptest! {
+        // Each case writes and syncs a file: 48 cases unless PROPTEST_CASES asks for more.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn a_sealed_snapshot_reads_back_and_any_edit_of_its_entries_is_refused_or_read_in_full(
+            records in records(),
+            conflicts in vec(conflict(), 0..2),
+            edits in vec((any::<proptest::sample::Index>(), any::<u8>()), 0..4),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let manifest = manifest_of(&records, &conflicts);
+            let mut body = body_of(&records, &conflicts);
+            let path = sealed(dir.path(), &body, &manifest);
+            let expected: Vec<Entry> =
+                records.iter().cloned().map(Entry::Record).chain(conflicts.iter().cloned().map(Entry::Conflict)).collect();
+            prop_assert_eq!(read_back(&path).expect("an intact snapshot reads"), expected);
+
+            if body.is_empty() || edits.is_empty() {
+                return Ok(());
+            }
+            for (at, v) in edits {
+                let i = at.index(body.len());
+                body[i] = v;
+            }
+            let path = sealed(dir.path(), &body, &manifest);
+            // Either refused (naming the file), or every entry the manifest counts was read:
+            // an edit that kept the per-component digests (e.g. of an origin or a seq).
+            match read_back(&path) {
+                Err(e) => prop_assert!(e.to_string().contains("x.tsnap"), "{}", e),
+                Ok(entries) => prop_assert_eq!(entries.len(), records.len() + conflicts.len()),
+            }
+        }
+    }
+}

@@ -774,4 +774,34 @@ mod tests {
         assert!(matches!(back, Request::Lease { from, sync } if from == "a" && sync.version == 3 && sync.members.get("b") == Some(&7)));
         assert!(Reply::decode(b"{").is_err());
     }
+
+    proptest::proptest! {
+        /// A voter decodes what any authenticated peer sends it: a damaged request or reply is
+        /// an error (the call fails), never a panic.
+        #[test]
+        fn damaged_requests_and_replies_decode_or_are_refused(
+            edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..5),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let sync = SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 7)]) };
+            let requests = [
+                Request::Lease { from: "a".into(), sync },
+                Request::Poll { primary: Some("a".into()) },
+                Request::Endorse { primary: "a".into(), forced: false },
+                Request::Promote { node: "b".into() },
+            ];
+            let replies = [Reply::Lease { granted: true, reason: String::new() }, Reply::Endorse { granted: false }];
+            let encoded = requests.iter().map(Request::encode).chain(replies.iter().map(Reply::encode));
+            for mut bytes in encoded {
+                for (at, v) in &edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = *v;
+                }
+                let _ = Request::decode(&bytes);
+                let _ = Reply::decode(&bytes);
+            }
+            let _ = Request::decode(&garbage);
+            let _ = Reply::decode(&garbage);
+        }
+    }
 }
