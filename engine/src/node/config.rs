@@ -605,6 +605,18 @@ impl Config {
             if l.quarantine_after == 0 {
                 bad(key("limits.quarantine_after"), "must be at least 1".into());
             }
+            let mode = c.mode.unwrap_or(raw.cluster.mode);
+            let local_peer = raw.peers.iter().any(|p| p.profile == Profile::Local);
+            if mode == Mode::Warm && c.ack == Ack::Standby && !raw.peers.is_empty() && !local_peer {
+                // The set would always be empty: every write acknowledged locally, silently.
+                bad(
+                    key("ack"),
+                    "`standby` acks wait for a standby of the synchronous set, which only peers with the `local` profile join, \
+                     and every peer of this node is `geo`: no write could ever wait for a standby. Give the standby's [[peer]] \
+                     `profile = \"local\"` (its timings and no compression), or use `ack = \"local\"`"
+                        .into(),
+                );
+            }
             components.push(ComponentConfig {
                 name: name.clone(),
                 plugin,
@@ -813,6 +825,26 @@ preload_window = "30d"
 
         let e = Config::parse(&file, "[node\nname=").expect_err("syntax");
         assert!(e.0[0].problem.contains("not valid TOML") && e.0[0].problem.contains("line"), "{}", e.0[0].problem);
+    }
+
+    #[test]
+    fn standby_acks_need_a_peer_that_can_join_the_synchronous_set() {
+        let dir = dir_with_plugin();
+        let file = dir.path().join(CONFIG_FILE);
+        let standby = GOOD.replace("preload = \"recent\"", "ack = \"standby\"\npreload = \"recent\"");
+        // The only peer is geo: the synchronous set could never hold it.
+        let e = Config::parse(&file, &standby).expect_err("geo only");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "components.trunks.ack");
+        assert!(e.0[0].problem.contains("`geo`") && e.0[0].problem.contains("profile = \"local\""), "{}", e.0[0].problem);
+        // A local standby beside it, a local ack, a hot component or no peer at all: accepted.
+        let with_local =
+            standby.replacen("[components.trunks]", "[[peer]]\nname = \"c\"\naddress = \"pbx-c.example:7401\"\n\n[components.trunks]", 1);
+        Config::parse(&file, &with_local).expect("a local peer can join the set");
+        Config::parse(&file, GOOD).expect("local acks");
+        Config::parse(&file, &standby.replace("ack = \"standby\"", "ack = \"standby\"\nmode = \"hot\"")).expect("hot");
+        let alone = standby.replace("[[peer]]\nname = \"b\"\naddress = \"pbx-b.example:7401\"\nprofile = \"geo\"\n", "");
+        Config::parse(&file, &alone).expect("no peer");
     }
 
     #[test]
