@@ -39,6 +39,13 @@ fn pair(root: &Path, ack: &str) -> (Server, Server) {
         &["trunks"],
         Some(&a),
     );
+    let profile = profile();
+    for dir in [&a, &b] {
+        let file = dir.join("tandem.toml");
+        let text = std::fs::read_to_string(&file).expect("read the config");
+        let text = text.replace("\n[[peer]]\n", &format!("\n[[peer]]\nprofile = \"{profile}\"\n"));
+        std::fs::write(&file, text).expect("write the config");
+    }
     let (a, b) = (start_node(&a), start_node(&b));
     let t = Instant::now();
     while !b.replication().is_some_and(|r| r.status().peers.iter().any(|p| p.following)) {
@@ -54,6 +61,12 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
     }
     v.sort_unstable();
     v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The link profile between the two nodes: `local`, or `TANDEM_BENCH_PROFILE` (`geo`: zstd
+/// frames, the geo timings).
+fn profile() -> String {
+    std::env::var("TANDEM_BENCH_PROFILE").unwrap_or_else(|_| "local".into())
 }
 
 /// Concurrent writers of the throughput phases: 8, or `TANDEM_BENCH_WRITERS`.
@@ -115,7 +128,7 @@ fn main() {
     let cpu = cpu_by_thread();
     let took = plain_sqlite_upserts(&root.path().join("baseline.db"), &records, BATCH);
     let sqlite = n as f64 / took.as_secs_f64();
-    println!("records {n}, batch {BATCH}, {} concurrent writers", writers());
+    println!("records {n}, batch {BATCH}, {} concurrent writers, {} link", writers(), profile());
     println!("plain SQLite upserts (WAL, FULL)            {sqlite:>10.0} writes/s");
     println!("  {}", cpu_line(&cpu, n, took));
 
@@ -170,6 +183,11 @@ fn main() {
     drop(a);
     drop(b);
 
+    if profile() != "local" {
+        // Only `local` peers join the synchronous set: a node refuses `standby` acks without one.
+        println!("standby ack: not measured on a {} link (only local peers count for `standby` acks)", profile());
+        return;
+    }
     let (a, b) = pair(&root.path().join("standby"), "standby");
     let (acked, replicated) = throughput(&a, &b, n, 0);
     println!("standby ack: acknowledged                    {acked:>10.0} writes/s  ({:.2}x SQLite)", acked / sqlite);
