@@ -607,7 +607,17 @@ impl Config {
             }
             let mode = c.mode.unwrap_or(raw.cluster.mode);
             let local_peer = raw.peers.iter().any(|p| p.profile == Profile::Local);
-            if mode == Mode::Warm && c.ack == Ack::Standby && !raw.peers.is_empty() && !local_peer {
+            if mode != Mode::Warm && c.ack == Ack::Standby {
+                // Ignoring it would let an operator believe these writes wait for another node.
+                let m = if mode == Mode::Hot { "hot" } else { "cold" };
+                bad(
+                    key("ack"),
+                    format!(
+                        "`standby` acks are for warm components; this one is {m}, and its writes are acknowledged once on this \
+                         node's disk: remove `ack` or make the component warm"
+                    ),
+                );
+            } else if c.ack == Ack::Standby && !raw.peers.is_empty() && !local_peer {
                 // The set would always be empty: every write acknowledged locally, silently.
                 bad(
                     key("ack"),
@@ -837,12 +847,16 @@ preload_window = "30d"
         assert_eq!(e.0.len(), 1, "{e}");
         assert_eq!(e.0[0].key, "components.trunks.ack");
         assert!(e.0[0].problem.contains("`geo`") && e.0[0].problem.contains("profile = \"local\""), "{}", e.0[0].problem);
-        // A local standby beside it, a local ack, a hot component or no peer at all: accepted.
+        // Not a warm component: refused too (nothing would wait).
+        let hot = standby.replace("ack = \"standby\"", "ack = \"standby\"\nmode = \"hot\"");
+        let e = Config::parse(&file, &hot).expect_err("hot");
+        assert_eq!(e.0[0].key, "components.trunks.ack");
+        assert!(e.0[0].problem.contains("this one is hot"), "{}", e.0[0].problem);
+        // A local standby beside it, a local ack or no peer at all: accepted.
         let with_local =
             standby.replacen("[components.trunks]", "[[peer]]\nname = \"c\"\naddress = \"pbx-c.example:7401\"\n\n[components.trunks]", 1);
         Config::parse(&file, &with_local).expect("a local peer can join the set");
         Config::parse(&file, GOOD).expect("local acks");
-        Config::parse(&file, &standby.replace("ack = \"standby\"", "ack = \"standby\"\nmode = \"hot\"")).expect("hot");
         let alone = standby.replace("[[peer]]\nname = \"b\"\naddress = \"pbx-b.example:7401\"\nprofile = \"geo\"\n", "");
         Config::parse(&file, &alone).expect("no peer");
     }
