@@ -123,9 +123,24 @@ fn failover_a_stopped_primary_loses_its_lease_and_never_takes_writes_after_the_t
 
 #[test]
 fn failover_the_demo_kills_its_primary_and_prints_the_takeover_time() {
-    let out = std::process::Command::new(tandem_tests::tandem_bin()).arg("demo").output().expect("run tandem demo");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
+    // The demo keeps its compile cache in the user's cache directory: here, a temporary one.
+    let home = tempfile::tempdir().expect("tempdir");
+    let demo = || {
+        let out = std::process::Command::new(tandem_tests::tandem_bin())
+            .arg("demo")
+            .env("XDG_CACHE_HOME", home.path())
+            .output()
+            .expect("run tandem demo");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let text = demo();
+    let n = tandem::bundled::BUNDLED.len();
+    assert!(text.contains(&format!("{n} plugins in ")) && text.contains("0 of them from the compile cache"), "{text}");
+    // A second run finds every plugin compiled.
+    let again = demo();
+    assert!(again.contains(&format!("{n} of them from the compile cache {}", home.path().join("tandem").display())), "{again}");
     assert!(text.contains("assigned a as the warm primary"), "{text}");
     assert!(text.contains("the trunk written on a before is on b: true"), "{text}");
     let ms: f64 = text

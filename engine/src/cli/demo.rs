@@ -20,6 +20,42 @@ pub struct DemoArgs {
     /// Keep the temporary node directories (their path is printed) instead of deleting them.
     #[arg(long)]
     pub keep: bool,
+    /// Compile the plugins again instead of using the demo's compile cache (in
+    /// `$XDG_CACHE_HOME/tandem` or `~/.cache/tandem`, one set of the bundled plugins' code).
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// The compile cache of the bundled plugins this build embeds, kept between runs so that only
+/// the first one compiles them: `CACHE_HOME/tandem/demo-compile-cache-ID`, where ID names the
+/// bundled plugins and this version. Caches of other builds are removed, so it holds one set.
+/// `None` without a home directory, or when it cannot be made.
+fn persistent_cache() -> Option<std::path::PathBuf> {
+    use sha2::{Digest, Sha256};
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| Path::new(&h).join(".cache")))?
+        .join("tandem");
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION"));
+    for (name, wasm) in crate::bundled::BUNDLED {
+        h.update(name.as_bytes());
+        h.update(wasm);
+    }
+    let id = hex::encode(h.finalize());
+    let prefix = "demo-compile-cache-";
+    let dir = base.join(format!("{prefix}{}", id.get(..16).unwrap_or(&id)));
+    std::fs::create_dir_all(&dir).ok()?;
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let stale = e.file_name().to_str().is_some_and(|n| n.starts_with(prefix)) && e.path() != dir;
+            if stale {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Some(dir)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -52,12 +88,12 @@ fn write_node(
     peer: (&str, u16),
     witness: u16,
     ca_from: Option<&Path>,
+    cache: &Path,
 ) -> anyhow::Result<std::path::PathBuf> {
     let dir = root.join(name);
     crate::bundled::write_all(&dir.join("plugins")).context("writing the bundled plugins")?;
     crate::peer::tls::write_node_credentials(&dir, name, ca_from)?;
     let token = hex::encode(rand::random::<[u8; 16]>());
-    let cache = root.join("compile-cache");
     let text = format!(
         "[node]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\napi = \"127.0.0.1:0\"\n\n[api]\ntoken = \"{token}\"\n\n\
          [cluster]\nmode = \"warm\"\nprimary = \"a\"\nca = \"cluster-ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n\n\
@@ -92,16 +128,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::Builder::new().prefix("tandem-demo-").tempdir().context("creating a temporary directory")?;
     let root = tmp.path().to_path_buf();
     let (pa, pb, pw) = (free_port()?, free_port()?, free_port()?);
-    let a_dir = write_node(&root, "a", pa, ("b", pb), pw, None)?;
-    let b_dir = write_node(&root, "b", pb, ("a", pa), pw, Some(&a_dir))?;
+    let lasting = if args.no_cache { None } else { persistent_cache() };
+    let cache = lasting.clone().unwrap_or_else(|| root.join("compile-cache"));
+    let a_dir = write_node(&root, "a", pa, ("b", pb), pw, None, &cache)?;
+    let b_dir = write_node(&root, "b", pb, ("a", pa), pw, Some(&a_dir), &cache)?;
     let w_dir = write_witness(&root, pw, [("a", pa), ("b", pb)], &a_dir)?;
     // The bundled plugins, briefly (compiled into the cache the two nodes then share).
     let t = Instant::now();
-    let runtime =
-        crate::plugin::Runtime::new(crate::plugin::RuntimeConfig { cache_dir: Some(root.join("compile-cache")), ..Default::default() })?;
+    let runtime = crate::plugin::Runtime::new(crate::plugin::RuntimeConfig { cache_dir: Some(cache.clone()), ..Default::default() })?;
     println!("Bundled plugins (sandboxed WebAssembly components):");
+    let mut cached = 0;
     for (name, wasm) in crate::bundled::BUNDLED {
         let p = runtime.load(name, wasm, crate::plugin::Limits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cached += usize::from(p.from_cache());
         println!(
             "  {:<34} {:>8}  sha256:{}…  {:>6.1} ms",
             p.name(),
@@ -110,7 +149,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             p.load_micros() as f64 / 1000.0
         );
     }
-    println!("  {} plugins in {}\n", crate::bundled::BUNDLED.len(), ms(t.elapsed()));
+    let from = match &lasting {
+        Some(dir) => format!("{cached} of them from the compile cache {} (`--no-cache` compiles them again)", dir.display()),
+        None => "compiled for this run".to_owned(),
+    };
+    println!("  {} plugins in {}, {from}\n", crate::bundled::BUNDLED.len(), ms(t.elapsed()));
     drop(runtime);
     println!("A two-node cluster and a witness in {} (peer links: mutual TLS with a cluster CA made just now)", root.display());
 

@@ -33,8 +33,9 @@ pub struct LogArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Show Tandem at work on an embedded default: every bundled plugin, a record through
-    /// serialize, merge, validate and deserialize.
+    /// Show Tandem at work on an embedded default: every bundled plugin loaded, then a real
+    /// local cluster (two nodes and a witness on loopback, in temporary directories): warm
+    /// replication, concurrent hot writes converging and a failover, with the timings measured.
     Demo(demo::DemoArgs),
     /// Work with component plugins: check, describe, new.
     #[command(subcommand)]

@@ -1513,7 +1513,12 @@ impl Replication {
             return;
         }
         if primary == self.gate.us {
-            tracing::warn!(epoch = a.epoch, previous = ?a.old, fork = a.fork, "the cluster made this node the warm primary");
+            // Taking over from another primary is worth a warning; the cluster's first assignment is not.
+            if a.old.is_some() {
+                tracing::warn!(epoch = a.epoch, previous = ?a.old, fork = a.fork, "the cluster made this node the warm primary");
+            } else {
+                tracing::info!(epoch = a.epoch, "the cluster made this node the warm primary (its first assignment)");
+            }
         }
     }
 
