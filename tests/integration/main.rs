@@ -6,6 +6,7 @@ mod backup_peer;
 mod failover_auto;
 mod failover_manual;
 mod node_api;
+mod node_api_fuzz;
 mod node_cli;
 mod node_durability;
 mod node_feed;

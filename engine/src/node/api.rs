@@ -87,6 +87,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The URL's path parameters, or a JSON `bad_request` (axum's own rejection of, e.g., a
+/// percent-encoded byte that is not UTF-8 is plain text).
+struct ApiPath<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(ApiError::new(400, "bad_request", format!("bad path: {}", e.body_text()))),
+        }
+    }
+}
+
 fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -260,7 +279,7 @@ struct ListParams {
     limit: Option<usize>,
 }
 
-async fn list(State(s): State<ApiState>, Path(component): Path<String>, q: Result<Query<ListParams>, QueryRejection>) -> Response {
+async fn list(State(s): State<ApiState>, ApiPath(component): ApiPath<String>, q: Result<Query<ListParams>, QueryRejection>) -> Response {
     let Query(p) = match q {
         Ok(q) => q,
         Err(e) => return ApiError::new(400, "bad_request", format!("bad query: {e}")).into_response(),
@@ -286,7 +305,7 @@ async fn list(State(s): State<ApiState>, Path(component): Path<String>, q: Resul
     }
 }
 
-async fn get_record(State(s): State<ApiState>, Path((component, key)): Path<(String, String)>) -> Response {
+async fn get_record(State(s): State<ApiState>, ApiPath((component, key)): ApiPath<(String, String)>) -> Response {
     match s.node.get(&component, &key).await {
         Ok(Some(r)) => json_response(StatusCode::OK, record_json(&r)),
         Ok(None) => ApiError::from_node(NodeError::NotFound { component, key }, &s.node, None).into_response(),
@@ -327,7 +346,7 @@ fn write_answer(s: &ApiState, component: &str, r: Result<super::types::WriteAck,
 
 async fn put_record(
     State(s): State<ApiState>,
-    Path((component, key)): Path<(String, String)>,
+    ApiPath((component, key)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -351,7 +370,7 @@ async fn put_record(
     write_answer(&s, &component, r)
 }
 
-async fn delete_record(State(s): State<ApiState>, Path((component, key)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn delete_record(State(s): State<ApiState>, ApiPath((component, key)): ApiPath<(String, String)>, headers: HeaderMap) -> Response {
     let idem = match idempotency_key(&headers) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
@@ -379,7 +398,7 @@ async fn list_conflicts(State(s): State<ApiState>, q: Result<Query<ConflictParam
     }
 }
 
-async fn show_conflict(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn show_conflict(State(s): State<ApiState>, ApiPath(id): ApiPath<String>) -> Response {
     match s.node.conflict(&id).await {
         Ok(c) => json_of(&c),
         Err(e) => ApiError::from_node(e, &s.node, None).into_response(),
@@ -396,7 +415,7 @@ struct ResolveBody {
 
 async fn resolve_conflict(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
