@@ -45,6 +45,29 @@ pub fn encode(payload: &[u8], compress: bool) -> Result<Vec<u8>, FrameError> {
     })
 }
 
+/// zstd's level for frames on `geo` links.
+const LEVEL: i32 = 3;
+
+thread_local! {
+    // zstd contexts, made once per thread rather than once per frame (a compression context is
+    // about a megabyte to allocate and set up). Frames are encoded and read on the runtime's
+    // threads; each context is reset by every call.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses a payload with this thread's context (the frame declares its size).
+fn zstd_compress(payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let c = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(zstd::bulk::Compressor::new(LEVEL)?),
+        };
+        c.compress(payload)
+    })
+}
+
 /// Header bytes before the payload: `len`, `crc32`, `flags`.
 const HEADER: usize = 9;
 
@@ -60,7 +83,7 @@ pub fn encode_with(
     fill(&mut out)?;
     let mut flags = 0;
     if compress && out.len() - HEADER > 256 {
-        let body = zstd::bulk::compress(&out[HEADER..], 3)?;
+        let body = zstd_compress(&out[HEADER..])?;
         out.truncate(HEADER);
         out.extend_from_slice(&body);
         flags = FLAG_ZSTD;
@@ -144,8 +167,15 @@ fn decompress(compressed: &[u8]) -> Result<Vec<u8>, FrameError> {
         .filter(|&n| n <= MAX_PAYLOAD)
         .ok_or_else(|| FrameError::Decode(format!("zstd: the payload declares {declared} bytes, over the limit of {MAX_PAYLOAD}")))?;
     let mut buf = Vec::with_capacity(size);
-    zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress_to_buffer(compressed, &mut buf))
+    DECOMPRESSOR
+        .with(|slot| {
+            let mut slot = slot.borrow_mut();
+            let d = match slot.as_mut() {
+                Some(d) => d,
+                None => slot.insert(zstd::bulk::Decompressor::new()?),
+            };
+            d.decompress_to_buffer(compressed, &mut buf)
+        })
         .map_err(|e| FrameError::Decode(format!("zstd: {e}")))?;
     if buf.len() != size {
         return Err(FrameError::Decode(format!("zstd: the payload declares {size} bytes and holds {}", buf.len())));
@@ -181,6 +211,15 @@ mod tests {
         let mut h = vec![0x28, 0xB5, 0x2F, 0xFD, 0xE0];
         h.extend_from_slice(&size.to_le_bytes());
         h
+    }
+
+    #[test]
+    fn a_thread_s_reused_context_compresses_as_a_fresh_one() {
+        let first: Vec<u8> = (0..70_000u32).map(|i| (i % 13) as u8).collect();
+        let second: Vec<u8> = (0..3000u32).map(|i| (i % 5) as u8).collect();
+        for payload in [&first, &second, &first] {
+            assert_eq!(zstd_compress(payload).expect("compress"), zstd::bulk::compress(payload, LEVEL).expect("compress"));
+        }
     }
 
     #[test]
