@@ -1,5 +1,6 @@
 //! Replication benchmark: replicated write throughput with `local` and with `standby` acks,
-//! replication lag p50/p99 at a fixed rate, and single `standby`-ack write latency, each beside
+//! replication lag p50/p99 at a fixed rate, single `standby`-ack write latency, and hot-mode
+//! writes on both nodes with the time until their digests agree, each beside
 //! plain local SQLite with the same batching (WAL, synchronous=FULL) in the same run. Two nodes
 //! in-process on loopback.
 //!
@@ -23,9 +24,15 @@ fn trunk(i: usize) -> (String, Op) {
     )
 }
 
+/// Two linked nodes, `a` the warm primary, with `trunks` acknowledged with `ack` (`hot`: the
+/// component in hot mode instead, both nodes writable).
 fn pair(root: &Path, ack: &str) -> (Server, Server) {
     let (ap, bp) = (free_port(), free_port());
-    let extra = format!("\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"{ack}\"\n");
+    let extra = if ack == "hot" {
+        "\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nmode = \"hot\"\n".to_owned()
+    } else {
+        format!("\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"{ack}\"\n")
+    };
     let cluster = "mode = \"warm\"\nprimary = \"a\"\nack_timeout_ms = 5000";
     let a = write_cluster_node(
         root,
@@ -72,6 +79,50 @@ fn profile() -> String {
 /// Concurrent writers of the throughput phases: 8, or `TANDEM_BENCH_WRITERS`.
 fn writers() -> usize {
     std::env::var("TANDEM_BENCH_WRITERS").ok().and_then(|v| v.parse().ok()).filter(|&w| w > 0).unwrap_or(8)
+}
+
+/// Hot mode: `n` writes in batches of `BATCH`, half on each node from [`writers`] concurrent
+/// writers each, a third of the keys written on both nodes (their versions merge). Returns the
+/// acknowledged rate and the time from the last acknowledgement until both nodes' digests are
+/// equal.
+fn hot(a: &Server, b: &Server, n: usize) -> (f64, Duration) {
+    let writers = writers();
+    let cpu = cpu_by_thread();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for (server, first) in [(a, 0), (b, n / 3)] {
+            s.spawn(move || {
+                let node = server.node().clone();
+                server.block_on(async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for w in 0..writers {
+                        let node = node.clone();
+                        set.spawn(async move {
+                            let keys: Vec<usize> = (first..first + n / 2).filter(|i| i % writers == w).collect();
+                            for chunk in keys.chunks(BATCH) {
+                                let writes = chunk.iter().map(|&i| trunk(i)).collect();
+                                for r in node.write_many("trunks", writes).await.expect("write_many") {
+                                    r.expect("write");
+                                }
+                            }
+                        });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        r.expect("writer");
+                    }
+                });
+            });
+        }
+    });
+    let acked = started.elapsed();
+    let digest = |s: &Server| s.node().digest("trunks").unwrap_or_default();
+    while digest(a) != digest(b) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the hot digests do not converge");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let converged = started.elapsed() - acked;
+    println!("  {}", cpu_line(&cpu, n, started.elapsed()));
+    (n as f64 / acked.as_secs_f64(), converged)
 }
 
 /// Writes `n` records in batches of `BATCH` on the primary from [`writers`] concurrent writers
@@ -180,6 +231,13 @@ fn main() {
     // Single writes, local ack.
     let mut single = single_writes(&a);
     println!("single write, local ack: median {} µs, p99 {} µs", pct(&mut single, 0.5), pct(&mut single, 0.99));
+    drop(a);
+    drop(b);
+
+    let (a, b) = pair(&root.path().join("hot"), "hot");
+    let (rate, converged) = hot(&a, &b, n);
+    println!("hot (both nodes write, a third of the keys on both): {rate:>8.0} writes/s acknowledged ({:.2}x SQLite)", rate / sqlite);
+    println!("  digests equal on both nodes {:.1} ms after the last acknowledgement (target: under 1 s)", converged.as_secs_f64() * 1000.0);
     drop(a);
     drop(b);
 
