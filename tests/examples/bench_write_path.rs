@@ -92,6 +92,7 @@ fn main() {
                 idem: None,
                 resolves_conflicts: true,
                 conflict: None,
+                keep: false,
             })
             .collect();
         store.commit(&rows, 1).expect("commit");

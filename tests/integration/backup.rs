@@ -36,6 +36,7 @@ fn commit(s: &mut Store, writes: &[W], physical: u64) -> Vec<u64> {
             idem: None,
             resolves_conflicts: false,
             conflict: None,
+            keep: false,
         })
         .collect();
     s.commit(&rows, physical).expect("commit").seqs
@@ -120,6 +121,7 @@ fn backup_restore_equals_the_source_digests() {
         idem: None,
         resolves_conflicts: false,
         conflict: Some(&c),
+        keep: false,
     };
     s.commit(&[row], now_ms()).expect("commit");
     s.set_epoch(7).expect("epoch");

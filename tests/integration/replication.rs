@@ -595,3 +595,53 @@ fn replication_hot_conflicting_versions_are_listed_alike_on_both_nodes() {
     wait_until("the conflict listed on both nodes", WAIT, || !ids(&ca).is_empty() && ids(&ca) == ids(&cb));
     assert_eq!(ids(&ca).len(), 1);
 }
+
+/// A replicated version the plugin refuses to merge with the local one does not stop the link:
+/// it goes to the conflict queue, listed alike on both nodes, each node keeps its own version,
+/// and the rest of the feed flows past it.
+#[test]
+fn replication_hot_a_version_the_plugin_refuses_to_merge_goes_to_the_conflict_queue_and_the_rest_flows() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let pa = FaultProxy::start(addr(ap).parse().expect("addr"));
+    let pb = FaultProxy::start(addr(bp).parse().expect("addr"));
+    pa.set_blocked(true);
+    pb.set_blocked(true);
+    let extra = format!("\n[components.hostile]\nplugin = {:?}\n", tandem_tests::wasm_path("tandem_test_hostile").display().to_string());
+    let extra = extra.as_str();
+    let def =
+        |name, port, peer: &str, at: String| NodeDef { name, port, peers: vec![(peer.to_owned(), at)], cluster: "mode = \"hot\"", extra };
+    let a_dir = write_cluster_node(root.path(), &def("a", ap, "b", pb.addr().to_string()), &["crm"], None);
+    let b_dir = write_cluster_node(root.path(), &def("b", bp, "a", pa.addr().to_string()), &["crm"], Some(&a_dir));
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    let (ca, cb) = (client(&a), client(&b));
+    // Partitioned: both nodes write the key whose versions the plugin refuses to merge, then a
+    // key of their own after it in their feeds.
+    ca.put("hostile", "unmergeable", r#"{"v": "a"}"#, None).expect("a");
+    cb.put("hostile", "unmergeable", r#"{"v": "b"}"#, None).expect("b");
+    ca.put("hostile", "only-a", r#"{"v": 1}"#, None).expect("a");
+    cb.put("hostile", "only-b", r#"{"v": 2}"#, None).expect("b");
+    pa.set_blocked(false);
+    pb.set_blocked(false);
+    wait_until("each node has the other's later write", WAIT, || {
+        cb.get("hostile", "only-a").is_ok() && ca.get("hostile", "only-b").is_ok()
+    });
+    let open = |c: &tandem::node::client::Client| c.conflicts(Some("hostile"), false).expect("conflicts");
+    wait_until("the conflict listed on both nodes", WAIT, || !open(&ca).is_empty() && !open(&cb).is_empty());
+    let (on_a, on_b) = (open(&ca), open(&cb));
+    assert_eq!((on_a.len(), on_b.len()), (1, 1), "{on_a:?} {on_b:?}");
+    assert_eq!(on_a[0].id, on_b[0].id);
+    assert_eq!(on_a[0].key, "unmergeable");
+    assert!(on_a[0].reason.contains("refused to merge") && on_a[0].reason.contains("deliberately"), "{}", on_a[0].reason);
+    // Both versions are listed, in the same order on both nodes.
+    assert_eq!(on_a[0].versions, on_b[0].versions);
+    assert_eq!(on_a[0].versions.as_array().map(Vec::len), Some(2), "{}", on_a[0].versions);
+    // Each node keeps its own version; the link goes on: a write made after it arrives.
+    assert_eq!(ca.get("hostile", "unmergeable").expect("a").value["v"], "a");
+    assert_eq!(cb.get("hostile", "unmergeable").expect("b").value["v"], "b");
+    ca.put("hostile", "after", r#"{"v": 3}"#, None).expect("a");
+    wait_until("a later write reaches b", WAIT, || cb.get("hostile", "after").is_ok());
+    let link = b.replication().expect("replication").status().peers.into_iter().find(|p| p.name == "a").expect("peer a");
+    assert!(link.last_error.as_deref().is_none_or(|e| !e.contains("merge")), "{link:?}");
+}

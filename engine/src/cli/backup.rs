@@ -559,6 +559,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
                     idem: None,
                     resolves_conflicts: false,
                     conflict: None,
+                    keep: false,
                 })
                 .collect();
             s.commit(&rows, time::now_ms())?;

@@ -98,6 +98,9 @@ pub enum Applied {
     Unchanged,
     /// Replace mode: the local version is newer.
     Older,
+    /// Merge mode: the plugin refused to merge the version with the local one. The local
+    /// version stays; both are in the conflict queue under `conflict`.
+    Kept { conflict: String },
 }
 
 /// An entry of the change feed.
@@ -313,6 +316,8 @@ struct Prepared {
     conflict: Option<ConflictRow>,
     /// Whether the key had a live record before (for counts).
     prior_live: Option<bool>,
+    /// Only `conflict` is committed; the record stays as it is (see [`store::WriteRow::keep`]).
+    keep: bool,
 }
 
 /// The prior version of a key.
@@ -539,6 +544,8 @@ impl Seen {
 enum Kind {
     Local,
     Remote,
+    /// A replicated version refused by the plugin's merge: only its conflict is committed.
+    Kept,
 }
 
 /// Runs the plugin side of a batch (on a plugin thread).
@@ -679,6 +686,7 @@ fn prepare_local(
             resolves: true,
             conflict: None,
             prior_live,
+            keep: false,
         }),
         Kind::Local,
     ))
@@ -699,6 +707,58 @@ fn version_json(
         .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
         .unwrap_or(serde_json::Value::Null);
     serde_json::json!({"origin": origin, "stamp": StampView::from(stamp), "deleted": tombstone, "value": value})
+}
+
+/// A replicated version the plugin refused to merge with the local one: a conflict that lists
+/// both, the record left as it is. Its id comes from the two versions in a fixed order, so the
+/// node that receives the other version lists the same id.
+fn refused_merge(
+    ctx: &Ctx,
+    comp: &Arc<ComponentState>,
+    session: &mut Session,
+    key: String,
+    prior: &Prior,
+    version: &RemoteVersion,
+    why: &str,
+) -> Step {
+    let local = (&prior.origin, &prior.stamp, &prior.data[..], prior.tombstone);
+    let incoming = (&version.origin, &version.stamp, &version.stored.data[..], version.stored.tombstone);
+    let (first, second) = if local.2 <= incoming.2 { (local, incoming) } else { (incoming, local) };
+    let mut both = (first.2.len() as u64).to_le_bytes().to_vec();
+    both.extend_from_slice(first.2);
+    both.extend_from_slice(second.2);
+    let versions: Vec<serde_json::Value> =
+        [first, second].iter().map(|(origin, stamp, data, tomb)| version_json(session, comp, &key, origin, stamp, data, *tomb)).collect();
+    let conflict = ConflictRow {
+        id: conflict_id(comp.name(), &key, &both),
+        component: comp.name().to_owned(),
+        key: key.clone(),
+        reason: format!("the plugin refused to merge these versions ({why}); each node keeps its own until a write supersedes them"),
+        violations: "[]".to_owned(),
+        versions: serde_json::Value::Array(versions).to_string(),
+        detected_p: ctx.clock.wall_ms(),
+        detected_seq: 0,
+        resolved_seq: None,
+        resolution: None,
+    };
+    tracing::warn!(component = comp.name(), key = %key, conflict = %conflict.id, "the plugin refused to merge a replicated version: it is in the conflict queue");
+    Step::Commit(
+        Box::new(Prepared {
+            component: comp.clone(),
+            key,
+            data: prior.data.clone(),
+            tombstone: prior.tombstone,
+            stamp: prior.stamp.clone(),
+            origin: prior.origin.clone(),
+            doc: None,
+            idem: None,
+            resolves: false,
+            conflict: Some(conflict),
+            prior_live: Some(!prior.tombstone),
+            keep: true,
+        }),
+        Kind::Kept,
+    )
 }
 
 fn prepare_remote(
@@ -750,7 +810,11 @@ fn prepare_remote(
                 None => version.stored.clone(),
                 Some(p) => match timed(comp, || session.merge(&key, &p.data, &version.stored.data))? {
                     Ok(m) => m,
-                    Err(m) => return Err(plugin_err(comp.name(), "merge", format!("refused to merge two versions: {m}"))),
+                    // The plugin's own refusal is the same on every node (same code, same
+                    // versions): the version goes to the conflict queue and the rest of the
+                    // feed flows. (A trap may come from the deadline, which depends on the
+                    // machine's load: it fails the batch, which comes again.)
+                    Err(m) => return Ok(refused_merge(ctx, comp, session, key, p, &version, &m)),
                 },
             };
             if let Some(p) = &prior
@@ -825,6 +889,7 @@ fn prepare_remote(
             resolves: false,
             conflict,
             prior_live,
+            keep: false,
         }),
         Kind::Remote,
     ))
@@ -1011,6 +1076,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
                 idem: p.idem.as_ref(),
                 resolves_conflicts: p.resolves,
                 conflict: p.conflict.as_ref(),
+                keep: p.keep,
             })
             .collect();
         store.commit(&rows, now_ms)
@@ -1038,6 +1104,10 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             for (writes, reply) in group {
                 for p in &writes {
                     let Some(&seq) = seqs.next() else { break };
+                    if p.keep {
+                        // Only its conflict was committed.
+                        continue;
+                    }
                     let comp = &p.component;
                     if !touched.iter().any(|c| Arc::ptr_eq(c, comp)) {
                         touched.push(comp.clone());
@@ -1417,6 +1487,7 @@ fn finish_batch(ctx: &Ctx, comp: &ComponentState, p: PreparedBatch, outcome: Res
                         comp.metrics.remote_applied.fetch_add(1, Ordering::Relaxed);
                         WriteOutcome::Remote(Applied::Stored { seq, conflict })
                     }
+                    Kind::Kept => WriteOutcome::Remote(Applied::Kept { conflict: conflict.unwrap_or_default() }),
                 }));
             }
             None

@@ -237,6 +237,9 @@ pub struct WriteRow<'a> {
     pub resolves_conflicts: bool,
     /// A conflict detected by this write (a merge that does not validate).
     pub conflict: Option<&'a ConflictRow>,
+    /// Only `conflict` is recorded: the record stays as it is (a replicated version the plugin
+    /// refused to merge). Takes no seq: its place in [`CommitOutcome::seqs`] holds the last one.
+    pub keep: bool,
 }
 
 /// What a commit did.
@@ -494,28 +497,30 @@ impl Store {
                    origin = excluded.origin, epoch = excluded.epoch, seq = excluded.seq",
             )?;
             for w in writes {
-                seq += 1;
-                let digest = digests.entry(w.component).or_insert_with(|| self.digests.get(w.component).copied().unwrap_or_default());
-                prior
-                    .query_row(params![w.component, w.key], |r| {
-                        digest.remove(w.key, r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?, false);
-                        Ok(())
-                    })
-                    .optional()?;
-                digest.add(w.key, w.data, w.tombstone);
-                upsert.execute(params![
-                    w.component,
-                    w.key,
-                    w.data,
-                    i64::from(w.tombstone),
-                    sql_i64(w.stamp.physical),
-                    i64::from(w.stamp.logical),
-                    w.stamp.node,
-                    w.origin,
-                    sql_i64(epoch),
-                    sql_i64(seq)
-                ])?;
-                hlc = hlc.max(HlcTime::of(w.stamp));
+                if !w.keep {
+                    seq += 1;
+                    let digest = digests.entry(w.component).or_insert_with(|| self.digests.get(w.component).copied().unwrap_or_default());
+                    prior
+                        .query_row(params![w.component, w.key], |r| {
+                            digest.remove(w.key, r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?, false);
+                            Ok(())
+                        })
+                        .optional()?;
+                    digest.add(w.key, w.data, w.tombstone);
+                    upsert.execute(params![
+                        w.component,
+                        w.key,
+                        w.data,
+                        i64::from(w.tombstone),
+                        sql_i64(w.stamp.physical),
+                        i64::from(w.stamp.logical),
+                        w.stamp.node,
+                        w.origin,
+                        sql_i64(epoch),
+                        sql_i64(seq)
+                    ])?;
+                    hlc = hlc.max(HlcTime::of(w.stamp));
+                }
                 if let Some(idem) = w.idem {
                     let mut ins = tx.prepare_cached(
                         "INSERT OR REPLACE INTO idempotency
@@ -1226,6 +1231,7 @@ mod tests {
             idem: None,
             resolves_conflicts: true,
             conflict: None,
+            keep: false,
         }
     }
 

@@ -12,6 +12,7 @@
 //! | `clock`  | returns the wall clock it sees (serialize only)     |
 //! | `random` | returns 16 "random" bytes it sees (serialize only)  |
 //! | `slow`   | burns about 20 million fuel, then answers normally  |
+//! | `unmergeable` | behaves, but `merge` refuses every pair        |
 //! | other    | behaves                                             |
 //!
 //! Version 2.0.0 (the `hostile-v2` crate, built from this file) has a merge that keeps its first
@@ -110,6 +111,9 @@ impl Plugin for Hostile {
     fn merge(key: &str, a: &[u8], b: &[u8]) -> Result<Stored, String> {
         if let Some(out) = misbehave(key) {
             return Ok(Stored { data: out, tombstone: false });
+        }
+        if key == "unmergeable" {
+            return Err("these two versions do not merge (deliberately)".to_owned());
         }
         for x in [a, b] {
             Self::deserialize(key, x)?;
