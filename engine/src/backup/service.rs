@@ -405,8 +405,9 @@ struct Unsent {
     next: Instant,
 }
 
-/// The file beside a target's snapshots that names the last one `peer` stored (a hint, so that a
-/// snapshot still unsent when the node stopped is sent after it starts again).
+/// The file beside a target's snapshots that names the last one `peer` stored (so that a
+/// snapshot still unsent when the node stopped is sent after it starts again). Written whole,
+/// synced, and renamed into place.
 fn sent_marker(snapshots: &Path, peer: &str) -> PathBuf {
     snapshots.join(format!(".sent-to-{peer}"))
 }
@@ -424,7 +425,7 @@ pub fn note_stored(path: &Path, peer: &str) {
     if std::fs::read_to_string(&marker).is_ok_and(|recorded| recorded.trim() > name.as_ref()) {
         return;
     }
-    if let Err(e) = std::fs::write(&marker, name.as_bytes()) {
+    if let Err(e) = crate::replication::write_durably(&marker, name.as_bytes()) {
         tracing::warn!(file = %marker.display(), error = %e, "backup: cannot record the last snapshot the peer stored");
     }
 }
