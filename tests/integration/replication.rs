@@ -596,9 +596,9 @@ fn replication_hot_conflicting_versions_are_listed_alike_on_both_nodes() {
     assert_eq!(ids(&ca).len(), 1);
 }
 
-/// A replicated version the plugin refuses to merge with the local one does not stop the link:
-/// it goes to the conflict queue, listed alike on both nodes, each node keeps its own version,
-/// and the rest of the feed flows past it.
+/// A replicated version the plugin refuses to merge with the local one (an error it returns, or
+/// a panic) does not stop the link: it goes to the conflict queue, listed alike on both nodes,
+/// each node keeps its own version, and the rest of the feed flows past it.
 #[test]
 fn replication_hot_a_version_the_plugin_refuses_to_merge_goes_to_the_conflict_queue_and_the_rest_flows() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -620,6 +620,9 @@ fn replication_hot_a_version_the_plugin_refuses_to_merge_goes_to_the_conflict_qu
     // key of their own after it in their feeds.
     ca.put("hostile", "unmergeable", r#"{"v": "a"}"#, None).expect("a");
     cb.put("hostile", "unmergeable", r#"{"v": "b"}"#, None).expect("b");
+    // And a key whose merge panics: a trap every node meets alike.
+    ca.put("hostile", "merge-trap", r#"{"v": "a"}"#, None).expect("a");
+    cb.put("hostile", "merge-trap", r#"{"v": "b"}"#, None).expect("b");
     ca.put("hostile", "only-a", r#"{"v": 1}"#, None).expect("a");
     cb.put("hostile", "only-b", r#"{"v": 2}"#, None).expect("b");
     pa.set_blocked(false);
@@ -628,15 +631,22 @@ fn replication_hot_a_version_the_plugin_refuses_to_merge_goes_to_the_conflict_qu
         cb.get("hostile", "only-a").is_ok() && ca.get("hostile", "only-b").is_ok()
     });
     let open = |c: &tandem::node::client::Client| c.conflicts(Some("hostile"), false).expect("conflicts");
-    wait_until("the conflict listed on both nodes", WAIT, || !open(&ca).is_empty() && !open(&cb).is_empty());
-    let (on_a, on_b) = (open(&ca), open(&cb));
-    assert_eq!((on_a.len(), on_b.len()), (1, 1), "{on_a:?} {on_b:?}");
-    assert_eq!(on_a[0].id, on_b[0].id);
-    assert_eq!(on_a[0].key, "unmergeable");
-    assert!(on_a[0].reason.contains("refused to merge") && on_a[0].reason.contains("deliberately"), "{}", on_a[0].reason);
-    // Both versions are listed, in the same order on both nodes.
-    assert_eq!(on_a[0].versions, on_b[0].versions);
-    assert_eq!(on_a[0].versions.as_array().map(Vec::len), Some(2), "{}", on_a[0].versions);
+    wait_until("the conflicts listed on both nodes", WAIT, || open(&ca).len() == 2 && open(&cb).len() == 2);
+    let by_key = |c: &tandem::node::client::Client| {
+        let mut v = open(c);
+        v.sort_by(|x, y| x.key.cmp(&y.key));
+        v
+    };
+    let (on_a, on_b) = (by_key(&ca), by_key(&cb));
+    assert_eq!((on_a[0].key.as_str(), on_a[1].key.as_str()), ("merge-trap", "unmergeable"));
+    assert!(on_a[0].reason.contains("refused to merge") && on_a[0].reason.contains("merge trapped"), "{}", on_a[0].reason);
+    assert!(on_a[1].reason.contains("refused to merge") && on_a[1].reason.contains("deliberately"), "{}", on_a[1].reason);
+    for (x, y) in on_a.iter().zip(&on_b) {
+        // The same id on both nodes, and both versions listed in the same order.
+        assert_eq!(x.id, y.id);
+        assert_eq!(x.versions, y.versions);
+        assert_eq!(x.versions.as_array().map(Vec::len), Some(2), "{}", x.versions);
+    }
     // Each node keeps its own version; the link goes on: a write made after it arrives.
     assert_eq!(ca.get("hostile", "unmergeable").expect("a").value["v"], "a");
     assert_eq!(cb.get("hostile", "unmergeable").expect("b").value["v"], "b");

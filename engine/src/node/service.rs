@@ -709,6 +709,20 @@ fn version_json(
     serde_json::json!({"origin": origin, "stamp": StampView::from(stamp), "deleted": tombstone, "value": value})
 }
 
+/// Whether a plugin call's failure follows from the code, the inputs and the component's limits
+/// alone (which every node shares), not from the machine (the deadline) or the node's history.
+fn same_on_every_node(e: &PluginError) -> bool {
+    matches!(
+        e,
+        PluginError::Trap { .. }
+            | PluginError::OutOfFuel { .. }
+            | PluginError::OutOfMemory { .. }
+            | PluginError::Capability { .. }
+            | PluginError::InputTooLarge { .. }
+            | PluginError::OutputTooLarge { .. }
+    )
+}
+
 /// A replicated version the plugin refused to merge with the local one: a conflict that lists
 /// both, the record left as it is. Its id comes from the two versions in a fixed order, so the
 /// node that receives the other version lists the same id.
@@ -808,13 +822,15 @@ fn prepare_remote(
         (ApplyMode::Merge, _) => {
             let merged = match &prior {
                 None => version.stored.clone(),
-                Some(p) => match timed(comp, || session.merge(&key, &p.data, &version.stored.data))? {
-                    Ok(m) => m,
-                    // The plugin's own refusal is the same on every node (same code, same
-                    // versions): the version goes to the conflict queue and the rest of the
-                    // feed flows. (A trap may come from the deadline, which depends on the
-                    // machine's load: it fails the batch, which comes again.)
-                    Err(m) => return Ok(refused_merge(ctx, comp, session, key, p, &version, &m)),
+                Some(p) => match timed(comp, || session.merge(&key, &p.data, &version.stored.data)) {
+                    Ok(Ok(m)) => m,
+                    // The plugin's own refusal, and a failure any node meets with these two
+                    // versions (same code, same limits), go to the conflict queue, and the rest
+                    // of the feed flows. A deadline depends on the machine's load: it fails the
+                    // batch, which comes again.
+                    Ok(Err(m)) => return Ok(refused_merge(ctx, comp, session, key, p, &version, &m)),
+                    Err(e) if same_on_every_node(&e) => return Ok(refused_merge(ctx, comp, session, key, p, &version, &e.to_string())),
+                    Err(e) => return Err(e.into()),
                 },
             };
             if let Some(p) = &prior

@@ -13,6 +13,7 @@
 //! | `random` | returns 16 "random" bytes it sees (serialize only)  |
 //! | `slow`   | burns about 20 million fuel, then answers normally  |
 //! | `unmergeable` | behaves, but `merge` refuses every pair        |
+//! | `merge-trap`  | behaves, but `merge` panics                    |
 //! | other    | behaves                                             |
 //!
 //! Version 2.0.0 (the `hostile-v2` crate, built from this file) has a merge that keeps its first
@@ -114,6 +115,9 @@ impl Plugin for Hostile {
         }
         if key == "unmergeable" {
             return Err("these two versions do not merge (deliberately)".to_owned());
+        }
+        if key == "merge-trap" {
+            panic!("deliberate panic in merge");
         }
         for x in [a, b] {
             Self::deserialize(key, x)?;
