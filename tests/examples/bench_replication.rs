@@ -81,37 +81,41 @@ fn writers() -> usize {
     std::env::var("TANDEM_BENCH_WRITERS").ok().and_then(|v| v.parse().ok()).filter(|&w| w > 0).unwrap_or(8)
 }
 
+/// Writes the trunks of `keys` on `server` in batches of `BATCH` from [`writers`] concurrent
+/// writers (the node groups concurrent batches into one commit).
+fn write_concurrently(server: &Server, keys: std::ops::Range<usize>) {
+    let writers = writers();
+    let node = server.node().clone();
+    server.block_on(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let node = node.clone();
+            let mine: Vec<usize> = keys.clone().filter(|i| i % writers == w).collect();
+            set.spawn(async move {
+                for chunk in mine.chunks(BATCH) {
+                    let writes = chunk.iter().map(|&i| trunk(i)).collect();
+                    for r in node.write_many("trunks", writes).await.expect("write_many") {
+                        r.expect("write");
+                    }
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("writer");
+        }
+    });
+}
+
 /// Hot mode: `n` writes in batches of `BATCH`, half on each node from [`writers`] concurrent
 /// writers each, a third of the keys written on both nodes (their versions merge). Returns the
 /// acknowledged rate and the time from the last acknowledgement until both nodes' digests are
 /// equal.
 fn hot(a: &Server, b: &Server, n: usize) -> (f64, Duration) {
-    let writers = writers();
     let cpu = cpu_by_thread();
     let started = Instant::now();
     std::thread::scope(|s| {
         for (server, first) in [(a, 0), (b, n / 3)] {
-            s.spawn(move || {
-                let node = server.node().clone();
-                server.block_on(async move {
-                    let mut set = tokio::task::JoinSet::new();
-                    for w in 0..writers {
-                        let node = node.clone();
-                        set.spawn(async move {
-                            let keys: Vec<usize> = (first..first + n / 2).filter(|i| i % writers == w).collect();
-                            for chunk in keys.chunks(BATCH) {
-                                let writes = chunk.iter().map(|&i| trunk(i)).collect();
-                                for r in node.write_many("trunks", writes).await.expect("write_many") {
-                                    r.expect("write");
-                                }
-                            }
-                        });
-                    }
-                    while let Some(r) = set.join_next().await {
-                        r.expect("writer");
-                    }
-                });
-            });
+            s.spawn(move || write_concurrently(server, first..first + n / 2));
         }
     });
     let acked = started.elapsed();
@@ -128,28 +132,9 @@ fn hot(a: &Server, b: &Server, n: usize) -> (f64, Duration) {
 /// Writes `n` records in batches of `BATCH` on the primary from [`writers`] concurrent writers
 /// (the node groups concurrent batches into one commit); returns (acked rate, replicated rate).
 fn throughput(a: &Server, b: &Server, n: usize, offset: usize) -> (f64, f64) {
-    let writers = writers();
     let cpu = cpu_by_thread();
     let started = Instant::now();
-    let node = a.node().clone();
-    a.block_on(async move {
-        let mut set = tokio::task::JoinSet::new();
-        for w in 0..writers {
-            let node = node.clone();
-            set.spawn(async move {
-                let keys: Vec<usize> = (offset..offset + n).filter(|i| i % writers == w).collect();
-                for chunk in keys.chunks(BATCH) {
-                    let writes = chunk.iter().map(|&i| trunk(i)).collect();
-                    for r in node.write_many("trunks", writes).await.expect("write_many") {
-                        r.expect("write");
-                    }
-                }
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            r.expect("writer");
-        }
-    });
+    write_concurrently(a, offset..offset + n);
     let acked = started.elapsed().as_secs_f64();
     let target = a.node().last_seq();
     let applied = || b.replication().map(|r| r.status().peers.iter().map(|p| p.applied_seq).max().unwrap_or(0)).unwrap_or(0);

@@ -561,25 +561,32 @@ fn replication_geo_links_compress_and_still_converge() {
     assert!(forwarded[1] * 2 < forwarded[0], "geo links compress: {forwarded:?}");
 }
 
-#[test]
-fn replication_hot_conflicting_versions_are_listed_alike_on_both_nodes() {
-    let root = tempfile::tempdir().expect("tempdir");
+/// Two hot nodes, each dialing the other through a fault proxy, both proxies blocked.
+struct Partitioned {
+    a: Server,
+    b: Server,
+    /// In front of a and of b.
+    pa: FaultProxy,
+    pb: FaultProxy,
+}
+
+fn partitioned_hot_pair(root: &Path, components: &[&str], extra: &str) -> Partitioned {
     let (ap, bp) = (free_port(), free_port());
     let pa = FaultProxy::start(addr(ap).parse().expect("addr"));
     let pb = FaultProxy::start(addr(bp).parse().expect("addr"));
     pa.set_blocked(true);
     pb.set_blocked(true);
-    let def = |name, port, peer: &str, at: String| NodeDef {
-        name,
-        port,
-        peers: vec![(peer.to_owned(), at)],
-        cluster: "mode = \"hot\"",
-        extra: "",
-    };
-    let a_dir = write_cluster_node(root.path(), &def("a", ap, "b", pb.addr().to_string()), &["security-settings"], None);
-    let b_dir = write_cluster_node(root.path(), &def("b", bp, "a", pa.addr().to_string()), &["security-settings"], Some(&a_dir));
-    let a = start_node(&a_dir);
-    let b = start_node(&b_dir);
+    let def =
+        |name, port, peer: &str, at: String| NodeDef { name, port, peers: vec![(peer.to_owned(), at)], cluster: "mode = \"hot\"", extra };
+    let a_dir = write_cluster_node(root, &def("a", ap, "b", pb.addr().to_string()), components, None);
+    let b_dir = write_cluster_node(root, &def("b", bp, "a", pa.addr().to_string()), components, Some(&a_dir));
+    Partitioned { a: start_node(&a_dir), b: start_node(&b_dir), pa, pb }
+}
+
+#[test]
+fn replication_hot_conflicting_versions_are_listed_alike_on_both_nodes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let Partitioned { a, b, pa, pb } = partitioned_hot_pair(root.path(), &["security-settings"], "");
     let (ca, cb) = (client(&a), client(&b));
     // Partitioned: each node gives the role different permissions (a strict field).
     ca.put("security-settings", "role:ops", r#"{"kind": "role", "permissions": ["crm:read"]}"#, None).expect("a");
@@ -602,19 +609,8 @@ fn replication_hot_conflicting_versions_are_listed_alike_on_both_nodes() {
 #[test]
 fn replication_hot_a_version_the_plugin_refuses_to_merge_goes_to_the_conflict_queue_and_the_rest_flows() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (ap, bp) = (free_port(), free_port());
-    let pa = FaultProxy::start(addr(ap).parse().expect("addr"));
-    let pb = FaultProxy::start(addr(bp).parse().expect("addr"));
-    pa.set_blocked(true);
-    pb.set_blocked(true);
     let extra = format!("\n[components.hostile]\nplugin = {:?}\n", tandem_tests::wasm_path("tandem_test_hostile").display().to_string());
-    let extra = extra.as_str();
-    let def =
-        |name, port, peer: &str, at: String| NodeDef { name, port, peers: vec![(peer.to_owned(), at)], cluster: "mode = \"hot\"", extra };
-    let a_dir = write_cluster_node(root.path(), &def("a", ap, "b", pb.addr().to_string()), &["crm"], None);
-    let b_dir = write_cluster_node(root.path(), &def("b", bp, "a", pa.addr().to_string()), &["crm"], Some(&a_dir));
-    let a = start_node(&a_dir);
-    let b = start_node(&b_dir);
+    let Partitioned { a, b, pa, pb } = partitioned_hot_pair(root.path(), &["crm"], &extra);
     let (ca, cb) = (client(&a), client(&b));
     // Partitioned: both nodes write the key whose versions the plugin refuses to merge, then a
     // key of their own after it in their feeds.
