@@ -1038,47 +1038,69 @@ pub struct DigestMismatch {
     pub actual: SetDigest,
 }
 
-/// Reads every record in one read transaction and compares each component's sum with the digest
-/// `meta` keeps: what the open of a store used to do before it kept them, now on a reader,
-/// without holding the writer up.
-/// Stops early, finding nothing, once `cancel` is set.
+/// Reads every record and compares each component's sum with the digest `meta` keeps for it,
+/// one component per read transaction (so that the WAL can be checkpointed between them): what
+/// the open of a store used to do before it kept them, now on a reader, without holding the
+/// writer up. Stops early, finding nothing, once `cancel` is set.
 pub fn scrub_digests(conn: &Connection, cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<DigestMismatch>, StoreError> {
-    conn.execute_batch("BEGIN DEFERRED")?;
-    let read = (|| Ok::<_, StoreError>((kept_digests(conn)?, sum_records(conn, Some(cancel))?)))();
-    let _ = conn.execute_batch("ROLLBACK");
-    let (Some(kept), Some(actual)) = read? else { return Ok(Vec::new()) };
-    let names: std::collections::BTreeSet<&String> = kept.keys().chain(actual.keys()).collect();
-    Ok(names
-        .into_iter()
-        .filter_map(|c| {
-            let (k, a) = (kept.get(c).copied().unwrap_or_default(), actual.get(c).copied().unwrap_or_default());
-            (k != a).then(|| DigestMismatch { component: c.clone(), kept: k, actual: a })
-        })
-        .collect())
+    // Which components: those with a digest kept and those with records (names only: each is
+    // then read in a transaction of its own).
+    let Some(kept) = kept_digests(conn)? else { return Ok(Vec::new()) };
+    let mut names: std::collections::BTreeSet<String> = kept.into_keys().collect();
+    let mut next = conn.prepare("SELECT component FROM records WHERE component > ?1 ORDER BY component LIMIT 1")?;
+    let mut after = String::new();
+    while let Some(c) = next.query_row([&after], |r| r.get::<_, String>(0)).optional()? {
+        names.insert(c.clone());
+        after = c;
+    }
+    let mut found = Vec::new();
+    for component in names {
+        conn.execute_batch("BEGIN DEFERRED")?;
+        let read = (|| Ok::<_, StoreError>((kept_digest(conn, &component)?, sum_component(conn, &component, cancel)?)))();
+        let _ = conn.execute_batch("ROLLBACK");
+        let (kept, Some(actual)) = read? else { return Ok(Vec::new()) };
+        if kept != actual {
+            found.push(DigestMismatch { component, kept, actual });
+        }
+    }
+    Ok(found)
+}
+
+/// The digest `meta` keeps for one component (zero when it keeps none: no live record).
+fn kept_digest(conn: &Connection, component: &str) -> Result<SetDigest, StoreError> {
+    let key = format!("digest:{component}");
+    match conn.query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| r.get::<_, String>(0)).optional()? {
+        None => Ok(SetDigest::default()),
+        Some(v) => SetDigest::from_hex(&v).ok_or_else(|| StoreError::Sqlite(format!("meta.{key} is not a digest: {v:?}"))),
+    }
+}
+
+/// One component's digest from its records, or `None` once `cancel` is set.
+fn sum_component(conn: &Connection, component: &str, cancel: &std::sync::atomic::AtomicBool) -> Result<Option<SetDigest>, StoreError> {
+    let mut d = SetDigest::default();
+    let mut q = conn.prepare_cached("SELECT key, data FROM records WHERE component = ?1 AND tombstone = 0")?;
+    let mut rows = q.query([component])?;
+    let mut n = 0u64;
+    while let Some(r) = rows.next()? {
+        n += 1;
+        if n.is_multiple_of(4096) && cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let key = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+        d.add(key, r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?, false);
+    }
+    Ok(Some(d))
 }
 
 /// Every component's convergence digest, from every record (see [`super::digest`]): what
 /// [`Store`] starts from when `meta` does not keep them, and what the one it maintains must
 /// always equal.
 pub fn set_digests(conn: &Connection) -> Result<BTreeMap<String, SetDigest>, StoreError> {
-    Ok(sum_records(conn, None)?.unwrap_or_default())
-}
-
-/// [`set_digests`], or `None` once `cancel` is set.
-fn sum_records(
-    conn: &Connection,
-    cancel: Option<&std::sync::atomic::AtomicBool>,
-) -> Result<Option<BTreeMap<String, SetDigest>>, StoreError> {
     let mut out: BTreeMap<String, SetDigest> = BTreeMap::new();
     // Tombstones count as absent.
     let mut q = conn.prepare("SELECT component, key, data FROM records WHERE tombstone = 0")?;
     let mut rows = q.query([])?;
-    let mut n = 0u64;
     while let Some(r) = rows.next()? {
-        n += 1;
-        if n.is_multiple_of(4096) && cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-            return Ok(None);
-        }
         let component = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
         let key = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
         let data = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
@@ -1087,7 +1109,7 @@ fn sum_records(
             None => out.entry(component.to_owned()).or_default().add(key, data, false),
         }
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// The snapshot digest of a component's records (keys, stored bytes and tombstones, hashed in
@@ -1364,6 +1386,13 @@ mod tests {
         s.correct_digest("t", found[0].kept, found[0].actual).expect("correct");
         assert_eq!(s.digest("t"), set_digests(&s.conn).expect("full")["t"]);
         assert_eq!(r.with(|c| scrub_digests(c, &cancel)).expect("scrub"), vec![]);
+        // A component whose records were all removed behind the store's back is found from its
+        // kept digest alone (each component is read in a transaction of its own).
+        s.conn.execute("DELETE FROM records WHERE component = 'r'", []).expect("edit");
+        let found = r.with(|c| scrub_digests(c, &cancel)).expect("scrub");
+        assert_eq!(found, vec![DigestMismatch { component: "r".into(), kept: s.digest("r"), actual: SetDigest::default() }]);
+        s.correct_digest("r", found[0].kept, found[0].actual).expect("correct");
+        assert_eq!(s.digest("r"), SetDigest::default());
         // A cancelled scrub finds nothing (it stops within 4,096 records).
         cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         let many: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
