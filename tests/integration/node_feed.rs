@@ -245,19 +245,21 @@ fn age_indexes(store: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
-fn a_component_whose_plugin_has_no_retention_loses_its_index_by_age_at_start() {
+fn a_component_whose_plugin_has_no_retention_or_is_not_configured_loses_its_index_by_age_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_node_dir(dir.path(), "a", &["trunks"], "");
     let server = start_node(dir.path());
     let store = server.node().config().store_path();
     drop(server);
-    // Left by a plugin version that had retention.
-    let hex: String = "trunks".bytes().map(|b| format!("{b:02x}")).collect();
+    // Left by a plugin version that had retention, and by a component no longer configured.
     let conn = rusqlite::Connection::open(&store).expect("store");
-    conn.execute_batch(&format!("CREATE INDEX records_age_{hex} ON records(stamp_p, stamp_l, stamp_n) WHERE component = 'trunks'"))
-        .expect("index");
+    for c in ["trunks", "old-reports"] {
+        let hex: String = c.bytes().map(|b| format!("{b:02x}")).collect();
+        conn.execute_batch(&format!("CREATE INDEX records_age_{hex} ON records(stamp_p, stamp_l, stamp_n) WHERE component = '{c}'"))
+            .expect("index");
+    }
     drop(conn);
-    assert_eq!(age_indexes(&store).len(), 1);
+    assert_eq!(age_indexes(&store).len(), 2);
     let _server = start_node(dir.path());
     assert_eq!(age_indexes(&store), Vec::<String>::new());
 }

@@ -1740,17 +1740,22 @@ impl Node {
         }
         // Retention's indexes before any write (made once: a pause at the first start after an
         // upgrade, not in the middle of taking writes); a component whose plugin no longer has
-        // retention loses its index.
+        // retention, or that is no longer configured, loses its index.
         let mut store = store;
-        let (aged, unaged): (Vec<String>, Vec<String>) = ctx.components.keys().cloned().partition(|c| {
-            registry.get(c).and_then(|p| p.info().retention.clone()).is_some_and(|r| r.max_age_ms.is_some() || r.max_count.is_some())
-        });
+        let aged: Vec<String> = ctx
+            .components
+            .keys()
+            .filter(|c| {
+                registry.get(c).and_then(|p| p.info().retention.clone()).is_some_and(|r| r.max_age_ms.is_some() || r.max_count.is_some())
+            })
+            .cloned()
+            .collect();
         let store = tokio::task::spawn_blocking(move || -> Result<Store, StoreError> {
             for c in &aged {
                 store.ensure_age_index(c)?;
             }
-            for c in &unaged {
-                store.drop_age_index(c)?;
+            for c in store.age_indexed()?.into_iter().filter(|c| !aged.contains(c)) {
+                store.drop_age_index(&c)?;
             }
             Ok(store)
         })

@@ -688,6 +688,18 @@ impl Store {
         Ok(())
     }
 
+    /// The components that have an index by age in the store, whatever made it.
+    pub fn age_indexed(&self) -> Result<Vec<String>, StoreError> {
+        let mut q =
+            self.conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'records\\_age\\_%' ESCAPE '\\'")?;
+        let names = q.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(names
+            .iter()
+            .filter_map(|n| hex::decode(n.strip_prefix("records_age_")?).ok())
+            .filter_map(|b| String::from_utf8(b).ok())
+            .collect())
+    }
+
     /// Drops `component`'s index by age, if it has one (its plugin no longer has retention: its
     /// writes stop paying for the index).
     pub fn drop_age_index(&mut self, component: &str) -> Result<(), StoreError> {
@@ -1461,10 +1473,12 @@ mod tests {
         assert_eq!(s.purge("r", Some(25), None).expect("purge"), vec![("new".to_owned(), true)]);
         // A component whose plugin no longer has retention loses its index.
         assert_eq!(indexes(&s.conn).len(), 4, "r's and t's, made by their purges");
+        assert_eq!(s.age_indexed().expect("list"), vec!["r".to_owned(), "t".to_owned()]);
         for c in ["r", "t", "never-had-one"] {
             s.drop_age_index(c).expect("drop");
         }
         assert_eq!(indexes(&s.conn), vec!["records_by_seq", "records_tombstones"]);
+        assert!(s.age_indexed().expect("list").is_empty());
         // The tombstone purge reads the index of tombstones, not every record.
         let tomb = plan(&s.conn, "DELETE FROM records WHERE tombstone = 1 AND stamp_p < 1 AND (seq <= 2 OR stamp_p < 3)");
         assert!(tomb.contains("records_tombstones"), "{tomb}");
