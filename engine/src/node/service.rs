@@ -316,8 +316,9 @@ struct Prepared {
     conflict: Option<ConflictRow>,
     /// Whether the key had a live record before (for counts).
     prior_live: Option<bool>,
-    /// Only `conflict` is committed; the record stays as it is (see [`store::WriteRow::keep`]).
-    keep: bool,
+    /// A local write, a replicated version, or a replicated version the plugin refused to
+    /// merge, of which only `conflict` is committed (see [`store::WriteRow::keep`]).
+    kind: Kind,
 }
 
 /// The prior version of a key.
@@ -497,7 +498,7 @@ impl Ctx {
 
 /// What preparing one write came to.
 enum Step {
-    Commit(Box<Prepared>, Kind),
+    Commit(Box<Prepared>),
     Done(WriteOutcome),
     /// Same idempotency key as an earlier write of the batch: same answer.
     SameAs(usize),
@@ -540,7 +541,7 @@ impl Seen {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Local,
     Remote,
@@ -586,7 +587,7 @@ fn prepare_batch(
     let idem = out
         .iter()
         .filter_map(|step| match step {
-            Ok(Step::Commit(w, _)) => w.idem.as_ref().map(|ik| (ik.key.clone(), ik.fingerprint.clone())),
+            Ok(Step::Commit(w)) => w.idem.as_ref().map(|ik| (ik.key.clone(), ik.fingerprint.clone())),
             _ => None,
         })
         .collect();
@@ -673,23 +674,20 @@ fn prepare_local(
         Prior { data: data.clone(), tombstone: stored.tombstone, stamp: stamp.clone(), origin: ctx.name.clone(), seq: None },
     );
     let prior_live = prior.as_ref().map(|p| !p.tombstone);
-    Ok(Step::Commit(
-        Box::new(Prepared {
-            component: comp.clone(),
-            key,
-            data,
-            tombstone: stored.tombstone,
-            origin: ctx.name.clone(),
-            stamp,
-            doc,
-            idem,
-            resolves: true,
-            conflict: None,
-            prior_live,
-            keep: false,
-        }),
-        Kind::Local,
-    ))
+    Ok(Step::Commit(Box::new(Prepared {
+        component: comp.clone(),
+        key,
+        data,
+        tombstone: stored.tombstone,
+        origin: ctx.name.clone(),
+        stamp,
+        doc,
+        idem,
+        resolves: true,
+        conflict: None,
+        prior_live,
+        kind: Kind::Local,
+    })))
 }
 
 fn version_json(
@@ -707,20 +705,6 @@ fn version_json(
         .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
         .unwrap_or(serde_json::Value::Null);
     serde_json::json!({"origin": origin, "stamp": StampView::from(stamp), "deleted": tombstone, "value": value})
-}
-
-/// Whether a plugin call's failure follows from the code, the inputs and the component's limits
-/// alone (which every node shares), not from the machine (the deadline) or the node's history.
-fn same_on_every_node(e: &PluginError) -> bool {
-    matches!(
-        e,
-        PluginError::Trap { .. }
-            | PluginError::OutOfFuel { .. }
-            | PluginError::OutOfMemory { .. }
-            | PluginError::Capability { .. }
-            | PluginError::InputTooLarge { .. }
-            | PluginError::OutputTooLarge { .. }
-    )
 }
 
 /// A replicated version the plugin refused to merge with the local one: a conflict that lists
@@ -756,23 +740,20 @@ fn refused_merge(
         resolution: None,
     };
     tracing::warn!(component = comp.name(), key = %key, conflict = %conflict.id, "the plugin refused to merge a replicated version: it is in the conflict queue");
-    Step::Commit(
-        Box::new(Prepared {
-            component: comp.clone(),
-            key,
-            data: prior.data.clone(),
-            tombstone: prior.tombstone,
-            stamp: prior.stamp.clone(),
-            origin: prior.origin.clone(),
-            doc: None,
-            idem: None,
-            resolves: false,
-            conflict: Some(conflict),
-            prior_live: Some(!prior.tombstone),
-            keep: true,
-        }),
-        Kind::Kept,
-    )
+    Step::Commit(Box::new(Prepared {
+        component: comp.clone(),
+        key,
+        data: prior.data.clone(),
+        tombstone: prior.tombstone,
+        stamp: prior.stamp.clone(),
+        origin: prior.origin.clone(),
+        doc: None,
+        idem: None,
+        resolves: false,
+        conflict: Some(conflict),
+        prior_live: Some(!prior.tombstone),
+        kind: Kind::Kept,
+    }))
 }
 
 fn prepare_remote(
@@ -829,7 +810,7 @@ fn prepare_remote(
                     // of the feed flows. A deadline depends on the machine's load: it fails the
                     // batch, which comes again.
                     Ok(Err(m)) => return Ok(refused_merge(ctx, comp, session, key, p, &version, &m)),
-                    Err(e) if same_on_every_node(&e) => return Ok(refused_merge(ctx, comp, session, key, p, &version, &e.to_string())),
+                    Err(e) if e.same_on_every_node() => return Ok(refused_merge(ctx, comp, session, key, p, &version, &e.to_string())),
                     Err(e) => return Err(e.into()),
                 },
             };
@@ -892,23 +873,20 @@ fn prepare_remote(
         Prior { data: data.clone(), tombstone: stored.tombstone, stamp: stamp.clone(), origin: origin.clone(), seq: None },
     );
     let prior_live = prior.as_ref().map(|p| !p.tombstone);
-    Ok(Step::Commit(
-        Box::new(Prepared {
-            component: comp.clone(),
-            key,
-            data,
-            tombstone: stored.tombstone,
-            stamp,
-            origin,
-            doc,
-            idem: None,
-            resolves: false,
-            conflict,
-            prior_live,
-            keep: false,
-        }),
-        Kind::Remote,
-    ))
+    Ok(Step::Commit(Box::new(Prepared {
+        component: comp.clone(),
+        key,
+        data,
+        tombstone: stored.tombstone,
+        stamp,
+        origin,
+        doc,
+        idem: None,
+        resolves: false,
+        conflict,
+        prior_live,
+        kind: Kind::Remote,
+    })))
 }
 
 /// The writer thread: owns the store; commits, then updates memory, in commit order.
@@ -1092,7 +1070,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
                 idem: p.idem.as_ref(),
                 resolves_conflicts: p.resolves,
                 conflict: p.conflict.as_ref(),
-                keep: p.keep,
+                keep: p.kind == Kind::Kept,
             })
             .collect();
         store.commit(&rows, now_ms)
@@ -1120,7 +1098,7 @@ fn commit_group(store: &mut Store, ctx: &Ctx, group: Vec<(Vec<Prepared>, CommitR
             for (writes, reply) in group {
                 for p in &writes {
                     let Some(&seq) = seqs.next() else { break };
-                    if p.keep {
+                    if p.kind == Kind::Kept {
                         // Only its conflict was committed.
                         continue;
                     }
@@ -1410,9 +1388,9 @@ async fn prepare(
     };
     for (i, step) in steps.into_iter().enumerate() {
         match step {
-            Ok(Step::Commit(w, kind)) => {
+            Ok(Step::Commit(w)) => {
                 let w = *w;
-                p.slots.push((i, kind, w.key.clone(), w.stamp.clone(), w.tombstone, w.conflict.as_ref().map(|c| c.id.clone())));
+                p.slots.push((i, w.kind, w.key.clone(), w.stamp.clone(), w.tombstone, w.conflict.as_ref().map(|c| c.id.clone())));
                 p.to_commit.push(w);
                 p.results.push(None);
             }

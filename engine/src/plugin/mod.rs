@@ -145,6 +145,21 @@ impl PluginError {
         }
     }
 
+    /// Whether the failure follows from the code, the inputs and the component's limits alone
+    /// (which every node shares), so that every node meets it alike: not from the machine (the
+    /// deadline) or the node's history (quarantine, loading).
+    pub fn same_on_every_node(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Trap { .. }
+                | PluginError::OutOfFuel { .. }
+                | PluginError::OutOfMemory { .. }
+                | PluginError::Capability { .. }
+                | PluginError::InputTooLarge { .. }
+                | PluginError::OutputTooLarge { .. }
+        )
+    }
+
     /// Whether this error counts toward quarantine (the plugin misbehaved during a call).
     fn is_call_failure(&self) -> bool {
         matches!(
