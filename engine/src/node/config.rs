@@ -547,6 +547,8 @@ impl Config {
             bad("runtime.workers".into(), "must be at most 256".into());
         }
 
+        // Only `local` peers join the synchronous set that `standby` acks wait for.
+        let only_geo_peers = !raw.peers.is_empty() && raw.peers.iter().all(|p| p.profile != Profile::Local);
         let mut components = Vec::new();
         for (name, c) in &raw.components {
             let key = |field: &str| format!("components.{name}.{field}");
@@ -606,8 +608,7 @@ impl Config {
                 bad(key("limits.quarantine_after"), "must be at least 1".into());
             }
             let mode = c.mode.unwrap_or(raw.cluster.mode);
-            let local_peer = raw.peers.iter().any(|p| p.profile == Profile::Local);
-            if mode != Mode::Warm && c.ack == Ack::Standby {
+            if c.ack == Ack::Standby && mode != Mode::Warm {
                 // Ignoring it would let an operator believe these writes wait for another node.
                 let m = if mode == Mode::Hot { "hot" } else { "cold" };
                 bad(
@@ -617,7 +618,7 @@ impl Config {
                          node's disk: remove `ack` or make the component warm"
                     ),
                 );
-            } else if c.ack == Ack::Standby && !raw.peers.is_empty() && !local_peer {
+            } else if c.ack == Ack::Standby && only_geo_peers {
                 // The set would always be empty: every write acknowledged locally, silently.
                 bad(
                     key("ack"),
