@@ -56,16 +56,25 @@ thread_local! {
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
+/// Runs `f` with this thread's context in `slot`, made by `make` on the thread's first use.
+fn with_context<T, R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    make: impl FnOnce() -> std::io::Result<T>,
+    f: impl FnOnce(&mut T) -> std::io::Result<R>,
+) -> std::io::Result<R> {
+    slot.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let context = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(make()?),
+        };
+        f(context)
+    })
+}
+
 /// Compresses a payload with this thread's context (the frame declares its size).
 fn zstd_compress(payload: &[u8]) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        let c = match slot.as_mut() {
-            Some(c) => c,
-            None => slot.insert(zstd::bulk::Compressor::new(LEVEL)?),
-        };
-        c.compress(payload)
-    })
+    with_context(&COMPRESSOR, || zstd::bulk::Compressor::new(LEVEL), |c| c.compress(payload))
 }
 
 /// Header bytes before the payload: `len`, `crc32`, `flags`.
@@ -167,15 +176,7 @@ fn decompress(compressed: &[u8]) -> Result<Vec<u8>, FrameError> {
         .filter(|&n| n <= MAX_PAYLOAD)
         .ok_or_else(|| FrameError::Decode(format!("zstd: the payload declares {declared} bytes, over the limit of {MAX_PAYLOAD}")))?;
     let mut buf = Vec::with_capacity(size);
-    DECOMPRESSOR
-        .with(|slot| {
-            let mut slot = slot.borrow_mut();
-            let d = match slot.as_mut() {
-                Some(d) => d,
-                None => slot.insert(zstd::bulk::Decompressor::new()?),
-            };
-            d.decompress_to_buffer(compressed, &mut buf)
-        })
+    with_context(&DECOMPRESSOR, zstd::bulk::Decompressor::new, |d| d.decompress_to_buffer(compressed, &mut buf))
         .map_err(|e| FrameError::Decode(format!("zstd: {e}")))?;
     if buf.len() != size {
         return Err(FrameError::Decode(format!("zstd: the payload declares {size} bytes and holds {}", buf.len())));
