@@ -406,14 +406,14 @@ struct Unsent {
 }
 
 /// The file beside a target's snapshots that names the last one `peer` stored (so that a
-/// snapshot still unsent when the node stopped is sent after it starts again). Written whole,
-/// synced, and renamed into place.
+/// snapshot still unsent when the node stopped is sent after it starts again).
 fn sent_marker(snapshots: &Path, peer: &str) -> PathBuf {
     snapshots.join(format!(".sent-to-{peer}"))
 }
 
 /// Records that `peer` stored the snapshot at `path` (beside it, in [`sent_marker`], when it is
-/// in a target's `snapshots` directory), unless a newer one is recorded already.
+/// in a target's `snapshots` directory), unless a newer one is recorded already. The marker is
+/// written whole, synced, and renamed into place.
 pub fn note_stored(path: &Path, peer: &str) {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
     if dir.file_name().is_none_or(|d| d != "snapshots") {

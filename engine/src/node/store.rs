@@ -690,18 +690,17 @@ impl Store {
 
     /// The components that have an index by age in the store, whatever made it.
     pub fn age_indexed(&self) -> Result<Vec<String>, StoreError> {
-        let mut q =
-            self.conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'records\\_age\\_%' ESCAPE '\\'")?;
+        let mut q = self.conn.prepare("SELECT name FROM sqlite_master WHERE type = 'index'")?;
         let names = q.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         Ok(names
             .iter()
-            .filter_map(|n| hex::decode(n.strip_prefix("records_age_")?).ok())
+            .filter_map(|n| hex::decode(n.strip_prefix(AGE_INDEX_PREFIX)?).ok())
             .filter_map(|b| String::from_utf8(b).ok())
             .collect())
     }
 
-    /// Drops `component`'s index by age, if it has one (its plugin no longer has retention: its
-    /// writes stop paying for the index).
+    /// Drops `component`'s index by age, if it has one (its plugin no longer has retention, or
+    /// the node no longer configures it: its writes stop paying for the index).
     pub fn drop_age_index(&mut self, component: &str) -> Result<(), StoreError> {
         self.conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", AgeSql::of(component).index))?;
         self.aged.remove(component);
@@ -829,9 +828,12 @@ struct AgeSql {
     keep: String,
 }
 
+/// The name of a component's index by age: this, then the component's name in hex.
+const AGE_INDEX_PREFIX: &str = "records_age_";
+
 impl AgeSql {
     fn of(component: &str) -> AgeSql {
-        let index = format!("records_age_{}", hex::encode(component));
+        let index = format!("{AGE_INDEX_PREFIX}{}", hex::encode(component));
         // The component as a literal, which is what lets SQLite use the partial index; and
         // INDEXED BY, since without statistics the primary key's prefix looks as good to it.
         let c = format!("'{}'", component.replace('\'', "''"));
@@ -1018,8 +1020,7 @@ fn kept_digests(conn: &Connection) -> Result<Option<BTreeMap<String, SetDigest>>
     while let Some(r) = rows.next()? {
         let (key, value) = (r.get::<_, String>(0)?, r.get::<_, String>(1)?);
         let component = key.strip_prefix("digest:").unwrap_or(&key);
-        let d = SetDigest::from_hex(&value).ok_or_else(|| StoreError::Sqlite(format!("meta.{key} is not a digest: {value:?}")))?;
-        out.insert(component.to_owned(), d);
+        out.insert(component.to_owned(), kept_value(&key, &value)?);
     }
     Ok(Some(out))
 }
@@ -1083,8 +1084,13 @@ fn kept_digest(conn: &Connection, component: &str) -> Result<SetDigest, StoreErr
     let key = format!("digest:{component}");
     match conn.query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| r.get::<_, String>(0)).optional()? {
         None => Ok(SetDigest::default()),
-        Some(v) => SetDigest::from_hex(&v).ok_or_else(|| StoreError::Sqlite(format!("meta.{key} is not a digest: {v:?}"))),
+        Some(v) => kept_value(&key, &v),
     }
+}
+
+/// A digest as `meta` keeps it under `key`.
+fn kept_value(key: &str, value: &str) -> Result<SetDigest, StoreError> {
+    SetDigest::from_hex(value).ok_or_else(|| StoreError::Sqlite(format!("meta.{key} is not a digest: {value:?}")))
 }
 
 /// One component's digest from its records, or `None` once `cancel` is set.
