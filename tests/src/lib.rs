@@ -177,7 +177,8 @@ impl NodeProcess {
     pub fn start(dir: &Path) -> NodeProcess {
         let addr_file = dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::File::create(dir.join("node.log")).expect("create node.log");
+        // Appended to: a node started again keeps the log of its earlier runs.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).expect("open node.log");
         let child = std::process::Command::new(tandem_bin())
             .args(["--log-level", "info", "run", "--dir"])
             .arg(dir)
