@@ -585,7 +585,9 @@ impl Coordinator {
                 return Err("no first assignment yet: no voter names a primary".into());
             };
             let node = best.believes.clone().unwrap_or_default();
-            let epoch = polls.iter().map(|p| p.epoch).max().unwrap_or(0);
+            // A new epoch, past every one a voter has seen: epochs are the consensus's alone
+            // (a node with failover on never begins one by itself).
+            let epoch = polls.iter().map(|p| p.epoch).max().unwrap_or(0) + 1;
             self.propose(Command::Promote { node, epoch, old: None, fork: 0, not_before_ms: 0, prev: a.index }).await?;
             return Ok(());
         };

@@ -57,6 +57,12 @@ pub struct Position {
     pub warm: bool,
 }
 
+/// What flows on a link this node streams on, and what the peer's acknowledgements are worth.
+struct Flow {
+    components: std::collections::BTreeSet<String>,
+    weight: state::AckWeight,
+}
+
 /// What status shows of one peer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PeerStatus {
@@ -67,6 +73,9 @@ pub struct PeerStatus {
     pub following: bool,
     /// The peer pulls from this node.
     pub subscribed: bool,
+    /// Its subscription carries every warm component whose writes wait for a standby: it may
+    /// be in the synchronous set (see [`state::AckWeight`]).
+    pub synchronous: bool,
     /// Position applied from the peer's feed, and the peer's last seq when last heard.
     pub applied_seq: u64,
     pub peer_last_seq: u64,
@@ -160,6 +169,9 @@ struct GateState {
     sync_set_next: watch::Sender<Option<SyncSet>>,
     /// The failover coordinator, when automatic failover is on: warm writes also need its lease.
     failover: std::sync::OnceLock<Arc<Coordinator>>,
+    /// Automatic failover is configured. The coordinator starts after the links do: until it
+    /// has, no lease holds and the epochs are the consensus's alone (invariant 31).
+    failover_on: bool,
 }
 
 /// The synchronous set as recorded on disk.
@@ -181,7 +193,16 @@ impl GateState {
     /// This node takes warm writes.
     fn takes_writes(&self) -> bool {
         let r = self.role.borrow();
-        r.primary.as_deref() == Some(self.us.as_str()) && r.accepting && self.failover.get().is_none_or(|f| f.holds_lease())
+        r.primary.as_deref() == Some(self.us.as_str()) && r.accepting && self.lease_holds()
+    }
+
+    /// Warm writes are allowed as far as failover is concerned: the lease holds, or automatic
+    /// failover is off. While its coordinator is starting, no lease holds.
+    fn lease_holds(&self) -> bool {
+        match self.failover.get() {
+            Some(f) => f.holds_lease(),
+            None => !self.failover_on,
+        }
     }
 
     fn primary(&self) -> Option<String> {
@@ -284,14 +305,17 @@ impl WriteGate for Gate {
             return None;
         }
         // With automatic failover, a warm write is acknowledged only while the lease holds.
-        let lease = g.failover.get().cloned();
+        let (lease, failover_on) = (g.failover.get().cloned(), g.failover_on);
         let check_lease = move || match &lease {
             Some(c) if !c.holds_lease() => Err(NodeError::LeaseLost),
+            None if failover_on => Err(NodeError::LeaseLost),
             _ => Ok(()),
         };
         // An empty set is on disk: local acknowledgement.
         if policy.ack != Ack::Standby || !g.takes_writes() || g.sync_set.borrow().members.is_empty() {
-            g.failover.get()?;
+            if !failover_on {
+                return None;
+            }
             return Some(Box::pin(async move { check_lease() }));
         }
         let mut rx = if policy.priority == Priority::High { g.sync_acked_high.subscribe() } else { g.sync_acked.subscribe() };
@@ -440,6 +464,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         sync_drop_after: Duration::from_millis(cluster.sync_drop_ms.unwrap_or(5_000)),
         ack_timeout: Duration::from_millis(cluster.ack_timeout_ms.unwrap_or(2_000)),
         failover: std::sync::OnceLock::new(),
+        failover_on: crate::failover::voters_of(&config.raw).is_ok(),
         sync_set_next: watch::channel(None).0,
         sync_file: sync_file.clone(),
     });
@@ -453,7 +478,8 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     };
     let seen = positions.values().map(|p| p.epoch).max().unwrap_or(0);
     if gate.takes_writes() {
-        // Every start of a primary begins a new epoch.
+        // Every start of a primary begins a new epoch (without automatic failover: with it, the
+        // consensus gives every epoch, and no lease holds yet).
         let epoch = node.epoch().max(seen) + 1;
         node.set_epoch(epoch).await.with_context(|| format!("beginning epoch {epoch} as the warm primary"))?;
     }
@@ -469,7 +495,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     // a peer subscribes in step, its position is checked against where the feed ended at start,
     // not against its end now: the writes taken since would otherwise hide the rollback.
     let started = node.meta().last_seq;
-    let warm = gate.takes_writes() && gate.policies.values().any(|p| p.mode == Mode::Warm);
+    let warm = gate.is_primary() && gate.policies.values().any(|p| p.mode == Mode::Warm);
     for (peer, &seq) in &shared.acked {
         match state::resume(seq, started, started, warm, peer, &gate.us) {
             state::Resume::At(_) => continue,
@@ -584,8 +610,10 @@ impl DataSide for ReplData {
     fn holds_data(&self) -> bool {
         true
     }
+    /// Only a position read with the primary's warm components flowing says what this node
+    /// holds of its warm writes (a link on which this node believed another primary carried none).
     fn applied_from(&self, primary: &str) -> u64 {
-        self.0.upgrade().map_or(0, |r| r.shared().positions.get(primary).map_or(0, |p| p.seq))
+        self.0.upgrade().map_or(0, |r| r.shared().positions.get(primary).filter(|p| p.warm).map_or(0, |p| p.seq))
     }
     fn epoch(&self) -> u64 {
         self.0.upgrade().map_or(0, |r| r.node.epoch())
@@ -706,7 +734,7 @@ impl Replication {
             let current = self.gate.sync_set.borrow().clone();
             let mut next = current.clone();
             for p in self.peers.iter().filter(|p| p.profile == Profile::Local) {
-                let (up, acked) = self.shared().peers.get(&p.name).map_or((false, 0), |s| (s.subscribed, s.acked_by_peer));
+                let (up, acked) = self.shared().peers.get(&p.name).map_or((false, 0), |s| (s.subscribed && s.synchronous, s.acked_by_peer));
                 if current.members.contains_key(&p.name) {
                     if up {
                         down_since.remove(&p.name);
@@ -929,6 +957,7 @@ impl Replication {
             .filter(|c| self.gate.policies.get(c).is_some_and(|p| state::sends(p, self.gate.is_primary())))
             .collect();
         let warm = allowed.iter().any(|c| self.gate.policies.get(c).is_some_and(|p| p.mode == Mode::Warm));
+        let weight = state::ack_weight(&self.gate.policies, &same, &allowed, self.gate.is_primary());
         let alarm = format!("rolled-back:{name}");
         let started = self.node.meta().last_seq;
         let end = if self.shared().ahead_at_start.contains(&name) { started } else { self.node.last_seq() };
@@ -958,9 +987,17 @@ impl Replication {
                 return Err(LinkError::Refused(reason));
             }
         };
-        // The peer's position in this node's feed is on its disk: an acknowledgement.
-        self.peer_status(&name, |p| p.subscribed = true);
-        self.note_acked(&name, after, starts_over || after == 0);
+        // The peer's position in this node's feed is on its disk: an acknowledgement (of the
+        // components it asked for).
+        self.peer_status(&name, |p| {
+            p.subscribed = true;
+            p.synchronous = weight.synchronous;
+        });
+        if weight.complete {
+            self.note_acked(&name, after, starts_over || after == 0);
+        } else {
+            tracing::info!(peer = %name, asked = allowed.len(), "the peer asks for fewer components than this node sends it (it sees another primary): its acknowledgements count for nothing");
+        }
         let purged = self.node.tombstones_purged_through().await.unwrap_or(0);
         let fell_off = after > 0 && after < purged;
         if fell_off {
@@ -976,8 +1013,11 @@ impl Replication {
             );
         }
         let start = if after == 0 || fell_off { None } else { Some(after) };
-        let r = self.stream(&name, profile, start, allowed, &mut rd, &mut wr).await;
-        self.peer_status(&name, |p| p.subscribed = false);
+        let r = self.stream(&name, profile, start, Flow { components: allowed, weight }, &mut rd, &mut wr).await;
+        self.peer_status(&name, |p| {
+            p.subscribed = false;
+            p.synchronous = false;
+        });
         if let Err(e) = &r {
             self.note_error(&name, e);
         }
@@ -1000,7 +1040,7 @@ impl Replication {
         profile: LinkProfile,
         // Where the peer's feed resumes; `None`: a bootstrap from a snapshot.
         start: Option<u64>,
-        allowed: std::collections::BTreeSet<String>,
+        flow: Flow,
         rd: &mut R,
         wr: &mut W,
     ) -> Result<(), LinkError>
@@ -1008,6 +1048,7 @@ impl Replication {
         R: tokio::io::AsyncRead + Unpin + Send,
         W: tokio::io::AsyncWrite + Unpin + Send,
     {
+        let Flow { components: allowed, weight } = flow;
         let (bootstrap, after) = (start.is_none(), start.unwrap_or(0));
         // Acks come in on their own task, so a slow reader never blocks the sender.
         let (ack_tx, mut ack_rx) = mpsc::channel::<Result<Msg, LinkError>>(64);
@@ -1065,7 +1106,7 @@ impl Replication {
                     let mut snap = self.node.snapshot_feed(components, 0, profile.max_batch);
                     loop {
                         while !window.can_send(profile.window) {
-                            self.on_peer_msg(peer, &mut window, ack_rx.recv().await)?;
+                            self.on_peer_msg(peer, weight, &mut window, ack_rx.recv().await)?;
                         }
                         let (changes, as_of) = match snap.recv().await {
                             Some(Ok(c)) => c,
@@ -1136,7 +1177,7 @@ impl Replication {
                     r = role_rx.changed() => if r.is_err() || role_rx.borrow().primary != primary_at_start {
                         return Err(LinkError::Protocol("the warm primary changed: the link is reset".into()));
                     },
-                    m = ack_rx.recv() => self.on_peer_msg(peer, &mut window, m)?,
+                    m = ack_rx.recv() => self.on_peer_msg(peer, weight, &mut window, m)?,
                     _ = seq_rx.changed() => {}
                     _ = tokio::time::sleep(hb) => {
                         if self.hello().components != defined {
@@ -1162,8 +1203,15 @@ impl Replication {
     }
 
     /// What the pulling peer sent on a link this node streams on: acknowledgements (which
-    /// free the window and count for `standby` acks), heartbeats, or the end of the link.
-    fn on_peer_msg(&self, peer: &str, window: &mut SendWindow, m: Option<Result<Msg, LinkError>>) -> Result<(), LinkError> {
+    /// free the window and, as the subscription's `weight` says, count for `standby` acks and
+    /// the purge horizon), heartbeats, or the end of the link.
+    fn on_peer_msg(
+        &self,
+        peer: &str,
+        weight: state::AckWeight,
+        window: &mut SendWindow,
+        m: Option<Result<Msg, LinkError>>,
+    ) -> Result<(), LinkError> {
         match m {
             Some(Ok(Msg::Ack { seq, high, epoch })) => {
                 if !window.acked(seq) {
@@ -1171,11 +1219,13 @@ impl Replication {
                 }
                 self.note_epoch(epoch);
                 // An acknowledgement from an older epoch never counts for a `standby` ack.
-                if epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) {
+                if weight.synchronous && epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) {
                     self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
                     self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
                 }
-                self.note_acked(peer, seq, false);
+                if weight.complete {
+                    self.note_acked(peer, seq, false);
+                }
                 Ok(())
             }
             Some(Ok(Msg::Heartbeat { diverged, .. })) => {
@@ -1646,7 +1696,7 @@ impl Replication {
     /// A peer that is the warm primary in a newer epoch than this node's: this node follows it
     /// (an old primary that was demoted, or cut off during a promotion, steps down here).
     async fn adopt(&self, theirs: &Hello) -> Result<(), LinkError> {
-        if self.gate.failover.get().is_some() {
+        if self.gate.failover_on {
             return Ok(()); // the consensus assigns the primary
         }
         if theirs.primary.as_deref() != Some(theirs.node.as_str()) || theirs.epoch <= self.node.epoch() {
@@ -1689,6 +1739,9 @@ impl Replication {
                 "node": self.gate.us, "role": "primary", "epoch": a.epoch, "previous_primary": previous,
                 "takes_writes_after_ms": a.not_before_ms,
             }));
+        }
+        if self.gate.failover_on {
+            return Err(NodeError::Refused("automatic failover is starting on this node: try again in a moment".into()));
         }
         let seen = self.shared().max_epoch;
         let epoch = self.node.epoch().max(seen) + 1;

@@ -64,6 +64,35 @@ pub fn apply_mode(policy: &ComponentPolicy, sender: &str, primary: Option<&str>,
     }
 }
 
+/// What a subscriber's acknowledgements are worth, from the components its subscription
+/// carries. A peer acknowledges positions of this node's feed whatever it asked for; a position
+/// says what it holds only of the components that flowed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AckWeight {
+    /// The subscription carries every component this node sends the peer: its acknowledged
+    /// position holds the purge of tombstones back.
+    pub complete: bool,
+    /// It is complete, this node is the warm primary, and it carries every warm component
+    /// whose writes wait for a standby: the peer may be in the synchronous set, and its
+    /// acknowledgements count for `standby` acks. A standby that believes another node is the
+    /// primary subscribes to no warm component: its acknowledgements say nothing of warm data.
+    pub synchronous: bool,
+}
+
+/// The worth of a subscription that carries `allowed`, of the components `same` the two nodes
+/// define alike, under this node's `policies`.
+pub fn ack_weight(
+    policies: &BTreeMap<String, ComponentPolicy>,
+    same: &[String],
+    allowed: &std::collections::BTreeSet<String>,
+    we_are_primary: bool,
+) -> AckWeight {
+    let complete = same.iter().filter(|c| policies.get(*c).is_some_and(|p| sends(p, we_are_primary))).all(|c| allowed.contains(c));
+    let waited_for = policies.iter().filter(|(_, p)| p.mode == Mode::Warm && p.ack == Ack::Standby);
+    let synchronous = complete && we_are_primary && waited_for.into_iter().all(|(c, _)| allowed.contains(c));
+    AckWeight { complete, synchronous }
+}
+
 /// A component whose definitions differ between two nodes: its replication pauses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mismatch {
@@ -400,6 +429,28 @@ mod tests {
         assert_eq!(apply_mode(&pol(Mode::Warm), "c", Some("a"), "b"), None);
         assert_eq!(apply_mode(&pol(Mode::Warm), "b", Some("a"), "a"), None);
         assert_eq!(apply_mode(&pol(Mode::Hot), "c", Some("a"), "b"), Some(ApplyMode::Merge));
+    }
+
+    #[test]
+    fn acknowledgements_count_only_for_the_components_that_flowed() {
+        let standby_ack = ComponentPolicy { ack: Ack::Standby, ..pol(Mode::Warm) };
+        let policies: BTreeMap<String, ComponentPolicy> =
+            [("trunks".to_owned(), standby_ack), ("reports".to_owned(), pol(Mode::Warm)), ("crm".to_owned(), pol(Mode::Hot))].into();
+        let same: Vec<String> = ["trunks", "reports", "crm"].map(str::to_owned).into();
+        let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<std::collections::BTreeSet<String>>();
+        let both = AckWeight { complete: true, synchronous: true };
+        assert_eq!(ack_weight(&policies, &same, &set(&["trunks", "reports", "crm"]), true), both);
+        // A standby that believes it is the primary asks for the hot components only.
+        assert_eq!(ack_weight(&policies, &same, &set(&["crm"]), true), AckWeight::default());
+        assert_eq!(ack_weight(&policies, &same, &set(&[]), true), AckWeight::default());
+        // On a standby, only hot components flow out: complete, never synchronous.
+        assert_eq!(ack_weight(&policies, &same, &set(&["crm"]), false), AckWeight { complete: true, synchronous: false });
+        // A standby-ack component whose plugin differs flows nowhere: no synchronous standby.
+        let differs: Vec<String> = ["reports", "crm"].map(str::to_owned).into();
+        assert_eq!(ack_weight(&policies, &differs, &set(&["reports", "crm"]), true), AckWeight { complete: true, synchronous: false });
+        // Without standby acks, a complete subscription is all it takes.
+        let local: BTreeMap<String, ComponentPolicy> = [("trunks".to_owned(), pol(Mode::Warm))].into();
+        assert_eq!(ack_weight(&local, &["trunks".to_owned()], &set(&["trunks"]), true), both);
     }
 
     #[test]
