@@ -3,6 +3,7 @@
 mod backup;
 mod backup_node;
 mod backup_peer;
+mod chaos;
 mod failover_auto;
 mod failover_manual;
 mod node_api;
