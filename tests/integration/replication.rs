@@ -306,6 +306,74 @@ fn replication_standby_ack_waits_for_the_standby_and_answers_outcome_unknown_wit
     }
 }
 
+/// A standby restarted while the cluster moved on may still believe it is the primary: it
+/// subscribes to the real primary for no warm component, and acknowledges the positions it is
+/// sent. Those acknowledgements say nothing of the warm writes: the standby must neither count
+/// for a `standby`-ack write nor stay in the synchronous set (where it could be promoted with
+/// writes it never had).
+#[test]
+fn replication_a_standby_that_subscribes_to_no_warm_component_never_acknowledges_standby_ack_writes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tandem::peer::proto::{Hello, Msg};
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let extra = "\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"standby\"\n";
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), extra);
+    let creds = creds_of(&b_dir);
+    let a = start_node(&a_dir);
+    let ca = client(&a);
+    let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (stop2, acked2) = (stop.clone(), acked.clone());
+    // The stale b: it learns a's components from a's own dial, then subscribes to none of them.
+    let fake = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr(bp)).await.expect("bind b's port");
+            let (tcp, _) = tokio::time::timeout(WAIT, listener.accept()).await.expect("a dials b").expect("accept");
+            let mut from_a = tandem::peer::accept(tcp, &creds, "b", Duration::from_secs(10)).await.expect("tls");
+            let Msg::Hello(a_hello) = tandem::peer::recv(&mut from_a).await.expect("hello") else { panic!("expected hello") };
+            let mut link =
+                tandem::peer::dial(&addr(ap), &creds, tandem::peer::PROTOCOL_VERSION, Duration::from_secs(10)).await.expect("dial a");
+            let hello = Hello {
+                node: "b".into(),
+                epoch: a_hello.epoch,
+                api: None,
+                primary: Some("b".into()),
+                last_seq: 0,
+                components: a_hello.components.clone(),
+            };
+            tandem::peer::send(&mut link, &Msg::Hello(hello), false).await.expect("send hello");
+            let Msg::Hello(_) = tandem::peer::recv(&mut link).await.expect("a's hello") else { panic!("expected hello") };
+            tandem::peer::send(&mut link, &Msg::Subscribe { after_seq: 0, components: Vec::new() }, false).await.expect("subscribe");
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok(m) = tokio::time::timeout(Duration::from_millis(100), tandem::peer::recv(&mut link)).await else { continue };
+                if let Msg::Batch(b) = m.expect("a streams") {
+                    assert!(b.changes.is_empty(), "nothing flows on a subscription to no component: {:?}", b.changes);
+                    let ack = Msg::Ack { seq: b.up_to, high: b.high.max(b.up_to), epoch: a_hello.epoch };
+                    tandem::peer::send(&mut link, &ack, false).await.expect("ack");
+                    acked2.fetch_max(b.up_to, Ordering::SeqCst);
+                }
+            }
+            drop(from_a);
+        });
+    });
+    let peer_b = || a.replication().expect("r").status().peers.into_iter().find(|p| p.name == "b").expect("peer b");
+    wait_until("the stale b subscribes", WAIT, || peer_b().subscribed);
+    assert!(!peer_b().synchronous, "{:?}", peer_b());
+    assert!(a.replication().expect("r").status().sync_set.members.contains_key("b"), "b is in the set from the first start");
+    let (k, v) = trunk(1);
+    let err = ca.put("trunks", &k, &v, None).expect_err("b's acknowledgements do not count");
+    assert_eq!(err.code(), Some("outcome_unknown"), "{err}");
+    // b did acknowledge that position: under the old rule it would have counted.
+    let seq = a.node().last_seq();
+    wait_until("the stale b acknowledges the write's position", WAIT, || acked.load(Ordering::SeqCst) >= seq);
+    // A member whose link carries nothing it waits for is down: it leaves the set.
+    wait_until("b leaves the synchronous set", WAIT, || !a.replication().expect("r").status().sync_set.members.contains_key("b"));
+    stop.store(true, Ordering::SeqCst);
+    fake.join().expect("the stale b");
+}
+
 #[test]
 fn replication_refuses_a_peer_without_the_cluster_credentials_before_any_record() {
     let root = tempfile::tempdir().expect("tempdir");
