@@ -329,7 +329,7 @@ where
             let reason = format!("snapshot {name} from {from} refused: {reason}");
             tracing::error!(peer = %from, "{reason}");
             peer::send(wr, &Msg::Refuse { reason: reason.clone() }, false).await?;
-            Err(LinkError::Refused(reason))
+            Err(LinkError::RefusedPeer(reason))
         }
     }
 }

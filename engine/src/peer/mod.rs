@@ -35,6 +35,9 @@ pub enum LinkError {
     Tls(String),
     #[error("refused by the peer: {0}")]
     Refused(String),
+    /// This node refused the peer (its version, its position, a batch of an old epoch...).
+    #[error("refused the peer: {0}")]
+    RefusedPeer(String),
     #[error("{0}")]
     Frame(#[from] FrameError),
     #[error("protocol error: {0}")]
@@ -51,6 +54,7 @@ impl LinkError {
             LinkError::Connect { .. } => "connect",
             LinkError::Tls(_) => "tls",
             LinkError::Refused(_) => "refused",
+            LinkError::RefusedPeer(_) => "refused_peer",
             LinkError::Frame(f) => f.code(),
             LinkError::Protocol(_) => "protocol",
             LinkError::Apply(_) => "apply",
@@ -96,7 +100,7 @@ pub async fn accept(tcp: TcpStream, creds: &Credentials, us: &str, timeout: Dura
         if !proto::compatible(theirs, PROTOCOL_VERSION) {
             let reason = proto::version_refusal(us, PROTOCOL_VERSION, theirs);
             write_frame(&mut tls, &proto::answer(PROTOCOL_VERSION, Some(&reason)), false).await?;
-            return Err(LinkError::Refused(reason));
+            return Err(LinkError::RefusedPeer(reason));
         }
         write_frame(&mut tls, &proto::answer(PROTOCOL_VERSION, None), false).await?;
         Ok(tls)

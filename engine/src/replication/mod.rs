@@ -923,7 +923,7 @@ impl Replication {
         if peer_cfg.is_none() && !voter {
             let reason = format!("node {:?} is not a peer of {} (add it to [[peer]] in tandem.toml)", theirs.node, self.gate.us);
             peer::send(&mut wr, &Msg::Refuse { reason: reason.clone() }, false).await?;
-            return Err(LinkError::Refused(reason));
+            return Err(LinkError::RefusedPeer(reason));
         }
         if peer_cfg.is_some() {
             self.note_epoch(theirs.epoch);
@@ -984,7 +984,7 @@ impl Replication {
                 tracing::error!(peer = %name, "{reason}");
                 self.shared().alarms.insert(alarm, reason.clone());
                 peer::send(&mut wr, &Msg::Refuse { reason: reason.clone() }, false).await?;
-                return Err(LinkError::Refused(reason));
+                return Err(LinkError::RefusedPeer(reason));
             }
         };
         // The peer's position in this node's feed is on its disk: an acknowledgement (of the
@@ -1263,7 +1263,9 @@ impl Replication {
                 }
                 failures = if started.elapsed() > Duration::from_secs(5) { 1 } else { failures.saturating_add(1) };
                 // A peer that is starting or restarting is normal: say so loudly only when it lasts.
-                if failures == 5 || (failures > 5 && failures.is_multiple_of(50)) || matches!(e, LinkError::Tls(_) | LinkError::Refused(_))
+                if failures == 5
+                    || (failures > 5 && failures.is_multiple_of(50))
+                    || matches!(e, LinkError::Tls(_) | LinkError::Refused(_) | LinkError::RefusedPeer(_))
                 {
                     tracing::warn!(peer = %peer_cfg.name, code = e.code(), failures, "link to peer: {e}");
                 } else {
@@ -1457,7 +1459,7 @@ impl Replication {
                                 // node's own (a promotion moved it past every epoch it had heard of).
                                 newest_epoch = state::fence(batch.epoch, newest_epoch.max(self.node.epoch())).map_err(|reason| {
                                     self.shared().alarms.insert(format!("fenced:{}", cfg.name), reason.clone());
-                                    LinkError::Refused(reason)
+                                    LinkError::RefusedPeer(reason)
                                 })?;
                                 if batch.epoch > self.node.epoch() {
                                     self.node
@@ -1515,7 +1517,7 @@ impl Replication {
         W: tokio::io::AsyncWrite + Unpin,
     {
         let Some(c) = self.gate.failover.get().cloned() else {
-            return Err(LinkError::Refused("automatic failover is off on this node".into()));
+            return Err(LinkError::RefusedPeer("automatic failover is off on this node".into()));
         };
         let mut req = first;
         loop {
