@@ -2026,4 +2026,36 @@ mod tests {
         let e = load_role(&file, None).expect_err("a broken file is an error");
         assert!(format!("{e:#}").contains("role.json"), "{e:#}");
     }
+
+    fn gate(failover_on: bool) -> GateState {
+        GateState {
+            us: "a".into(),
+            role: watch::channel(Role { primary: Some("a".into()), accepting: true }).0,
+            role_file: PathBuf::from("role.json"),
+            primary_api: Mutex::new(None),
+            policies: BTreeMap::new(),
+            sync_acked: watch::channel(0).0,
+            sync_acked_high: watch::channel(0).0,
+            ack_timeout: Duration::from_secs(1),
+            sync_set: watch::channel(SyncSet::default()).0,
+            sync_drop_after: Duration::from_secs(1),
+            sync_file: PathBuf::from("sync_set.json"),
+            sync_set_next: watch::channel(None).0,
+            failover: std::sync::OnceLock::new(),
+            failover_on,
+        }
+    }
+
+    #[test]
+    fn with_failover_configured_no_lease_holds_until_the_coordinator_runs() {
+        // The role file names this node primary: without failover it takes warm writes at once.
+        let manual = gate(false);
+        assert!(manual.is_primary() && manual.takes_writes());
+        assert_eq!(manual.role_name(), "primary");
+        // With failover configured, the links start before the coordinator: meanwhile the node
+        // neither takes writes nor (at start) begins an epoch of its own.
+        let automatic = gate(true);
+        assert!(automatic.is_primary() && !automatic.lease_holds() && !automatic.takes_writes());
+        assert_eq!(automatic.role_name(), "demoted");
+    }
 }
