@@ -3,7 +3,7 @@
 //! processes, stops them cleanly, pauses them (SIGSTOP), partitions pairs, delays, cuts and
 //! corrupts links. After the schedule everything heals and the invariants are checked.
 //!
-//! Hot: three nodes written to concurrently.
+//! Hot: three nodes written to concurrently, one of them (c) on `geo` links.
 //! - The nodes hold the same records (every key, value and stamp), the same digests and the same
 //!   open conflicts.
 //! - Every acknowledged write is there: a key's last acknowledged put with its value, its last
@@ -169,15 +169,26 @@ impl Cluster {
         Cluster { names, dirs, procs, proxies, clients }
     }
 
-    /// Three hot nodes with the CRM.
+    /// Three hot nodes with the CRM; c's links (both ways) have the `geo` profile: compressed
+    /// frames and a batch window.
     fn hot(root: &Path) -> Cluster {
         let ports: Vec<u16> = HOT.iter().map(|_| free_port()).collect();
         let proxies = proxies(&ports);
         let mut dirs: Vec<PathBuf> = Vec::new();
         for (i, name) in HOT.iter().enumerate() {
-            let peers = (0..HOT.len()).filter(|j| *j != i).map(|j| (HOT[j].to_owned(), proxies[&(i, j)].addr().to_string())).collect();
-            let def = NodeDef { name, port: ports[i], peers, cluster: "mode = \"hot\"", extra: "" };
-            dirs.push(write_cluster_node(root, &def, &["crm"], dirs.first().map(PathBuf::as_path)));
+            let peers: Vec<(String, String)> =
+                (0..HOT.len()).filter(|j| *j != i).map(|j| (HOT[j].to_owned(), proxies[&(i, j)].addr().to_string())).collect();
+            let def = NodeDef { name, port: ports[i], peers: peers.clone(), cluster: "mode = \"hot\"", extra: "" };
+            let dir = write_cluster_node(root, &def, &["crm"], dirs.first().map(PathBuf::as_path));
+            let file = dir.join("tandem.toml");
+            let mut text = std::fs::read_to_string(&file).expect("config");
+            for (peer, address) in peers.iter().filter(|(peer, _)| *name == "c" || peer == "c") {
+                let line = format!("name = \"{peer}\"\naddress = \"{address}\"\n");
+                assert!(text.contains(&line), "{text}");
+                text = text.replacen(&line, &format!("{line}profile = \"geo\"\n"), 1);
+            }
+            std::fs::write(&file, text).expect("config");
+            dirs.push(dir);
         }
         Cluster::start(&HOT, dirs, proxies)
     }
