@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem::node::client::Client;
+use tandem::node::types::StampView;
 use tandem_tests::cluster::{NodeDef, free_port, trio_on, writable, write_cluster_node};
 use tandem_tests::fault_proxy::FaultProxy;
 use tandem_tests::{NodeProcess, TEST_TOKEN};
@@ -151,13 +152,18 @@ fn proxies(ports: &[u16]) -> BTreeMap<(usize, usize), FaultProxy> {
     proxies
 }
 
+/// Replaces the first `old` in the configuration of the node in `dir` (which must have it).
+fn edit_config(dir: &Path, old: &str, new: &str) {
+    let file = dir.join("tandem.toml");
+    let text = std::fs::read_to_string(&file).expect("config");
+    assert!(text.contains(old), "no {old:?} in {text}");
+    std::fs::write(&file, text.replacen(old, new, 1)).expect("config");
+}
+
 /// Gives the node in `dir` a fixed API port; returns its client.
 fn fixed_api(dir: &Path) -> Client {
     let port = free_port();
-    let file = dir.join("tandem.toml");
-    let text = std::fs::read_to_string(&file).expect("config");
-    assert!(text.contains("api = \"127.0.0.1:0\""), "{text}");
-    std::fs::write(&file, text.replacen("api = \"127.0.0.1:0\"", &format!("api = \"127.0.0.1:{port}\""), 1)).expect("config");
+    edit_config(dir, "api = \"127.0.0.1:0\"", &format!("api = \"127.0.0.1:{port}\""));
     Client::new(&format!("127.0.0.1:{port}"), TEST_TOKEN)
 }
 
@@ -180,14 +186,10 @@ impl Cluster {
                 (0..HOT.len()).filter(|j| *j != i).map(|j| (HOT[j].to_owned(), proxies[&(i, j)].addr().to_string())).collect();
             let def = NodeDef { name, port: ports[i], peers: peers.clone(), cluster: "mode = \"hot\"", extra: "" };
             let dir = write_cluster_node(root, &def, &["crm"], dirs.first().map(PathBuf::as_path));
-            let file = dir.join("tandem.toml");
-            let mut text = std::fs::read_to_string(&file).expect("config");
             for (peer, address) in peers.iter().filter(|(peer, _)| *name == "c" || peer == "c") {
                 let line = format!("name = \"{peer}\"\naddress = \"{address}\"\n");
-                assert!(text.contains(&line), "{text}");
-                text = text.replacen(&line, &format!("{line}profile = \"geo\"\n"), 1);
+                edit_config(&dir, &line, &format!("{line}profile = \"geo\"\n"));
             }
-            std::fs::write(&file, text).expect("config");
             dirs.push(dir);
         }
         Cluster::start(&HOT, dirs, proxies)
@@ -244,7 +246,7 @@ fn step(c: &mut Cluster, rng: &mut Rng, focus: Option<usize>) -> String {
     let j = (i + 1 + rng.below(n as u64 - 1) as usize) % n;
     let (x, y) = (c.names[i], c.names[j]);
     match rng.below(10) {
-        0 if c.up(i) && (0..n).all(|k| c.up(k)) => {
+        0 if (0..n).all(|k| c.up(k)) => {
             if let Some(p) = c.procs[i].take() {
                 p.kill();
             }
@@ -379,10 +381,14 @@ fn expected(log: &[Done]) -> Expected {
     e
 }
 
-/// A node's records of `component`: key -> value and stamp, as text.
-fn records(c: &Client, component: &str) -> Result<BTreeMap<String, String>, String> {
+/// A node's records: key -> value and stamp (what every node must hold alike; a record's
+/// `seq` and `origin` are the node's own).
+type Records = BTreeMap<String, (serde_json::Value, StampView)>;
+
+/// A node's records of `component`.
+fn records(c: &Client, component: &str) -> Result<Records, String> {
     let all = c.list_all(component, "").map_err(|e| e.to_string())?;
-    Ok(all.into_iter().map(|r| (r.key, format!("{} @ {:?}", r.value, (r.stamp.physical, r.stamp.logical, r.stamp.node)))).collect())
+    Ok(all.into_iter().map(|r| (r.key, (r.value, r.stamp))).collect())
 }
 
 fn open_conflicts(c: &Client, component: &str) -> Result<Vec<String>, String> {
@@ -398,10 +404,10 @@ fn digest_of(c: &Client, component: &str) -> Option<String> {
 /// Waits until every client's node holds the same records and digest of `component`, and the
 /// same open conflicts if `same_conflicts` (hot: every node lists every conflict; warm: an old
 /// primary's writes that never left it are in its own queue only); returns the records.
-fn converged(clients: &[Client], component: &str, same_conflicts: bool, context: &dyn Fn() -> String) -> BTreeMap<String, String> {
+fn converged(clients: &[Client], component: &str, same_conflicts: bool, context: &dyn Fn() -> String) -> Records {
     let deadline = Instant::now() + CONVERGE;
     loop {
-        let seen: Vec<Result<BTreeMap<String, String>, String>> = clients.iter().map(|c| records(c, component)).collect();
+        let seen: Vec<Result<Records, String>> = clients.iter().map(|c| records(c, component)).collect();
         let digests: Vec<Option<String>> = clients.iter().map(|c| digest_of(c, component)).collect();
         let conflicts: Vec<Result<Vec<String>, String>> = clients.iter().map(|c| open_conflicts(c, component)).collect();
         let same = seen.iter().all(|s| s.is_ok() && s.as_ref().ok() == seen[0].as_ref().ok())
@@ -413,7 +419,7 @@ fn converged(clients: &[Client], component: &str, same_conflicts: bool, context:
         if Instant::now() > deadline {
             let sizes: Vec<String> =
                 seen.iter().map(|s| s.as_ref().map_or_else(Clone::clone, |m| format!("{} records", m.len()))).collect();
-            let maps: Vec<&BTreeMap<String, String>> = seen.iter().filter_map(|s| s.as_ref().ok()).collect();
+            let maps: Vec<&Records> = seen.iter().filter_map(|s| s.as_ref().ok()).collect();
             let keys: BTreeSet<&String> = maps.iter().flat_map(|m| m.keys()).collect();
             let diff: Vec<String> = keys
                 .into_iter()
@@ -469,8 +475,7 @@ fn chaos_hot_nodes_under_a_random_fault_schedule_converge_with_every_acknowledge
     let log = log.lock().map(|l| l.clone()).unwrap_or_default();
     let e = expected(&log);
     eprintln!("chaos seed {seed}: {} writes acknowledged, {} with an unknown outcome, {} records", e.acked, e.unknown, all.len());
-    let docs: BTreeMap<String, serde_json::Value> =
-        cluster.clients[0].list_all("crm", "").expect("list").into_iter().map(|r| (r.key, r.value)).collect();
+    let docs: BTreeMap<&String, &serde_json::Value> = all.iter().map(|(key, (value, _))| (key, value)).collect();
     for (key, name) in &e.present {
         let doc = docs.get(key).unwrap_or_else(|| panic!("{key}: its acknowledged put ({name}) is missing; {}", context()));
         assert_eq!(doc["name"], name.as_str(), "{key}: the value of its last acknowledged put; {}", context());

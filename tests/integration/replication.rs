@@ -37,6 +37,9 @@ fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// The trunks acknowledged by the standby (`extra` of [`warm_pair`]).
+const STANDBY_ACK_TRUNKS: &str = "\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"standby\"\n";
+
 /// A warm pair: `a` primary, `b` standby; `b` reaches `a` at `a_addr_for_b` (a proxy or direct).
 fn warm_pair(root: &Path, a_port: u16, b_port: u16, a_addr_for_b: &str, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let a = write_cluster_node(
@@ -262,8 +265,7 @@ fn replication_hot_concurrent_writes_on_two_nodes_converge() {
 fn replication_standby_ack_waits_for_the_standby_and_answers_outcome_unknown_without_it() {
     let root = tempfile::tempdir().expect("tempdir");
     let (ap, bp) = (free_port(), free_port());
-    let extra = "\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"standby\"\n";
-    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), extra);
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), STANDBY_ACK_TRUNKS);
     let a = start_node(&a_dir);
     let b = start_node(&b_dir);
     let ca = client(&a);
@@ -318,8 +320,7 @@ fn replication_a_standby_that_subscribes_to_no_warm_component_never_acknowledges
     use tandem::peer::proto::{Hello, Msg};
     let root = tempfile::tempdir().expect("tempdir");
     let (ap, bp) = (free_port(), free_port());
-    let extra = "\n[components.trunks]\nplugin = \"plugins/trunks.wasm\"\nack = \"standby\"\n";
-    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), extra);
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp, &addr(ap), STANDBY_ACK_TRUNKS);
     let creds = creds_of(&b_dir);
     let a = start_node(&a_dir);
     let ca = client(&a);
