@@ -73,8 +73,8 @@ pub struct PeerStatus {
     pub following: bool,
     /// The peer pulls from this node.
     pub subscribed: bool,
-    /// Its subscription carries every warm component whose writes wait for a standby: it may
-    /// be in the synchronous set (see [`state::AckWeight`]).
+    /// It is subscribed, and its subscription carries every warm component whose writes wait
+    /// for a standby: it may be in the synchronous set (see [`state::AckWeight`]).
     pub synchronous: bool,
     /// Position applied from the peer's feed, and the peer's last seq when last heard.
     pub applied_seq: u64,
@@ -734,7 +734,8 @@ impl Replication {
             let current = self.gate.sync_set.borrow().clone();
             let mut next = current.clone();
             for p in self.peers.iter().filter(|p| p.profile == Profile::Local) {
-                let (up, acked) = self.shared().peers.get(&p.name).map_or((false, 0), |s| (s.subscribed && s.synchronous, s.acked_by_peer));
+                // Up: subscribed, to every warm component its acknowledgements would count for.
+                let (up, acked) = self.shared().peers.get(&p.name).map_or((false, 0), |s| (s.synchronous, s.acked_by_peer));
                 if current.members.contains_key(&p.name) {
                     if up {
                         down_since.remove(&p.name);
