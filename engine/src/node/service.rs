@@ -699,12 +699,38 @@ fn version_json(
     data: &[u8],
     tombstone: bool,
 ) -> serde_json::Value {
-    let value = decode(session, comp, key, data, tombstone)
-        .ok()
-        .flatten()
-        .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
-        .unwrap_or(serde_json::Value::Null);
-    serde_json::json!({"origin": origin, "stamp": StampView::from(stamp), "deleted": tombstone, "value": value})
+    version_view(origin, stamp, data, tombstone, decode(session, comp, key, data, tombstone))
+}
+
+/// A version as a conflict lists it: its document, or, when the plugin cannot read it (a plugin
+/// bug, bytes from an older schema, a damaged copy), why not and the stored bytes themselves
+/// (`stored_text` when they are UTF-8, `stored_hex` otherwise), so that the operator can still
+/// see what the version held.
+fn version_view(
+    origin: &str,
+    stamp: &Stamp,
+    data: &[u8],
+    tombstone: bool,
+    decoded: Result<Option<Arc<str>>, NodeError>,
+) -> serde_json::Value {
+    let read = match decoded {
+        Ok(None) => Ok(serde_json::Value::Null),
+        Ok(Some(doc)) => serde_json::from_str::<serde_json::Value>(&doc).map_err(|e| format!("the plugin's document is not JSON: {e}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut view = serde_json::json!({"origin": origin, "stamp": StampView::from(stamp), "deleted": tombstone});
+    match read {
+        Ok(value) => view["value"] = value,
+        Err(why) => {
+            view["value"] = serde_json::Value::Null;
+            view["unreadable"] = why.into();
+            match std::str::from_utf8(data) {
+                Ok(text) => view["stored_text"] = text.into(),
+                Err(_) => view["stored_hex"] = hex::encode(data).into(),
+            }
+        }
+    }
+    view
 }
 
 /// A replicated version the plugin refused to merge with the local one: a conflict that lists
@@ -2728,6 +2754,26 @@ mod tests {
         assert_ne!(a, fingerprint("k", &Op::Put("{ }".into())));
         assert_ne!(a, fingerprint("k2", &Op::Put("{}".into())));
         assert_ne!(fingerprint("k", &Op::Delete), a);
+    }
+
+    #[test]
+    fn a_version_the_plugin_cannot_read_is_listed_with_why_and_its_stored_bytes() {
+        let stamp = Stamp { physical: 1_700_000_000_000, logical: 2, node: "b".into() };
+        let read = version_view("b", &stamp, b"{}", false, Ok(Some(Arc::from(r#"{"v":1}"#))));
+        assert_eq!(read["value"]["v"], 1);
+        assert!(read.get("unreadable").is_none(), "{read}");
+        let refused = || plugin_err("crm", "deserialize", "cannot read a stored version: bad magic".to_owned());
+        let text = version_view("b", &stamp, b"garbled", false, Err(refused()));
+        assert!(text["value"].is_null());
+        assert!(text["unreadable"].as_str().is_some_and(|w| w.contains("bad magic")), "{text}");
+        assert_eq!(text["stored_text"], "garbled");
+        let binary = version_view("b", &stamp, &[0xff, 0x00, 0x10], false, Err(refused()));
+        assert_eq!(binary["stored_hex"], "ff0010");
+        assert!(binary.get("stored_text").is_none(), "{binary}");
+        let not_json = version_view("b", &stamp, b"x", false, Ok(Some(Arc::from("{"))));
+        assert!(not_json["unreadable"].as_str().is_some_and(|w| w.contains("not JSON")), "{not_json}");
+        let deleted = version_view("b", &stamp, b"", true, Ok(None));
+        assert!(deleted["value"].is_null() && deleted["deleted"] == true && deleted.get("unreadable").is_none(), "{deleted}");
     }
 
     #[test]
