@@ -19,7 +19,8 @@
 //!
 //! A write whose request failed (node killed, connection cut, no primary) has an unknown
 //! outcome: the checks skip it. `TANDEM_CHAOS_SEED=S` replays one schedule (it is printed as it
-//! runs, and with every failure); `TANDEM_CHAOS_STEPS=N` makes it longer (default 24).
+//! runs, and with every failure); `TANDEM_CHAOS_STEPS=N` makes it longer (default 24);
+//! `TANDEM_CHAOS_AIM=P` aims P percent of the warm steps at the node taking writes (default 50).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -235,12 +236,12 @@ impl Cluster {
     }
 }
 
-/// One step of the schedule, as printed. At most one process is down at a time. Half the steps
-/// aim at `focus` when there is one (the node that takes writes).
-fn step(c: &mut Cluster, rng: &mut Rng, focus: Option<usize>) -> String {
+/// One step of the schedule, as printed. At most one process is down at a time. `aim` percent of
+/// the steps aim at `focus` when there is one (the node that takes writes).
+fn step(c: &mut Cluster, rng: &mut Rng, focus: Option<usize>, aim: u64) -> String {
     let n = c.names.len();
     let i = match focus {
-        Some(f) if rng.below(2) == 0 => f,
+        Some(f) if rng.below(100) < aim => f,
         _ => rng.below(n as u64) as usize,
     };
     let j = (i + 1 + rng.below(n as u64 - 1) as usize) % n;
@@ -303,14 +304,16 @@ fn step(c: &mut Cluster, rng: &mut Rng, focus: Option<usize>) -> String {
 }
 
 /// Runs `steps` steps of the schedule of `seed`, then heals everything; returns the schedule.
-/// `focus` names the node that half the steps aim at, if any.
+/// `focus` names the node that `TANDEM_CHAOS_AIM` percent of the steps aim at (50 unless set),
+/// if any.
 fn schedule(c: &mut Cluster, seed: u64, steps: usize, focus: &dyn Fn(&Cluster) -> Option<usize>) -> Vec<String> {
+    let aim = std::env::var("TANDEM_CHAOS_AIM").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(50).min(100);
     let mut rng = Rng(seed);
     let mut done = Vec::new();
     let started = Instant::now();
     for _ in 0..steps {
-        let aim = focus(c);
-        let what = step(c, &mut rng, aim);
+        let focus_now = focus(c);
+        let what = step(c, &mut rng, focus_now, aim);
         eprintln!("chaos seed {seed} at {:>6} ms: {what}", started.elapsed().as_millis());
         done.push(what);
         std::thread::sleep(Duration::from_millis(150 + rng.below(350)));

@@ -125,10 +125,14 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 }
 
 /// The `tandem` binary of this build (built once per test run if needed: `cargo test -p
-/// tandem-tests` does not build other packages' binaries).
+/// tandem-tests` does not build other packages' binaries), or the one `TANDEM_TEST_BIN` names
+/// (a copy kept aside, so that long explorations of the chaos tests run while the tree changes).
 pub fn tandem_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("TANDEM_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(cargo)
