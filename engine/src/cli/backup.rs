@@ -194,9 +194,15 @@ fn styled_bar(total: u64, what: &str, template: &str) -> ProgressBar {
 /// there (as the backup thread does).
 fn send_to_peer(peer: &crate::backup::peer::PeerTarget, file: &Path, what: &str) -> anyhow::Result<crate::backup::peer::Stored> {
     let pb = styled_bar(0, what, "{msg:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})");
+    // The first report is what the peer already holds (a resumed transfer): the rate and the
+    // estimate count from there, not from the bytes sent before.
+    let first = std::cell::Cell::new(true);
     let progress = |done: u64, total: u64| {
         pb.set_length(total);
         pb.set_position(done);
+        if first.replace(false) {
+            pb.reset_eta();
+        }
     };
     let sent = peer.send_blocking_with(file, Some(&progress));
     pb.finish_and_clear();
@@ -224,9 +230,15 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
     // Before the snapshot: a peer that is not configured is a usage error, not a failed send.
     let peer = a.to_peer.as_deref().map(|name| crate::backup::peer::PeerTarget::from_config(&config, name)).transpose()?;
     let pb = bar(0, "snapshot");
+    // The first report is what the peer already holds (a resumed transfer): the rate and the
+    // estimate count from there, not from the bytes sent before.
+    let first = std::cell::Cell::new(true);
     let progress = |done: u64, total: u64| {
         pb.set_length(total);
         pb.set_position(done);
+        if first.replace(false) {
+            pb.reset_eta();
+        }
     };
     let opts = snapshot::CreateOptions {
         components: a.components.clone(),
