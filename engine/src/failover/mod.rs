@@ -206,6 +206,8 @@ pub struct Coordinator {
     settings: Settings,
     ids: BTreeMap<String, u64>,
     raft: Raft,
+    /// The consensus state (also the raft's): the voter saves the synchronous set it heard.
+    store: Store,
     transport: Arc<dyn Transport>,
     data: Arc<dyn DataSide>,
     clock: Clock,
@@ -235,7 +237,7 @@ impl Coordinator {
         let assignment = store.assignment();
         let names: BTreeMap<u64, String> = ids.iter().map(|(n, i)| (*i, n.clone())).collect();
         let network = Network { transport: transport.clone(), names: Arc::new(names) };
-        let raft = Raft::new(id, raft::config(&settings.timing)?, network, store.clone(), store)
+        let raft = Raft::new(id, raft::config(&settings.timing)?, network, store.clone(), store.clone())
             .await
             .map_err(|e| anyhow::anyhow!("starting consensus: {e}"))?;
         if !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("starting consensus: {e}"))? {
@@ -247,14 +249,16 @@ impl Coordinator {
         }
         let (stop, _) = watch::channel(false);
         let now = clock();
+        let sync_heard = store.sync_heard();
         let c = Arc::new(Coordinator {
             settings,
             ids,
             raft,
+            store,
             transport,
             data,
             clock,
-            state: Mutex::new(State { voter: Some(Voter::new(now)), ..Default::default() }),
+            state: Mutex::new(State { voter: Some(Voter::new(now)), sync_heard, ..Default::default() }),
             assignment,
             stop,
             tasks: Mutex::new(Vec::new()),
@@ -384,12 +388,19 @@ impl Coordinator {
                 let mut s = self.state();
                 let r = s.voter.as_mut().map_or(Ok(()), |v| v.on_lease(&from, assigned.as_deref(), now, &timing));
                 match r {
-                    Ok(()) => {
-                        if sync.version >= s.sync_heard.version {
-                            s.sync_heard = sync;
+                    Ok(()) if sync.version >= s.sync_heard.version && sync != s.sync_heard => {
+                        // Saved before the grant: the lease lets the primary acknowledge writes
+                        // with this set, and a voter that restarts must still restrict
+                        // promotions to it (a default view would restrict nothing).
+                        match self.store.save_sync_heard(&sync) {
+                            Ok(()) => {
+                                s.sync_heard = sync;
+                                Reply::Lease { granted: true, reason: String::new() }
+                            }
+                            Err(e) => Reply::Lease { granted: false, reason: format!("cannot record the synchronous set: {e:#}") },
                         }
-                        Reply::Lease { granted: true, reason: String::new() }
                     }
+                    Ok(()) => Reply::Lease { granted: true, reason: String::new() },
                     Err(e) => Reply::Lease { granted: false, reason: e.to_string() },
                 }
             }

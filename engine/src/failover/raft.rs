@@ -30,6 +30,7 @@ use rand08::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::lease::SyncView;
 use super::{Reply, Request, Transport};
 
 /// What goes through the consensus log.
@@ -206,6 +207,10 @@ struct Persisted {
     membership: StoredMembership<u64, BasicNode>,
     assignment: Assignment,
     snapshot: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+    /// The freshest synchronous set this voter heard from a primary it granted a lease: saved
+    /// before the grant, so that a restarted voter still restricts promotions to it.
+    #[serde(default)]
+    sync_heard: SyncView,
 }
 
 /// The log and the state machine, saved together (they are tiny: promotions are rare, and the
@@ -239,6 +244,24 @@ impl Store {
     /// The current assignment, and its changes.
     pub fn assignment(&self) -> watch::Receiver<Assignment> {
         self.assignment.subscribe()
+    }
+
+    /// The freshest synchronous set this voter heard (see [`Persisted::sync_heard`]).
+    pub fn sync_heard(&self) -> SyncView {
+        self.lock().sync_heard.clone()
+    }
+
+    /// Records, durably, the synchronous set a primary announced.
+    pub fn save_sync_heard(&self, sync: &SyncView) -> anyhow::Result<()> {
+        let mut p = self.lock();
+        let before = std::mem::replace(&mut p.sync_heard, sync.clone());
+        let saved = serde_json::to_vec(&*p)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| self.disk.save(&bytes).map_err(|e| anyhow::anyhow!("saving the consensus state: {e}")));
+        if saved.is_err() {
+            p.sync_heard = before;
+        }
+        saved
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Persisted> {

@@ -182,6 +182,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
         let mut pending: Vec<(String, String)> = Vec::new(); // (writer, key) waiting for the standby
         let mut next_key = 0u64;
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        let mut heard: BTreeMap<String, SyncView> = BTreeMap::new();
         let steps = 400;
         for step in 0..steps {
             let calm = step >= steps - 150; // the last stretch heals and settles
@@ -192,6 +193,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
                 if roll < 15 && up {
                     let c = net.lock().map_err(|e| e.to_string())?.nodes.remove(&who);
                     if let Some(c) = c {
+                        heard.insert(who.clone(), c.state().sync_heard.clone());
                         c.stop().await;
                     }
                     if let Some(n) = nodes.iter().find(|n| n.name == who) {
@@ -200,7 +202,16 @@ fn run_seed(seed: u64) -> Result<String, String> {
                     trace.push_str(&format!("{step}:crash {who}\n"));
                 } else if roll < 60 && !up {
                     if let Some(n) = nodes.iter().find(|n| n.name == who) {
-                        boot(n, &net, start).await;
+                        let c = boot(n, &net, start).await;
+                        // A voter remembers the synchronous set it heard: forgetting it would
+                        // let the next promotion pick a node outside the set.
+                        let before = heard.get(&who).cloned().unwrap_or_default();
+                        let after = c.state().sync_heard.clone();
+                        if after.version < before.version {
+                            return Err(format!(
+                                "seed {seed} step {step}: {who} heard {before:?} before its crash, {after:?} after\n{trace}"
+                            ));
+                        }
                     }
                     trace.push_str(&format!("{step}:restart {who}\n"));
                 } else if roll < 75 {
