@@ -243,3 +243,59 @@ fn failover_planned_switch_over_goes_through_the_consensus() {
         "a planned switch-over leaves no conflict"
     );
 }
+
+/// A standby's server dies and is replaced by a new one under the same name: the node's
+/// configuration and credentials, an empty data directory. It is bootstrapped from the primary
+/// under a write load, joins the synchronous set, and when the primary is SIGKILLed it takes over
+/// with every write acknowledged before and after the replacement.
+#[test]
+fn failover_a_standby_replaced_by_an_empty_server_catches_up_and_takes_over_with_every_acknowledged_write() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let t = trio(root.path());
+    let RunningTrio { w: _w, a, b } = start_trio(&t);
+    let ca = a.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writer = load(ca.clone(), stop.clone(), acked.clone());
+    wait_until("the load is under way", || acked.lock().map_or(0, |a| a.len()) >= 50);
+    b.kill();
+    // The new server: configuration, credentials and plugins; no store, no replication or
+    // consensus state.
+    let keep = ["tandem.toml", "creds", "plugins", "node.log"];
+    for entry in std::fs::read_dir(&t.b).expect("read b's directory").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if keep.contains(&name.as_str()) || name.ends_with(".cwasm") {
+            continue;
+        }
+        if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+            .unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+    }
+    assert!(!t.b.join("store.db").exists());
+    let during = acked.lock().map_or(0, |a| a.len());
+    wait_until("the primary takes writes without the standby", || acked.lock().map_or(0, |a| a.len()) >= during + 20);
+    let b = NodeProcess::start(&t.b);
+    let cb = b.client();
+    wait_until("the new b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
+    let joined = acked.lock().map_or(0, |a| a.len());
+    wait_until("writes acknowledged by the new b", || acked.lock().map_or(0, |a| a.len()) >= joined + 50);
+    assert!(!writable(&cb));
+    a.kill();
+    let killed = Instant::now();
+    while !writable(&cb) {
+        if killed.elapsed() > WAIT {
+            let log = std::fs::read_to_string(t.b.join("node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            panic!("the new b did not take over; its status {}\nlog (newest first):\n{}", status(&cb), tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let acked = acked.lock().expect("acked").clone();
+    let lost: Vec<&String> = acked.iter().filter(|k| cb.get("trunks", k).is_err()).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {:?}", lost.len(), acked.len(), &lost[..lost.len().min(10)]);
+    let st = status(&cb);
+    assert_eq!(st["failover"]["assignment"]["primary"].as_str(), Some("b"), "{st}");
+    cb.put("trunks", "after-takeover", &trunk(1), None).expect("the new b takes writes");
+}
