@@ -245,9 +245,10 @@ fn failover_planned_switch_over_goes_through_the_consensus() {
 }
 
 /// A standby's server dies and is replaced by a new one under the same name: the node's
-/// configuration and credentials, an empty data directory. It is bootstrapped from the primary
-/// under a write load, joins the synchronous set, and when the primary is SIGKILLed it takes over
-/// with every write acknowledged before and after the replacement.
+/// configuration and credentials, an empty data directory, the rejoin marker of `tandem init
+/// --replaces`. It rejoins the consensus (voting again once caught up), is bootstrapped from the
+/// primary under a write load, joins the synchronous set, and when the primary is SIGKILLed it
+/// takes over with every write acknowledged before and after the replacement.
 #[test]
 fn failover_a_standby_replaced_by_an_empty_server_catches_up_and_takes_over_with_every_acknowledged_write() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -272,11 +273,20 @@ fn failover_a_standby_replaced_by_an_empty_server_catches_up_and_takes_over_with
             .unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
     }
     assert!(!t.b.join("store.db").exists());
+    // What `tandem init --replaces` leaves: the new server rejoins the consensus.
+    std::fs::create_dir_all(t.b.join("replication")).expect("mkdir");
+    let marker = t.b.join("replication").join(tandem::failover::REJOIN_MARKER);
+    std::fs::write(&marker, b"").expect("write the rejoin marker");
     let during = acked.lock().map_or(0, |a| a.len());
     wait_until("the primary takes writes without the standby", || acked.lock().map_or(0, |a| a.len()) >= during + 20);
     let b = NodeProcess::start(&t.b);
     let cb = b.client();
     wait_until("the new b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
+    let log = || std::fs::read_to_string(t.b.join("node.log")).unwrap_or_default();
+    wait_until("the new b caught up with the consensus and votes again", || log().contains("rejoined: caught up"));
+    assert!(log().contains("rejoining: this voter replaces a lost one"));
+    assert!(!marker.exists(), "the marker is consumed at start");
+    assert_eq!(status(&cb)["failover"]["rejoining"], false, "{}", status(&cb));
     let joined = acked.lock().map_or(0, |a| a.len());
     wait_until("writes acknowledged by the new b", || acked.lock().map_or(0, |a| a.len()) >= joined + 50);
     assert!(!writable(&cb));

@@ -89,6 +89,11 @@ pub struct InitArgs {
     /// The node that takes warm writes (until automatic failover elects one).
     #[arg(long, value_name = "NAME")]
     pub primary: Option<String>,
+    /// This node replaces a lost server of the same name in a running cluster with automatic
+    /// failover: at its first start it neither votes nor endorses a promotion until it has
+    /// caught up with the cluster's consensus (the lost server's votes are forgotten).
+    #[arg(long)]
+    pub replaces: bool,
 }
 
 #[derive(Args, Debug)]
@@ -380,8 +385,15 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // The file we write must be one `tandem run` accepts.
-    Config::parse(&file, &text).map_err(|e| anyhow::anyhow!("internal error: the generated configuration is invalid: {e}"))?;
+    let config = Config::parse(&file, &text).map_err(|e| anyhow::anyhow!("internal error: the generated configuration is invalid: {e}"))?;
     write_private(&file, &text)?;
+    if a.replaces {
+        let dir = config.data_dir.join("replication");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let marker = dir.join(crate::failover::REJOIN_MARKER);
+        std::fs::write(&marker, b"").with_context(|| format!("cannot write {}", marker.display()))?;
+        println!("Replacing a lost server: its first start rejoins the consensus ({})", marker.display());
+    }
     let dir = a.dir.display();
     println!("Initialised node {:?} ({role}) in {dir}", a.node);
     println!("  config   {} (holds the API token: keep it private)", file.display());
@@ -792,6 +804,9 @@ fn render_replication(o: &mut String, r: &serde_json::Value) {
             num(f, "lease_ms"),
             f.get("lease").and_then(|x| x.as_bool()).unwrap_or(false)
         );
+        if f.get("rejoining").and_then(|x| x.as_bool()).unwrap_or(false) {
+            let _ = writeln!(o, "  rejoining: replaces a lost voter; neither votes nor endorses until caught up with a leader");
+        }
         if let Some(e) = f.get("last_event").and_then(|x| x.as_str()).filter(|e| !e.is_empty()) {
             let _ = writeln!(o, "  last failover event: {e}");
         }

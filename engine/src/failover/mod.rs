@@ -155,12 +155,19 @@ pub fn real_clock() -> Clock {
 }
 
 /// Who takes part.
+/// The file (in `DATA_DIR/replication/`) that makes a node's next start a rejoin: see
+/// [`Settings::rejoin`].
+pub const REJOIN_MARKER: &str = "rejoin";
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub us: String,
     /// Every voter's name, this node's included (data nodes and the witness).
     pub voters: Vec<String>,
     pub timing: Timing,
+    /// This voter replaces a lost one of the same name (`tandem init --replaces`): it neither
+    /// votes nor endorses until it has caught up with a leader.
+    pub rejoin: bool,
 }
 
 impl Settings {
@@ -187,6 +194,8 @@ pub struct FailoverStatus {
     pub heartbeat_ms: u64,
     /// The last decision or problem of this node's coordinator.
     pub last_event: String,
+    /// A replacement voter that has not yet caught up: it neither votes nor endorses.
+    pub rejoining: bool,
 }
 
 #[derive(Default)]
@@ -199,6 +208,8 @@ struct State {
     inflight: BTreeSet<String>,
     last_reinstate: Option<u64>,
     last_event: String,
+    /// While rejoining: the leader's commit index to reach (from the first append naming one).
+    rejoin_target: Option<u64>,
 }
 
 /// A node's failover coordinator.
@@ -234,13 +245,21 @@ impl Coordinator {
         };
         anyhow::ensure!(ids.len() >= 3, "automatic failover needs three voters (two data nodes and a witness at least)");
         let store = Store::open(disk)?;
+        if settings.rejoin && !store.rejoining() {
+            store.set_rejoining(true)?;
+        }
+        let rejoining = store.rejoining();
         let assignment = store.assignment();
         let names: BTreeMap<u64, String> = ids.iter().map(|(n, i)| (*i, n.clone())).collect();
         let network = Network { transport: transport.clone(), names: Arc::new(names) };
         let raft = Raft::new(id, raft::config(&settings.timing)?, network, store.clone(), store.clone())
             .await
             .map_err(|e| anyhow::anyhow!("starting consensus: {e}"))?;
-        if !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("starting consensus: {e}"))? {
+        if rejoining {
+            // No campaign (initialising would start one): the membership and the log come from
+            // the leader.
+            raft.runtime_config().elect(false);
+        } else if !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("starting consensus: {e}"))? {
             let members: BTreeMap<u64, BasicNode> = ids.values().map(|i| (*i, BasicNode::default())).collect();
             // Every voter initialises with the same membership: safe, and whoever comes first leads.
             if let Err(e) = raft.initialize(members).await {
@@ -263,6 +282,9 @@ impl Coordinator {
             stop,
             tasks: Mutex::new(Vec::new()),
         });
+        if rejoining {
+            c.event("rejoining: this voter replaces a lost one; it neither votes nor endorses until it has caught up with a leader".into());
+        }
         let tasks = vec![tokio::spawn(c.clone().apply_loop()), tokio::spawn(c.clone().lease_loop()), tokio::spawn(c.clone().decide_loop())];
         c.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
         Ok(c)
@@ -355,6 +377,7 @@ impl Coordinator {
             lease_ms: self.settings.timing.lease_ms,
             heartbeat_ms: self.settings.timing.heartbeat_ms,
             last_event: self.state().last_event.clone(),
+            rejoining: self.store.rejoining(),
         }
     }
 
@@ -370,11 +393,51 @@ impl Coordinator {
     /// Answers a request of another coordinator.
     pub async fn handle(&self, req: Request) -> Reply {
         match req {
+            Request::Vote(_) if self.store.rejoining() => {
+                // It may lack entries the lost voter helped commit: its vote could elect a
+                // leader without them.
+                let vote = self.raft.metrics().borrow().vote;
+                Reply::Vote(Ok(VoteResponse::new(vote, self.store.last_log_id(), false)))
+            }
             Request::Vote(r) => Reply::Vote(self.raft.vote(r).await),
-            Request::Append(r) => Reply::Append(self.raft.append_entries(r).await),
+            Request::Append(r) => {
+                let commit = r.leader_commit.map(|c| c.index);
+                let out = self.raft.append_entries(r).await;
+                if out.as_ref().is_ok_and(AppendEntriesResponse::is_success) {
+                    self.note_leader_commit(commit);
+                }
+                Reply::Append(out)
+            }
             Request::Snapshot(r) => Reply::Snapshot(self.raft.install_snapshot(r).await),
             Request::Promote { node } => Reply::Promote(self.promote_as_leader(&node).await),
             other => self.answer_as_voter(other),
+        }
+    }
+
+    /// While rejoining: the first accepted append that names the leader's commit index sets
+    /// the target; once this voter has applied that far, it holds every entry committed before
+    /// it came back (a leader holds them all), and votes and endorses as any voter.
+    fn note_leader_commit(&self, commit: Option<u64>) {
+        if !self.store.rejoining() {
+            return;
+        }
+        let target = {
+            let mut s = self.state();
+            if s.rejoin_target.is_none() {
+                s.rejoin_target = commit;
+            }
+            s.rejoin_target
+        };
+        let Some(target) = target else { return };
+        if self.store.last_applied().is_none_or(|l| l.index < target) {
+            return;
+        }
+        match self.store.set_rejoining(false) {
+            Ok(()) => {
+                self.raft.runtime_config().elect(true);
+                self.event(format!("rejoined: caught up with the consensus log (index {target}); votes and endorses again"));
+            }
+            Err(e) => tracing::warn!(node = %self.settings.us, "failover: {e:#}"),
         }
     }
 
@@ -408,7 +471,8 @@ impl Coordinator {
             Request::Endorse { primary, forced } => {
                 let now = self.now();
                 let timing = self.settings.timing;
-                let granted = self.state().voter.as_mut().is_some_and(|v| v.endorse(&primary, now, &timing, forced));
+                let rejoining = self.store.rejoining();
+                let granted = !rejoining && self.state().voter.as_mut().is_some_and(|v| v.endorse(&primary, now, &timing, forced));
                 Reply::Endorse { granted }
             }
             other => Reply::Promote(Err(format!("not a voter's request: {other:?}"))),
@@ -421,9 +485,10 @@ impl Coordinator {
         // The state lock is never held while calling the data side (it takes locks of its own,
         // and calls back into `holds_lease`).
         let (silent, may, revoked, sync) = {
+            let rejoining = self.store.rejoining();
             let s = self.state();
             let (silent, may, revoked) = match (primary, s.voter.as_ref()) {
-                (Some(p), Some(v)) => (v.silent_ms(p, now), v.may_endorse(p, now, &timing), v.revoked(p)),
+                (Some(p), Some(v)) => (v.silent_ms(p, now), !rejoining && v.may_endorse(p, now, &timing), v.revoked(p)),
                 _ => (0, false, false),
             };
             (silent, may, revoked, s.sync_heard.clone())

@@ -207,6 +207,12 @@ struct Persisted {
     membership: StoredMembership<u64, BasicNode>,
     assignment: Assignment,
     snapshot: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+    /// This voter replaces a lost one (`tandem init --replaces`): until it has caught up with a
+    /// leader it may lack entries the lost one helped commit and has forgotten the votes it
+    /// gave, so it neither votes nor endorses (see `Coordinator::handle`). Kept here until
+    /// cleared, so that a restart halfway through the catch-up does not end it early.
+    #[serde(default)]
+    rejoining: bool,
     /// The freshest synchronous set this voter heard from a primary it granted a lease: saved
     /// before the grant, so that a restarted voter still restricts promotions to it.
     #[serde(default)]
@@ -246,6 +252,41 @@ impl Store {
         self.assignment.subscribe()
     }
 
+    /// Whether this voter is rejoining (see [`Persisted::rejoining`]).
+    pub fn rejoining(&self) -> bool {
+        self.lock().rejoining
+    }
+
+    /// Records, durably, whether this voter is rejoining.
+    pub fn set_rejoining(&self, rejoining: bool) -> anyhow::Result<()> {
+        self.save_with(|p| p.rejoining = rejoining)
+    }
+
+    /// Applies `change` and saves the state; on a failed save the change is undone.
+    fn save_with(&self, change: impl FnOnce(&mut Persisted)) -> anyhow::Result<()> {
+        let mut p = self.lock();
+        let before = p.clone();
+        change(&mut p);
+        let saved = serde_json::to_vec(&*p)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| self.disk.save(&bytes).map_err(|e| anyhow::anyhow!("saving the consensus state: {e}")));
+        if saved.is_err() {
+            *p = before;
+        }
+        saved
+    }
+
+    /// The last entry of the log (or the last one purged into the snapshot).
+    pub fn last_log_id(&self) -> Option<LogId<u64>> {
+        let p = self.lock();
+        p.log.values().next_back().map(|e| e.log_id).or(p.last_purged)
+    }
+
+    /// The last entry applied to the state machine.
+    pub fn last_applied(&self) -> Option<LogId<u64>> {
+        self.lock().last_applied
+    }
+
     /// The freshest synchronous set this voter heard (see [`Persisted::sync_heard`]).
     pub fn sync_heard(&self) -> SyncView {
         self.lock().sync_heard.clone()
@@ -253,15 +294,7 @@ impl Store {
 
     /// Records, durably, the synchronous set a primary announced.
     pub fn save_sync_heard(&self, sync: &SyncView) -> anyhow::Result<()> {
-        let mut p = self.lock();
-        let before = std::mem::replace(&mut p.sync_heard, sync.clone());
-        let saved = serde_json::to_vec(&*p)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| self.disk.save(&bytes).map_err(|e| anyhow::anyhow!("saving the consensus state: {e}")));
-        if saved.is_err() {
-            p.sync_heard = before;
-        }
-        saved
+        self.save_with(|p| p.sync_heard = sync.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Persisted> {
@@ -287,9 +320,8 @@ impl RaftLogStorage<TypeConfig> for Store {
     type LogReader = Store;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
-        let p = self.lock();
-        let last = p.log.values().next_back().map(|e| e.log_id).or(p.last_purged);
-        Ok(LogState { last_purged_log_id: p.last_purged, last_log_id: last })
+        let last = self.last_log_id();
+        Ok(LogState { last_purged_log_id: self.lock().last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

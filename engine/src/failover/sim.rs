@@ -130,7 +130,7 @@ struct SimNode {
     rate_permille: i64,
 }
 
-async fn boot(n: &SimNode, net: &Arc<Mutex<Net>>, start: tokio::time::Instant) -> Arc<Coordinator> {
+async fn boot(n: &SimNode, net: &Arc<Mutex<Net>>, start: tokio::time::Instant, rejoin: bool) -> Arc<Coordinator> {
     let other = if n.name == "a" { "b" } else { "a" };
     let data = Arc::new(SimData {
         us: n.name.clone(),
@@ -145,7 +145,7 @@ async fn boot(n: &SimNode, net: &Arc<Mutex<Net>>, start: tokio::time::Instant) -
         let real = start.elapsed().as_micros() as i64;
         u64::try_from(real * (1_000 + rate) / 1_000 / 1_000).unwrap_or(0)
     });
-    let settings = Settings { us: n.name.clone(), voters: vec!["a".into(), "b".into(), "w".into()], timing: TIMING };
+    let settings = Settings { us: n.name.clone(), voters: vec!["a".into(), "b".into(), "w".into()], timing: TIMING, rejoin };
     let transport = Arc::new(SimTransport { from: n.name.clone(), net: net.clone() });
     let c = Coordinator::start(settings, n.disk.clone(), transport, data, clock).await.expect("start coordinator");
     if let Ok(mut g) = net.lock() {
@@ -175,7 +175,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
             })
             .collect();
         for n in &nodes {
-            boot(n, &net, start).await;
+            boot(n, &net, start, false).await;
         }
         let mut trace = String::new();
         let mut acked: Vec<String> = Vec::new();
@@ -201,8 +201,21 @@ fn run_seed(seed: u64) -> Result<String, String> {
                     }
                     trace.push_str(&format!("{step}:crash {who}\n"));
                 } else if roll < 60 && !up {
+                    // One restart in five is a replacement: the voter's consensus state is gone
+                    // (a new server under the same name, `tandem init --replaces`); its data
+                    // stays (the model store has no bootstrap). As the procedure says: only
+                    // while the two other voters run and none of them is rejoining itself.
+                    let replaceable = {
+                        let n = net.lock().map_err(|e| e.to_string())?;
+                        n.nodes.len() == 2 && n.nodes.values().all(|c| !c.store.rejoining())
+                    };
+                    let replaced = rng.gen_range(0..5) == 0 && replaceable;
                     if let Some(n) = nodes.iter().find(|n| n.name == who) {
-                        let c = boot(n, &net, start).await;
+                        if replaced {
+                            *n.disk.0.lock().map_err(|e| e.to_string())? = None;
+                            heard.remove(&who);
+                        }
+                        let c = boot(n, &net, start, replaced).await;
                         // A voter remembers the synchronous set it heard: forgetting it would
                         // let the next promotion pick a node outside the set.
                         let before = heard.get(&who).cloned().unwrap_or_default();
@@ -213,7 +226,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
                             ));
                         }
                     }
-                    trace.push_str(&format!("{step}:restart {who}\n"));
+                    trace.push_str(&format!("{step}:{} {who}\n", if replaced { "replace" } else { "restart" }));
                 } else if roll < 75 {
                     let other = nodes[rng.gen_range(0..3)].name.clone();
                     if other != who {
@@ -229,7 +242,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
                 for n in &nodes {
                     let up = net.lock().map_err(|e| e.to_string())?.nodes.contains_key(&n.name);
                     if !up {
-                        boot(n, &net, start).await;
+                        boot(n, &net, start, false).await;
                     }
                 }
                 trace.push_str(&format!("{step}:heal all\n"));
@@ -366,4 +379,68 @@ fn a_seed_replays_the_same_run() {
     let two = run_seed(3).expect("seed 3 again");
     assert_eq!(one, two, "the same seed must replay the same events");
     assert!(one.contains("write on"), "the run took writes:\n{one}");
+}
+
+/// Raft's lost-state hazard, scripted: the consensus decides something (b promoted in epoch 3)
+/// with only w and b while a is cut off; then b's server is replaced by an empty one and w goes
+/// down. a and the new b are a quorum by numbers, but only w holds the decision. The new b
+/// rejoins: it votes for nobody, so a (whose log lacks the decision) is not elected and takes
+/// no lease. Once w is back, the new b catches up with the leader and votes again.
+#[test]
+fn a_replaced_voter_votes_for_nobody_until_it_has_caught_up() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+    rt.block_on(async {
+        raft::seed_thread(7);
+        let net = Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(7), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
+        let start = tokio::time::Instant::now();
+        let nodes: Vec<SimNode> = ["a", "b", "w"]
+            .iter()
+            .map(|n| SimNode {
+                name: (*n).into(),
+                disk: Arc::new(MemDisk::default()),
+                store: Arc::default(),
+                role: Arc::default(),
+                epoch: Arc::new(Mutex::new(1)),
+                rate_permille: 0,
+            })
+            .collect();
+        let node = |n: &str| nodes.iter().find(|x| x.name == n).expect("node");
+        let up = |n: &str| net.lock().expect("net").nodes.get(n).cloned().expect("up");
+        let mut cs = Vec::new();
+        for n in &nodes {
+            cs.push(boot(n, &net, start, false).await);
+        }
+        let settle = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+        settle(3_000).await;
+        assert!(up("a").holds_lease(), "a is the first primary: {:?}", up("a").status());
+        // a is cut off: w and b promote b, a decision a never hears of.
+        net.lock().expect("net").cut.extend([pair("a", "b"), pair("a", "w")]);
+        settle(5_000).await;
+        assert_eq!(up("w").assignment().primary.as_deref(), Some("b"), "{:?}", up("w").status());
+        let decided = up("w").assignment();
+        // b's server is replaced, w goes down, a comes back into reach.
+        for n in ["b", "w"] {
+            let c = net.lock().expect("net").nodes.remove(n);
+            if let Some(c) = c {
+                c.stop().await;
+            }
+        }
+        *node("b").disk.0.lock().expect("disk") = None;
+        net.lock().expect("net").cut.clear();
+        let b = boot(node("b"), &net, start, true).await;
+        for _ in 0..100 {
+            settle(100).await;
+            assert!(!up("a").holds_lease(), "a, which never heard that b was promoted, took a lease again: {:?}", up("a").status());
+            assert!(b.store.rejoining(), "the new b stopped rejoining with no leader to catch up from");
+        }
+        // w returns: it leads, the new b catches up and votes again.
+        boot(node("w"), &net, start, false).await;
+        settle(5_000).await;
+        assert!(!b.store.rejoining(), "the new b did not catch up: {:?}", b.status());
+        assert!(b.assignment().index >= decided.index, "{:?} against {decided:?}", b.assignment());
+        let cs: Vec<Arc<Coordinator>> = net.lock().expect("net").nodes.values().cloned().collect();
+        for c in cs {
+            c.stop().await;
+        }
+    });
 }

@@ -570,7 +570,11 @@ async fn start_failover(repl: &Arc<Replication>, voters: Vec<String>, witness: b
     let config = repl.node.config().clone();
     let raw = &config.raw;
     let addrs: BTreeMap<String, String> = raw.peers.iter().chain(raw.witness.iter()).map(|p| (p.name.clone(), p.address.clone())).collect();
-    let settings = Settings { us: repl.gate.us.clone(), voters, timing: crate::failover::timing_of(raw) };
+    // `tandem init --replaces` leaves this marker; the coordinator records it in its consensus
+    // state at start, and the marker goes.
+    let rejoin_marker = config.data_dir.join("replication").join(crate::failover::REJOIN_MARKER);
+    let rejoin = rejoin_marker.exists();
+    let settings = Settings { us: repl.gate.us.clone(), voters, timing: crate::failover::timing_of(raw), rejoin };
     let data: Arc<dyn DataSide> = if witness { Arc::new(NoData) } else { Arc::new(ReplData(Arc::downgrade(repl))) };
     let disk = Arc::new(FileDisk(config.data_dir.join("replication").join("consensus.json")));
     let creds = repl.creds.clone();
@@ -590,6 +594,9 @@ async fn start_failover(repl: &Arc<Replication>, voters: Vec<String>, witness: b
                 let transport = Arc::new(PeerTransport::new(us, creds, addrs, tokio::runtime::Handle::current()));
                 match Coordinator::start(settings, disk, transport, data, crate::failover::real_clock()).await {
                     Ok(c) => {
+                        if rejoin && let Err(e) = std::fs::remove_file(&rejoin_marker) {
+                            tracing::warn!("cannot remove {}: {e}", rejoin_marker.display());
+                        }
                         let _ = tx.send(Ok(c.clone()));
                         c.stopped().await;
                     }
