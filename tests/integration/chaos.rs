@@ -11,7 +11,8 @@
 //!   append-only field, so no merge may drop one).
 //!
 //! Warm with automatic failover: data nodes a and b and witness w, `standby` acks, one writer
-//! that follows whichever node takes writes.
+//! that follows whichever node takes writes. The schedule may also replace a node other than the
+//! one taking writes by an empty server (`tandem init --replaces`) while the others run.
 //! - Never two nodes taking writes in one epoch (each data node's health is polled throughout).
 //! - Every acknowledged write is on both data nodes, which hold the same records.
 //!
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use tandem::node::client::Client;
 use tandem::node::types::StampView;
-use tandem_tests::cluster::{NodeDef, free_port, trio_on, writable, write_cluster_node};
+use tandem_tests::cluster::{NodeDef, free_port, replace_with_empty_server, trio_on, writable, write_cluster_node};
 use tandem_tests::fault_proxy::FaultProxy;
 use tandem_tests::{NodeProcess, TEST_TOKEN};
 
@@ -209,6 +210,18 @@ impl Cluster {
         self.procs[i].is_some()
     }
 
+    /// Every node runs, answers, and none is rejoining the consensus.
+    fn replaceable(&self) -> bool {
+        (0..self.names.len()).all(|k| {
+            self.up(k)
+                && self.clients[k]
+                    .status()
+                    .ok()
+                    .and_then(|s| s.replication)
+                    .is_some_and(|r| r["failover"]["rejoining"] == serde_json::Value::Bool(false))
+        })
+    }
+
     fn both(&self, i: usize, j: usize, f: impl Fn(&FaultProxy)) {
         f(&self.proxies[&(i, j)]);
         f(&self.proxies[&(j, i)]);
@@ -295,6 +308,17 @@ fn step(c: &mut Cluster, rng: &mut Rng, focus: Option<usize>, aim: u64) -> Strin
         7 => {
             c.both(i, j, FaultProxy::cut);
             format!("cut {x} - {y}")
+        }
+        // Warm only: a node other than the one taking writes loses its server and is replaced
+        // by an empty one (`tandem init --replaces`), as the operations guide says: while the
+        // two others run and none of them is rejoining.
+        9 if focus.is_some_and(|f| f != i) && c.replaceable() => {
+            if let Some(p) = c.procs[i].take() {
+                p.kill();
+            }
+            replace_with_empty_server(&c.dirs[i]);
+            c.procs[i] = Some(NodeProcess::start(&c.dirs[i]));
+            format!("replace {x} by an empty server")
         }
         _ => {
             c.proxies[&(i, j)].corrupt_next();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_tests::NodeProcess;
-use tandem_tests::cluster::{RunningTrio, free_port, start_trio, trio, trio_on, writable};
+use tandem_tests::cluster::{RunningTrio, free_port, replace_with_empty_server, start_trio, trio, trio_on, writable};
 use tandem_tests::fault_proxy::FaultProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -261,27 +261,19 @@ fn failover_a_standby_replaced_by_an_empty_server_catches_up_and_takes_over_with
     wait_until("the load is under way", || acked.lock().map_or(0, |a| a.len()) >= 50);
     b.kill();
     // The new server: configuration, credentials and plugins; no store, no replication or
-    // consensus state.
-    let keep = ["tandem.toml", "creds", "plugins", "node.log"];
-    for entry in std::fs::read_dir(&t.b).expect("read b's directory").flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if keep.contains(&name.as_str()) || name.ends_with(".cwasm") {
-            continue;
-        }
-        if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
-            .unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
-    }
-    assert!(!t.b.join("store.db").exists());
-    // What `tandem init --replaces` leaves: the new server rejoins the consensus.
-    std::fs::create_dir_all(t.b.join("replication")).expect("mkdir");
-    let marker = t.b.join("replication").join(tandem::failover::REJOIN_MARKER);
-    std::fs::write(&marker, b"").expect("write the rejoin marker");
+    // consensus state; what `tandem init --replaces` leaves: it rejoins the consensus.
+    let marker = replace_with_empty_server(&t.b);
     let during = acked.lock().map_or(0, |a| a.len());
     wait_until("the primary takes writes without the standby", || acked.lock().map_or(0, |a| a.len()) >= during + 20);
     let b = NodeProcess::start(&t.b);
     let cb = b.client();
-    wait_until("the new b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
+    // The set names the store that joined: the old b's until a hears of the new one, which
+    // then joins in its place once caught up.
+    let new_store = cb.status().expect("b's status").node.id;
+    wait_until("the new b's store is in a's synchronous set", || {
+        let set = &status(&ca)["sync_set"];
+        set["members"].get("b").is_some() && set["stores"]["b"].as_str() == Some(new_store.as_str())
+    });
     let log = || std::fs::read_to_string(t.b.join("node.log")).unwrap_or_default();
     wait_until("the new b caught up with the consensus and votes again", || log().contains("rejoined: caught up"));
     assert!(log().contains("rejoining: this voter replaces a lost one"));
@@ -308,4 +300,61 @@ fn failover_a_standby_replaced_by_an_empty_server_catches_up_and_takes_over_with
     let st = status(&cb);
     assert_eq!(st["failover"]["assignment"]["primary"].as_str(), Some("b"), "{st}");
     cb.put("trunks", "after-takeover", &trunk(1), None).expect("the new b takes writes");
+}
+
+/// A standby's server is replaced by an empty one that the primary cannot reach yet, and the
+/// primary dies before it has dropped the old standby from its synchronous set: the set still
+/// names b, but it names the store that joined, and the new b's store is another. The new b is
+/// not promoted (it holds none of the acknowledged writes); the old primary, restarted, is.
+#[test]
+fn failover_a_replaced_standby_that_never_caught_up_is_not_promoted_in_the_old_ones_place() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ports = [free_port(), free_port(), free_port()];
+    let local = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().expect("addr") };
+    let to_a_from_b = FaultProxy::start(local(ports[0]));
+    let to_b_from_a = FaultProxy::start(local(ports[1]));
+    let t = trio_on(root.path(), ports, |from, to| match (from, to) {
+        ("b", "a") => to_a_from_b.addr().to_string(),
+        ("a", "b") => to_b_from_a.addr().to_string(),
+        (_, "a") => format!("127.0.0.1:{}", ports[0]),
+        (_, "b") => format!("127.0.0.1:{}", ports[1]),
+        _ => format!("127.0.0.1:{}", ports[2]),
+    });
+    let RunningTrio { w: _w, a, b } = start_trio(&t);
+    let (ca, cb) = (a.client(), b.client());
+    let old_store = cb.status().expect("b's status").node.id;
+    wait_until("a's synchronous set names b's store", || status(&ca)["sync_set"]["stores"]["b"].as_str() == Some(old_store.as_str()));
+    let acked: Vec<String> = (0..20).map(|i| format!("acked-{i}")).collect();
+    for k in &acked {
+        ca.put("trunks", k, &trunk(1), None).expect("a standby-ack write");
+    }
+    // b's server is lost and replaced (without the rejoin marker: an operator who skipped it);
+    // a cannot reach the new one.
+    to_a_from_b.set_blocked(true);
+    to_b_from_a.set_blocked(true);
+    b.kill();
+    replace_with_empty_server(&t.b);
+    std::fs::remove_file(t.b.join("replication").join(tandem::failover::REJOIN_MARKER)).expect("remove the marker");
+    let b = NodeProcess::start(&t.b);
+    let cb = b.client();
+    assert!(status(&ca)["sync_set"]["members"].get("b").is_some(), "b is still in a's set: {}", status(&ca));
+    a.kill();
+    // The witness and the new b are a quorum, but b is not the member the set names.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        assert!(!writable(&cb), "the empty b was promoted: {}", status(&cb));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = status(&cb);
+    assert_eq!(st["failover"]["assignment"]["primary"].as_str(), Some("a"), "{st}");
+    // The old primary comes back and takes writes again; the links heal; nothing is lost.
+    to_a_from_b.set_blocked(false);
+    to_b_from_a.set_blocked(false);
+    let a = NodeProcess::start(&t.a);
+    let ca = a.client();
+    wait_until("a takes writes again", || writable(&ca));
+    for k in &acked {
+        assert!(ca.get("trunks", k).is_ok(), "acknowledged {k} lost");
+    }
+    wait_until("the new b has every acknowledged write", || acked.iter().all(|k| cb.get("trunks", k).is_ok()));
 }

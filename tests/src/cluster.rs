@@ -151,3 +151,25 @@ pub fn start_trio(t: &Trio) -> RunningTrio {
     });
     RunningTrio { w, a, b }
 }
+
+/// Turns a stopped node's directory into a new server replacing it: its configuration,
+/// credentials, plugins and compile cache stay (and its log, appended to); its store,
+/// replication and consensus state go; the rejoin marker of `tandem init --replaces` is left.
+/// Returns the marker's path.
+pub fn replace_with_empty_server(dir: &Path) -> PathBuf {
+    let keep = ["tandem.toml", "creds", "plugins", "node.log"];
+    for entry in std::fs::read_dir(dir).expect("read the node's directory").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if keep.contains(&name.as_str()) || name.ends_with(".cwasm") {
+            continue;
+        }
+        if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+            .unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+    }
+    assert!(!dir.join("store.db").exists());
+    std::fs::create_dir_all(dir.join("replication")).expect("mkdir replication");
+    let marker = dir.join("replication").join(tandem::failover::REJOIN_MARKER);
+    std::fs::write(&marker, b"").expect("write the rejoin marker");
+    marker
+}

@@ -242,6 +242,10 @@ pub struct PollReply {
     pub sync: SyncView,
     /// The primary it believes in (its durable role), for the first assignment.
     pub believes: Option<String>,
+    /// Its store's id (made when the store was created): a server replaced under the same name
+    /// has another one.
+    #[serde(default)]
+    pub store: String,
 }
 
 /// The synchronous set as the primary announces it in lease requests.
@@ -253,18 +257,26 @@ pub struct SyncView {
     pub required: bool,
     /// Member -> the primary's position from which it holds every acknowledged write.
     pub members: BTreeMap<String, u64>,
+    /// Member -> the id of the store that joined (when the primary knew it): another store
+    /// under that name (a replaced server) is not the member.
+    #[serde(default)]
+    pub stores: BTreeMap<String, String>,
 }
 
 /// Which node to promote when `primary` is gone: a data node that answered, never the old
-/// primary, a member of the freshest synchronous set known (complete from its join position)
-/// when promotions are restricted to it; the one furthest in the primary's feed, by name on a
+/// primary, a member of the freshest synchronous set known (complete from its join position,
+/// and with the store that joined, when the set names it) when promotions are restricted to it; the one furthest in the primary's feed, by name on a
 /// tie.
 pub fn pick_candidate(primary: &str, replies: &[PollReply]) -> Option<(String, u64)> {
     let sync = replies.iter().map(|r| &r.sync).max_by_key(|s| s.version)?;
     replies
         .iter()
         .filter(|r| r.data && r.node != primary && r.may_endorse)
-        .filter(|r| !sync.required || sync.members.get(&r.node).is_some_and(|from| r.applied >= *from))
+        .filter(|r| {
+            !sync.required
+                || (sync.members.get(&r.node).is_some_and(|from| r.applied >= *from)
+                    && sync.stores.get(&r.node).is_none_or(|store| *store == r.store))
+        })
         .max_by(|a, b| a.applied.cmp(&b.applied).then_with(|| b.node.cmp(&a.node)))
         .map(|r| (r.node.clone(), r.applied))
 }
@@ -376,7 +388,8 @@ mod tests {
 
     #[test]
     fn the_candidate_is_the_furthest_sync_member_never_the_old_primary_or_a_witness() {
-        let sync = SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 10), ("c".into(), 50)]) };
+        let sync =
+            SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 10), ("c".into(), 50)]), ..Default::default() };
         let r = |node: &str, data: bool, applied: u64| PollReply {
             node: node.into(),
             data,
@@ -388,7 +401,7 @@ mod tests {
         let replies = vec![r("a", true, 100), r("b", true, 40), r("c", true, 45), r("w", false, 0)];
         assert_eq!(pick_candidate("a", &replies), Some(("b".into(), 40)), "c is a member only from 50");
         let mut older = replies.clone();
-        older[0].sync = SyncView { version: 2, required: true, members: BTreeMap::from([("c".into(), 0)]) };
+        older[0].sync = SyncView { version: 2, required: true, members: BTreeMap::from([("c".into(), 0)]), ..Default::default() };
         older[1].sync = older[0].sync.clone();
         assert_eq!(pick_candidate("a", &older), Some(("b".into(), 40)), "the freshest set wins");
         let none = vec![r("w", false, 0)];
@@ -398,5 +411,31 @@ mod tests {
             x.sync.required = false;
         }
         assert_eq!(pick_candidate("a", &free), Some(("c".into(), 45)));
+    }
+
+    #[test]
+    fn a_member_is_a_candidate_only_with_the_store_that_joined() {
+        let sync = SyncView {
+            version: 3,
+            required: true,
+            members: BTreeMap::from([("b".into(), 0)]),
+            stores: BTreeMap::from([("b".into(), "b-1".into())]),
+        };
+        let r = |node: &str, store: &str, applied: u64| PollReply {
+            node: node.into(),
+            data: true,
+            may_endorse: true,
+            applied,
+            sync: sync.clone(),
+            store: store.into(),
+            ..Default::default()
+        };
+        assert_eq!(pick_candidate("a", &[r("b", "b-1", 40)]), Some(("b".into(), 40)));
+        // A server replaced under b's name (its store is new, and holds nothing yet).
+        assert_eq!(pick_candidate("a", &[r("b", "b-2", 0)]), None);
+        // A set that never learned the member's store checks positions only.
+        let mut unknown = r("b", "b-2", 0);
+        unknown.sync.stores.clear();
+        assert_eq!(pick_candidate("a", &[unknown]), Some(("b".into(), 0)));
     }
 }

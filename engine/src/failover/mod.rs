@@ -77,9 +77,18 @@ pub enum Reply {
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
-    Lease { granted: bool, reason: String },
+    /// `store`: the voter's store id (a data node's; empty for a witness), which the primary
+    /// records with its synchronous set.
+    Lease {
+        granted: bool,
+        reason: String,
+        #[serde(default)]
+        store: String,
+    },
     Poll(PollReply),
-    Endorse { granted: bool },
+    Endorse {
+        granted: bool,
+    },
     Promote(Result<Assignment, String>),
 }
 
@@ -117,6 +126,8 @@ pub trait DataSide: Send + Sync + 'static {
     fn believes(&self) -> Option<String>;
     /// The synchronous set, as the primary announces it.
     fn sync_view(&self) -> SyncView;
+    /// The id of this node's store (empty without data).
+    fn store_id(&self) -> String;
     /// Acts on a committed assignment: take writes, or follow another primary.
     fn assigned(&self, a: Assignment) -> BoxFuture<'static, ()>;
 }
@@ -139,6 +150,9 @@ impl DataSide for NoData {
     }
     fn sync_view(&self) -> SyncView {
         SyncView::default()
+    }
+    fn store_id(&self) -> String {
+        String::new()
     }
     fn assigned(&self, _: Assignment) -> BoxFuture<'static, ()> {
         Box::pin(async {})
@@ -210,6 +224,8 @@ struct State {
     last_event: String,
     /// While rejoining: the leader's commit index to reach (from the first append naming one).
     rejoin_target: Option<u64>,
+    /// Each voter's store id, from its last answer to a lease renewal.
+    stores: BTreeMap<String, String>,
 }
 
 /// A node's failover coordinator.
@@ -355,6 +371,12 @@ impl Coordinator {
         s.holding_for == a.index && s.holder.as_ref().is_some_and(|h| h.valid(now, self.ids.len(), &self.settings.timing))
     }
 
+    /// The store id `voter` last answered a lease renewal with (this primary asks every voter
+    /// each heartbeat).
+    pub fn store_of(&self, voter: &str) -> Option<String> {
+        self.state().stores.get(voter).cloned()
+    }
+
     /// The newest synchronous-set version a quorum has seen from this primary.
     pub fn confirmed_sync_version(&self) -> u64 {
         self.state().holder.as_ref().map_or(0, |h| h.confirmed_sync_version(self.ids.len()))
@@ -445,6 +467,7 @@ impl Coordinator {
     fn answer_as_voter(&self, req: Request) -> Reply {
         match req {
             Request::Lease { from, sync } => {
+                let store = self.data.store_id();
                 let now = self.now();
                 let timing = self.settings.timing;
                 let assigned = self.assignment.borrow().primary.clone();
@@ -458,13 +481,13 @@ impl Coordinator {
                         match self.store.save_sync_heard(&sync) {
                             Ok(()) => {
                                 s.sync_heard = sync;
-                                Reply::Lease { granted: true, reason: String::new() }
+                                Reply::Lease { granted: true, reason: String::new(), store }
                             }
-                            Err(e) => Reply::Lease { granted: false, reason: format!("cannot record the synchronous set: {e:#}") },
+                            Err(e) => Reply::Lease { granted: false, reason: format!("cannot record the synchronous set: {e:#}"), store },
                         }
                     }
-                    Ok(()) => Reply::Lease { granted: true, reason: String::new() },
-                    Err(e) => Reply::Lease { granted: false, reason: e.to_string() },
+                    Ok(()) => Reply::Lease { granted: true, reason: String::new(), store },
+                    Err(e) => Reply::Lease { granted: false, reason: e.to_string(), store },
                 }
             }
             Request::Poll { primary } => Reply::Poll(self.poll_reply(primary.as_deref())),
@@ -503,6 +526,7 @@ impl Coordinator {
             epoch: self.data.epoch(),
             sync,
             believes: self.data.believes(),
+            store: self.data.store_id(),
         }
     }
 
@@ -576,6 +600,11 @@ impl Coordinator {
                         let r = tokio::time::timeout(timeout, me.transport.call(&voter, req)).await;
                         let mut s = me.state();
                         s.inflight.remove(&voter);
+                        if let Ok(Ok(Reply::Lease { store, .. })) = &r
+                            && !store.is_empty()
+                        {
+                            s.stores.insert(voter.clone(), store.clone());
+                        }
                         if let Ok(Ok(Reply::Lease { granted: true, .. })) = r
                             && s.holding_for == index
                             && let Some(h) = s.holder.as_mut()
@@ -846,11 +875,16 @@ mod tests {
 
     #[test]
     fn requests_and_replies_round_trip() {
-        let r =
-            Request::Lease { from: "a".into(), sync: SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 7)]) } };
+        let r = Request::Lease {
+            from: "a".into(),
+            sync: SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 7)]), ..Default::default() },
+        };
         let back = Request::decode(&r.encode()).expect("decode");
         assert!(matches!(back, Request::Lease { from, sync } if from == "a" && sync.version == 3 && sync.members.get("b") == Some(&7)));
         assert!(Reply::decode(b"{").is_err());
+        // A voter of the version before answers without its store: it decodes as unknown.
+        let older = Reply::decode(br#"{"Lease":{"granted":true,"reason":""}}"#).expect("decode");
+        assert!(matches!(older, Reply::Lease { granted: true, store, .. } if store.is_empty()));
     }
 
     proptest::proptest! {
@@ -861,14 +895,14 @@ mod tests {
             edits in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()), 1..5),
             garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
         ) {
-            let sync = SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 7)]) };
+            let sync = SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 7)]), ..Default::default() };
             let requests = [
                 Request::Lease { from: "a".into(), sync },
                 Request::Poll { primary: Some("a".into()) },
                 Request::Endorse { primary: "a".into(), forced: false },
                 Request::Promote { node: "b".into() },
             ];
-            let replies = [Reply::Lease { granted: true, reason: String::new() }, Reply::Endorse { granted: false }];
+            let replies = [Reply::Lease { granted: true, reason: String::new(), store: "b-1".into() }, Reply::Endorse { granted: false }];
             let encoded = requests.iter().map(Request::encode).chain(replies.iter().map(Reply::encode));
             for mut bytes in encoded {
                 for (at, v) in &edits {

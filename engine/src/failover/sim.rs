@@ -61,7 +61,10 @@ impl DataSide for SimData {
         if self.data { Some("a".into()) } else { None }
     }
     fn sync_view(&self) -> SyncView {
-        SyncView { version: 1, required: true, members: BTreeMap::from([(self.other.clone(), 0)]) }
+        SyncView { version: 1, required: true, members: BTreeMap::from([(self.other.clone(), 0)]), ..Default::default() }
+    }
+    fn store_id(&self) -> String {
+        format!("{}-store", self.us)
     }
     fn assigned(&self, a: Assignment) -> BoxFuture<'static, ()> {
         if let (Ok(mut r), Ok(mut e)) = (self.role.lock(), self.epoch.lock()) {

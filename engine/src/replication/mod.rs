@@ -11,7 +11,7 @@
 
 pub mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -182,6 +182,11 @@ pub struct SyncSet {
     pub members: BTreeMap<String, u64>,
     /// Wall time of the last change (ms).
     pub changed_ms: u64,
+    /// Member -> the id of its store, once known (with automatic failover, from its answers to
+    /// lease renewals): a server replaced under the member's name has another store, is not
+    /// the member, and leaves the set until it has caught up and joins again.
+    #[serde(default)]
+    pub stores: BTreeMap<String, String>,
 }
 
 impl GateState {
@@ -444,6 +449,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
             // At first start every standby on a local link is in the set, complete from the start.
             members: peers.iter().filter(|p| p.profile == Profile::Local).map(|p| (p.name.clone(), 0)).collect(),
             changed_ms: 0,
+            stores: BTreeMap::new(),
         },
         Err(e) => return Err(e).with_context(|| format!("reading {}", sync_file.display())),
     };
@@ -632,7 +638,10 @@ impl DataSide for ReplData {
         let Some(r) = self.0.upgrade() else { return SyncView::default() };
         let set = r.gate.sync_set_next.borrow().clone().unwrap_or_else(|| r.gate.sync_set.borrow().clone());
         let required = r.gate.policies.values().any(|p| p.mode == Mode::Warm && p.ack == Ack::Standby);
-        SyncView { version: set.changed_ms, required, members: set.members }
+        SyncView { version: set.changed_ms, required, members: set.members, stores: set.stores }
+    }
+    fn store_id(&self) -> String {
+        self.0.upgrade().map_or_else(String::new, |r| r.node.meta().node_id.clone())
     }
     fn assigned(&self, a: Assignment) -> crate::failover::BoxFuture<'static, ()> {
         let r = self.0.upgrade();
@@ -730,6 +739,8 @@ impl Replication {
         let mut stop = self.stop.subscribe();
         let mut down_since: BTreeMap<String, Instant> = BTreeMap::new();
         let mut catch_up: BTreeMap<String, u64> = BTreeMap::new();
+        // Members whose store changed, warned about once.
+        let mut replaced_seen: BTreeSet<String> = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -740,14 +751,32 @@ impl Replication {
             }
             let current = self.gate.sync_set.borrow().clone();
             let mut next = current.clone();
+            let failover = self.gate.failover.get().cloned();
             for p in self.peers.iter().filter(|p| p.profile == Profile::Local) {
                 // Up: subscribed, to every warm component its acknowledgements would count for.
                 let (up, acked) = self.shared().peers.get(&p.name).map_or((false, 0), |s| (s.synchronous, s.acked_by_peer));
+                // The store it answers lease renewals with now (with automatic failover).
+                let store = failover.as_ref().and_then(|c| c.store_of(&p.name));
                 if current.members.contains_key(&p.name) {
-                    if up {
+                    let replaced = store.as_ref().is_some_and(|s| current.stores.get(&p.name).is_some_and(|joined| joined != s));
+                    if replaced {
+                        // Another server under the member's name: it holds none of what was
+                        // acknowledged with the member. It joins again once caught up.
+                        if replaced_seen.insert(p.name.clone()) {
+                            tracing::warn!(peer = %p.name, "the standby's store is not the one that joined the synchronous set (a replaced server): it leaves the set, and joins again once caught up");
+                        }
+                        next.members.remove(&p.name);
+                        next.stores.remove(&p.name);
                         down_since.remove(&p.name);
+                    } else if up {
+                        down_since.remove(&p.name);
+                        replaced_seen.remove(&p.name);
+                        if let Some(s) = store.filter(|_| !current.stores.contains_key(&p.name)) {
+                            next.stores.insert(p.name.clone(), s);
+                        }
                     } else if down_since.entry(p.name.clone()).or_insert_with(Instant::now).elapsed() >= self.gate.sync_drop_after {
                         next.members.remove(&p.name);
+                        next.stores.remove(&p.name);
                         down_since.remove(&p.name);
                     }
                 } else if up {
@@ -755,13 +784,16 @@ impl Replication {
                     let target = *catch_up.entry(p.name.clone()).or_insert_with(|| self.node.last_seq());
                     if acked >= target {
                         next.members.insert(p.name.clone(), self.node.last_seq());
+                        if let Some(s) = store {
+                            next.stores.insert(p.name.clone(), s);
+                        }
                         catch_up.remove(&p.name);
                     }
                 } else {
                     catch_up.remove(&p.name);
                 }
             }
-            if next.members == current.members {
+            if next.members == current.members && next.stores == current.stores {
                 continue;
             }
             next.changed_ms = self.node.clock().wall_ms();
@@ -770,7 +802,7 @@ impl Replication {
                 Err(_) => continue,
             };
             let shrinks = current.members.keys().any(|m| !next.members.contains_key(m));
-            if shrinks && let Some(c) = self.gate.failover.get().cloned() {
+            if shrinks && let Some(c) = failover {
                 // A smaller set takes effect only once a quorum of voters has heard of it: a
                 // member that left must not be promoted with writes acknowledged without it.
                 self.gate.sync_set_next.send_replace(Some(next.clone()));
@@ -1558,7 +1590,7 @@ impl Replication {
         if primary == self.gate.us && !self.gate.is_primary() {
             // A new primary starts with an empty synchronous set (its standbys join as they
             // catch up): the set of the old primary named nodes that may be gone with it.
-            let set = SyncSet { members: BTreeMap::new(), changed_ms: self.node.clock().wall_ms() };
+            let set = SyncSet { members: BTreeMap::new(), changed_ms: self.node.clock().wall_ms(), stores: BTreeMap::new() };
             match serde_json::to_vec_pretty(&set).map_err(std::io::Error::other).and_then(|b| write_durably(&self.gate.sync_file, &b)) {
                 Ok(()) => {
                     self.gate.sync_set.send_replace(set);
