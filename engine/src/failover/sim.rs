@@ -157,6 +157,21 @@ async fn boot(n: &SimNode, net: &Arc<Mutex<Net>>, start: tokio::time::Instant, r
     c
 }
 
+/// Data nodes a and b and witness w, fresh, each with the clock drift `rate` gives.
+fn sim_nodes(mut rate: impl FnMut() -> i64) -> Vec<SimNode> {
+    ["a", "b", "w"]
+        .iter()
+        .map(|n| SimNode {
+            name: (*n).into(),
+            disk: Arc::new(MemDisk::default()),
+            store: Arc::default(),
+            role: Arc::default(),
+            epoch: Arc::new(Mutex::new(1)),
+            rate_permille: rate(),
+        })
+        .collect()
+}
+
 /// What one seed did: a trace to compare replays by, or the broken invariant.
 fn run_seed(seed: u64) -> Result<String, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().map_err(|e| e.to_string())?;
@@ -166,17 +181,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
         let net =
             Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(seed), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
         let start = tokio::time::Instant::now();
-        let nodes: Vec<SimNode> = ["a", "b", "w"]
-            .iter()
-            .map(|n| SimNode {
-                name: (*n).into(),
-                disk: Arc::new(MemDisk::default()),
-                store: Arc::default(),
-                role: Arc::default(),
-                epoch: Arc::new(Mutex::new(1)),
-                rate_permille: rng.gen_range(-45..=45),
-            })
-            .collect();
+        let nodes = sim_nodes(|| rng.gen_range(-45..=45));
         for n in &nodes {
             boot(n, &net, start, false).await;
         }
@@ -396,17 +401,7 @@ fn a_replaced_voter_votes_for_nobody_until_it_has_caught_up() {
         raft::seed_thread(7);
         let net = Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(7), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
         let start = tokio::time::Instant::now();
-        let nodes: Vec<SimNode> = ["a", "b", "w"]
-            .iter()
-            .map(|n| SimNode {
-                name: (*n).into(),
-                disk: Arc::new(MemDisk::default()),
-                store: Arc::default(),
-                role: Arc::default(),
-                epoch: Arc::new(Mutex::new(1)),
-                rate_permille: 0,
-            })
-            .collect();
+        let nodes = sim_nodes(|| 0);
         let node = |n: &str| nodes.iter().find(|x| x.name == n).expect("node");
         let up = |n: &str| net.lock().expect("net").nodes.get(n).cloned().expect("up");
         let mut cs = Vec::new();
