@@ -246,6 +246,12 @@ pub struct PollReply {
     /// has another one.
     #[serde(default)]
     pub store: String,
+    /// The consensus leader it follows and its term (a replacement admits a leader only when
+    /// the other voters agree on both).
+    #[serde(default)]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub term: u64,
 }
 
 /// The synchronous set as the primary announces it in lease requests.

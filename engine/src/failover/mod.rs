@@ -90,6 +90,8 @@ pub enum Reply {
         granted: bool,
     },
     Promote(Result<Assignment, String>),
+    /// Not now (a rejoining voter and a leader it has not admitted): the caller retries.
+    NotNow(String),
 }
 
 impl Request {
@@ -226,6 +228,8 @@ struct State {
     rejoin_target: Option<u64>,
     /// Each voter's store id, from its last answer to a lease renewal.
     stores: BTreeMap<String, String>,
+    /// While rejoining: the leader (its id) and term the other voters agreed on.
+    admitted: Option<(u64, u64)>,
 }
 
 /// A node's failover coordinator.
@@ -301,7 +305,11 @@ impl Coordinator {
         if rejoining {
             c.event("rejoining: this voter replaces a lost one; it neither votes nor endorses until it has caught up with a leader".into());
         }
-        let tasks = vec![tokio::spawn(c.clone().apply_loop()), tokio::spawn(c.clone().lease_loop()), tokio::spawn(c.clone().decide_loop())];
+        let mut tasks =
+            vec![tokio::spawn(c.clone().apply_loop()), tokio::spawn(c.clone().lease_loop()), tokio::spawn(c.clone().decide_loop())];
+        if rejoining {
+            tasks.push(tokio::spawn(c.clone().admit_loop()));
+        }
         c.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
         Ok(c)
     }
@@ -422,6 +430,9 @@ impl Coordinator {
                 Reply::Vote(Ok(VoteResponse::new(vote, self.store.last_log_id(), false)))
             }
             Request::Vote(r) => Reply::Vote(self.raft.vote(r).await),
+            Request::Append(r) if self.store.rejoining() && !self.admits(&r.vote) => {
+                Reply::NotNow(format!("{} is rejoining and has not admitted this leader yet", self.settings.us))
+            }
             Request::Append(r) => {
                 let commit = r.leader_commit.map(|c| c.index);
                 let out = self.raft.append_entries(r).await;
@@ -430,9 +441,53 @@ impl Coordinator {
                 }
                 Reply::Append(out)
             }
+            Request::Snapshot(r) if self.store.rejoining() && !self.admits(&r.vote) => {
+                Reply::NotNow(format!("{} is rejoining and has not admitted this leader yet", self.settings.us))
+            }
             Request::Snapshot(r) => Reply::Snapshot(self.raft.install_snapshot(r).await),
             Request::Promote { node } => Reply::Promote(self.promote_as_leader(&node).await),
             other => self.answer_as_voter(other),
+        }
+    }
+
+    /// While rejoining: whether an append under `vote` comes from the leader the other voters
+    /// agreed on (see [`Coordinator::admit_loop`]), in its term or a later one.
+    fn admits(&self, vote: &openraft::Vote<u64>) -> bool {
+        let leader = vote.leader_id();
+        self.state().admitted.is_some_and(|(id, term)| leader.term > term || (leader.term == term && leader.voted_for() == Some(id)))
+    }
+
+    /// While rejoining: polls the other voters each heartbeat until every one of them answers
+    /// and they follow one leader in one term; that leader (or any of a later term) is then the
+    /// one this voter takes the log from. A stale leader, cut off in an older term, is never
+    /// taken at its word: the replacement remembers no term of its own.
+    async fn admit_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let period = Duration::from_millis(self.settings.timing.heartbeat_ms);
+        let timeout = Duration::from_millis(self.settings.timing.heartbeat_ms * 2);
+        while self.store.rejoining() && self.state().admitted.is_none() {
+            let others = self.ids.len() - 1;
+            let polls: Vec<PollReply> = self
+                .ask_all(Some(&self.settings.us), || Request::Poll { primary: None }, timeout)
+                .await
+                .into_iter()
+                .filter_map(|(_, r)| if let Reply::Poll(p) = r { Some(p) } else { None })
+                .collect();
+            let agreed = polls.first().and_then(|p| p.leader.clone().map(|l| (l, p.term)));
+            if polls.len() == others
+                && let Some((leader, term)) = agreed
+                && polls.iter().all(|p| p.leader.as_deref() == Some(leader.as_str()) && p.term == term)
+                && let Some(&id) = self.ids.get(&leader)
+            {
+                self.state().admitted = Some((id, term));
+                self.event(format!("rejoining: the other voters follow {leader} in term {term}; taking the log from it"));
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
         }
     }
 
@@ -527,6 +582,8 @@ impl Coordinator {
             sync,
             believes: self.data.believes(),
             store: self.data.store_id(),
+            leader: self.raft.metrics().borrow().current_leader.and_then(|l| self.name_of(l)),
+            term: self.raft.metrics().borrow().current_term,
         }
     }
 
