@@ -230,15 +230,9 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
     // Before the snapshot: a peer that is not configured is a usage error, not a failed send.
     let peer = a.to_peer.as_deref().map(|name| crate::backup::peer::PeerTarget::from_config(&config, name)).transpose()?;
     let pb = bar(0, "snapshot");
-    // The first report is what the peer already holds (a resumed transfer): the rate and the
-    // estimate count from there, not from the bytes sent before.
-    let first = std::cell::Cell::new(true);
     let progress = |done: u64, total: u64| {
         pb.set_length(total);
         pb.set_position(done);
-        if first.replace(false) {
-            pb.reset_eta();
-        }
     };
     let opts = snapshot::CreateOptions {
         components: a.components.clone(),
