@@ -334,7 +334,7 @@ fn failover_a_replaced_standby_that_never_caught_up_is_not_promoted_in_the_old_o
     to_b_from_a.set_blocked(true);
     b.kill();
     replace_with_empty_server(&t.b);
-    std::fs::remove_file(t.b.join("replication").join(tandem::failover::REJOIN_MARKER)).expect("remove the marker");
+    std::fs::remove_file(tandem::failover::rejoin_marker(&t.b)).expect("remove the marker");
     let b = NodeProcess::start(&t.b);
     let cb = b.client();
     assert!(status(&ca)["sync_set"]["members"].get("b").is_some(), "b is still in a's set: {}", status(&ca));

@@ -168,7 +168,7 @@ fn a_witness_runs_without_data() {
     let config = Config::load(&dir.join(CONFIG_FILE)).expect("valid");
     assert!(config.components.is_empty());
     // A replacement's first start rejoins the consensus (see failover_auto.rs).
-    assert!(dir.join("replication").join(tandem::failover::REJOIN_MARKER).is_file());
+    assert!(tandem::failover::rejoin_marker(&dir).is_file());
     let (child, _) = run(&dir);
     let status: tandem::node::types::Status = serde_json::from_str(&ok(&tandem(&["status", "--dir", d, "--json"]))).expect("json");
     assert_eq!(status.node.role, "witness");

@@ -169,7 +169,7 @@ pub fn replace_with_empty_server(dir: &Path) -> PathBuf {
     }
     assert!(!dir.join("store.db").exists());
     std::fs::create_dir_all(dir.join("replication")).expect("mkdir replication");
-    let marker = dir.join("replication").join(tandem::failover::REJOIN_MARKER);
+    let marker = tandem::failover::rejoin_marker(dir);
     std::fs::write(&marker, b"").expect("write the rejoin marker");
     marker
 }

@@ -388,9 +388,10 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let config = Config::parse(&file, &text).map_err(|e| anyhow::anyhow!("internal error: the generated configuration is invalid: {e}"))?;
     write_private(&file, &text)?;
     if a.replaces {
-        let dir = config.data_dir.join("replication");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let marker = dir.join(crate::failover::REJOIN_MARKER);
+        let marker = crate::failover::rejoin_marker(&config.data_dir);
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         std::fs::write(&marker, b"").with_context(|| format!("cannot write {}", marker.display()))?;
         println!("Replacing a lost server: its first start rejoins the consensus ({})", marker.display());
     }

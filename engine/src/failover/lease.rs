@@ -271,8 +271,8 @@ pub struct SyncView {
 
 /// Which node to promote when `primary` is gone: a data node that answered, never the old
 /// primary, a member of the freshest synchronous set known (complete from its join position,
-/// and with the store that joined, when the set names it) when promotions are restricted to it; the one furthest in the primary's feed, by name on a
-/// tie.
+/// and with the store that joined, when the set names it) when promotions are restricted to
+/// it; the one furthest in the primary's feed, by name on a tie.
 pub fn pick_candidate(primary: &str, replies: &[PollReply]) -> Option<(String, u64)> {
     let sync = replies.iter().map(|r| &r.sync).max_by_key(|s| s.version)?;
     replies

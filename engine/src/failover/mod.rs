@@ -170,11 +170,13 @@ pub fn real_clock() -> Clock {
     Arc::new(move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Who takes part.
-/// The file (in `DATA_DIR/replication/`) that makes a node's next start a rejoin: see
-/// [`Settings::rejoin`].
-pub const REJOIN_MARKER: &str = "rejoin";
+/// The file that makes a node's next start a rejoin (see [`Settings::rejoin`]), in `data_dir`
+/// as `tandem init --replaces` leaves it.
+pub fn rejoin_marker(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("replication").join("rejoin")
+}
 
+/// Who takes part.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub us: String,
@@ -430,9 +432,7 @@ impl Coordinator {
                 Reply::Vote(Ok(VoteResponse::new(vote, self.store.last_log_id(), false)))
             }
             Request::Vote(r) => Reply::Vote(self.raft.vote(r).await),
-            Request::Append(r) if self.store.rejoining() && !self.admits(&r.vote) => {
-                Reply::NotNow(format!("{} is rejoining and has not admitted this leader yet", self.settings.us))
-            }
+            Request::Append(r) if self.store.rejoining() && !self.admits(&r.vote) => self.not_admitted(),
             Request::Append(r) => {
                 let commit = r.leader_commit.map(|c| c.index);
                 let out = self.raft.append_entries(r).await;
@@ -441,9 +441,7 @@ impl Coordinator {
                 }
                 Reply::Append(out)
             }
-            Request::Snapshot(r) if self.store.rejoining() && !self.admits(&r.vote) => {
-                Reply::NotNow(format!("{} is rejoining and has not admitted this leader yet", self.settings.us))
-            }
+            Request::Snapshot(r) if self.store.rejoining() && !self.admits(&r.vote) => self.not_admitted(),
             Request::Snapshot(r) => Reply::Snapshot(self.raft.install_snapshot(r).await),
             Request::Promote { node } => Reply::Promote(self.promote_as_leader(&node).await),
             other => self.answer_as_voter(other),
@@ -455,6 +453,10 @@ impl Coordinator {
     fn admits(&self, vote: &openraft::Vote<u64>) -> bool {
         let leader = vote.leader_id();
         self.state().admitted.is_some_and(|(id, term)| leader.term > term || (leader.term == term && leader.voted_for() == Some(id)))
+    }
+
+    fn not_admitted(&self) -> Reply {
+        Reply::NotNow(format!("{} is rejoining and has not admitted this leader yet", self.settings.us))
     }
 
     /// While rejoining: polls the other voters each heartbeat until every one of them answers
@@ -571,6 +573,7 @@ impl Coordinator {
             };
             (silent, may, revoked, s.sync_heard.clone())
         };
+        let raft = self.raft.metrics().borrow().clone();
         PollReply {
             node: self.settings.us.clone(),
             data: self.data.holds_data(),
@@ -582,8 +585,8 @@ impl Coordinator {
             sync,
             believes: self.data.believes(),
             store: self.data.store_id(),
-            leader: self.raft.metrics().borrow().current_leader.and_then(|l| self.name_of(l)),
-            term: self.raft.metrics().borrow().current_term,
+            leader: raft.current_leader.and_then(|l| self.name_of(l)),
+            term: raft.current_term,
         }
     }
 

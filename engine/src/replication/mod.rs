@@ -578,7 +578,7 @@ async fn start_failover(repl: &Arc<Replication>, voters: Vec<String>, witness: b
     let addrs: BTreeMap<String, String> = raw.peers.iter().chain(raw.witness.iter()).map(|p| (p.name.clone(), p.address.clone())).collect();
     // `tandem init --replaces` leaves this marker; the coordinator records it in its consensus
     // state at start, and the marker goes.
-    let rejoin_marker = config.data_dir.join("replication").join(crate::failover::REJOIN_MARKER);
+    let rejoin_marker = crate::failover::rejoin_marker(&config.data_dir);
     let rejoin = rejoin_marker.exists();
     let settings = Settings { us: repl.gate.us.clone(), voters, timing: crate::failover::timing_of(raw), rejoin };
     let data: Arc<dyn DataSide> = if witness { Arc::new(NoData) } else { Arc::new(ReplData(Arc::downgrade(repl))) };
