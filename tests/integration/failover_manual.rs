@@ -250,3 +250,59 @@ fn failover_healthz_check_script_answers_per_role() {
     assert_eq!(run("writes", &b), Some(0));
     wait_until("a steps down", WAIT, || run("writes", &a) == Some(1));
 }
+
+#[test]
+fn failover_a_promotion_during_a_peers_handshake_still_resets_its_link() {
+    // A follower learns of a newer primary at a handshake. A promotion that lands after this
+    // node's hello went out (naming the old primary) but before the stream starts must still
+    // reset the link, or the peer keeps following on what that hello said and never hears of it.
+    use tandem::peer::proto::{Hello, Msg};
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp) = (free_port(), free_port());
+    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp);
+    // "a" played by the test, with a's credentials; nothing listens on a's port, so b's own
+    // links to it keep failing and only this one is up.
+    let creds = tandem::peer::tls::load(&a_dir.join("creds/cluster-ca.pem"), &a_dir.join("creds/node.pem"), &a_dir.join("creds/node.key"))
+        .expect("creds");
+    let b = start_node(&b_dir);
+    b.block_on(async {
+        let mut link =
+            tandem::peer::dial(&addr(bp), &creds, tandem::peer::PROTOCOL_VERSION, Duration::from_secs(10)).await.expect("dial b");
+        let ours = Hello { node: "a".into(), epoch: 1, api: None, primary: Some("a".into()), last_seq: 0, components: Vec::new() };
+        tandem::peer::send(&mut link, &Msg::Hello(ours), false).await.expect("send hello");
+        let Msg::Hello(theirs) = tandem::peer::recv(&mut link).await.expect("hello") else { panic!("expected hello") };
+        assert_eq!(theirs.primary.as_deref(), Some("a"), "b follows a when it answers");
+        // b is promoted between its hello and the subscription.
+        b.node().promote().await.expect("promote b");
+        tandem::peer::send(&mut link, &Msg::Subscribe { after_seq: 0, components: vec!["trunks".into()] }, false).await.expect("subscribe");
+        // The link is reset. This side keeps it alive meanwhile, as a follower does, so that
+        // only a reset ends it within the deadline.
+        let (mut rd, mut wr) = tokio::io::split(link);
+        let beats = tokio::spawn(async move {
+            loop {
+                let hb = Msg::Heartbeat { last_seq: 0, epoch: 1, digests: Vec::new(), diverged: Vec::new() };
+                if tandem::peer::send(&mut wr, &hb, false).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match tokio::time::timeout_at(deadline, tandem::peer::recv(&mut rd)).await {
+                Ok(Ok(Msg::Heartbeat { .. } | Msg::Batch(_))) => continue,
+                Ok(Ok(other)) => panic!("unexpected {other:?}"),
+                Ok(Err(_)) => break,
+                Err(_) => panic!("b kept streaming on the role its hello announced: the promotion never reached this peer"),
+            }
+        }
+        beats.abort();
+        // The next handshake names the new primary.
+        let mut link =
+            tandem::peer::dial(&addr(bp), &creds, tandem::peer::PROTOCOL_VERSION, Duration::from_secs(10)).await.expect("dial b");
+        let ours = Hello { node: "a".into(), epoch: 1, api: None, primary: Some("a".into()), last_seq: 0, components: Vec::new() };
+        tandem::peer::send(&mut link, &Msg::Hello(ours), false).await.expect("send hello");
+        let Msg::Hello(theirs) = tandem::peer::recv(&mut link).await.expect("hello") else { panic!("expected hello") };
+        assert_eq!((theirs.primary.as_deref(), theirs.epoch), (Some("b"), 2));
+    });
+}

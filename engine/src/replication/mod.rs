@@ -61,6 +61,10 @@ pub struct Position {
 struct Flow {
     components: std::collections::BTreeSet<String>,
     weight: state::AckWeight,
+    /// The role as it was when this node's hello went out (the peer decided what to follow on
+    /// it), watched from before that moment: a change at any time after resets the link.
+    role: watch::Receiver<Role>,
+    primary_at_hello: Option<String>,
 }
 
 /// What status shows of one peer.
@@ -968,6 +972,11 @@ impl Replication {
         if peer_cfg.is_some() {
             self.note_epoch(theirs.epoch);
         }
+        // Watched from before the hello is made: a promotion between the hello (which names the
+        // primary the peer then follows) and the stream below still resets the link, so the peer
+        // hears of it at its next handshake.
+        let role = self.gate.role.subscribe();
+        let primary_at_hello = role.borrow().primary.clone();
         peer::send(&mut wr, &Msg::Hello(self.hello()), false).await?;
         let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer::recv(&mut rd)).await {
             Ok(Ok(Msg::Failover(req))) if voter => return self.serve_failover(req, &mut rd, &mut wr).await,
@@ -991,13 +1000,15 @@ impl Replication {
             Err(e) => return Err(e),
         };
         let (same, _) = state::compare(&self.hello().components, &theirs.components);
+        // What flows is decided on the role the hello announced.
+        let primary_then = primary_at_hello.as_deref() == Some(self.gate.us.as_str());
         let allowed: std::collections::BTreeSet<String> = wanted
             .into_iter()
             .filter(|c| same.contains(c))
-            .filter(|c| self.gate.policies.get(c).is_some_and(|p| state::sends(p, self.gate.is_primary())))
+            .filter(|c| self.gate.policies.get(c).is_some_and(|p| state::sends(p, primary_then)))
             .collect();
         let warm = allowed.iter().any(|c| self.gate.policies.get(c).is_some_and(|p| p.mode == Mode::Warm));
-        let weight = state::ack_weight(&self.gate.policies, &same, &allowed, self.gate.is_primary());
+        let weight = state::ack_weight(&self.gate.policies, &same, &allowed, primary_then);
         let alarm = format!("rolled-back:{name}");
         let started = self.node.meta().last_seq;
         let end = if self.shared().ahead_at_start.contains(&name) { started } else { self.node.last_seq() };
@@ -1053,7 +1064,7 @@ impl Replication {
             );
         }
         let start = if after == 0 || fell_off { None } else { Some(after) };
-        let r = self.stream(&name, profile, start, Flow { components: allowed, weight }, &mut rd, &mut wr).await;
+        let r = self.stream(&name, profile, start, Flow { components: allowed, weight, role, primary_at_hello }, &mut rd, &mut wr).await;
         self.peer_status(&name, |p| {
             p.subscribed = false;
             p.synchronous = false;
@@ -1088,7 +1099,7 @@ impl Replication {
         R: tokio::io::AsyncRead + Unpin + Send,
         W: tokio::io::AsyncWrite + Unpin + Send,
     {
-        let Flow { components: allowed, weight } = flow;
+        let Flow { components: allowed, weight, role: mut role_rx, primary_at_hello: primary_at_start } = flow;
         let (bootstrap, after) = (start.is_none(), start.unwrap_or(0));
         // Acks come in on their own task, so a slow reader never blocks the sender.
         let (ack_tx, mut ack_rx) = mpsc::channel::<Result<Msg, LinkError>>(64);
@@ -1129,8 +1140,6 @@ impl Replication {
             let mut high_sent = after;
             let mut seq_rx = self.node.watch_seq();
             let mut stop = self.stop.subscribe();
-            let mut role_rx = self.gate.role.subscribe();
-            let primary_at_start = self.gate.primary();
             let mut last_sent = Instant::now();
             if bootstrap {
                 // A consistent snapshot (one read transaction) streamed as batches in feed
