@@ -358,3 +358,45 @@ fn failover_a_replaced_standby_that_never_caught_up_is_not_promoted_in_the_old_o
     }
     wait_until("the new b has every acknowledged write", || acked.iter().all(|k| cb.get("trunks", k).is_ok()));
 }
+
+/// The primary's wall clock steps back (NTP, a VM restored) before a standby leaves its
+/// synchronous set. The voters must hear the smaller set all the same: if they kept the older
+/// one, which names the standby, it would be promoted once the primary is gone, without the
+/// writes acknowledged after it left.
+#[test]
+fn failover_a_standby_that_left_the_set_is_not_promoted_after_the_primarys_clock_stepped_back() {
+    use tandem::node::hlc::ManualWallClock;
+    let root = tempfile::tempdir().expect("tempdir");
+    let t = trio(root.path());
+    let now_ms =
+        || u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_millis()).expect("ms");
+    let wall = ManualWallClock::new(now_ms());
+    let _w = NodeProcess::start(&t.w);
+    let a = tandem_tests::start_node_with(&t.a, tandem::node::service::NodeOptions { wall: wall.clone() });
+    let b = NodeProcess::start(&t.b);
+    let ca = tandem_tests::client(&a);
+    wait_until("a takes writes under a lease", || writable(&ca));
+    wait_until("b is in a's synchronous set", || status(&ca)["sync_set"]["members"].get("b").is_some());
+    ca.put("trunks", "before", &trunk(0), None).expect("a standby-ack write");
+    // An hour back, then b goes.
+    wall.set(now_ms() - 3_600_000);
+    b.kill();
+    wait_until("b leaves a's synchronous set", || status(&ca)["sync_set"]["members"].as_object().is_some_and(|m| m.is_empty()));
+    // Acknowledged on a alone: the set is empty.
+    ca.put("trunks", "after", &trunk(1), None).expect("a write acknowledged locally");
+    drop(a);
+    // b returns without a: the witness and b are a quorum, but b is not in the set any more.
+    let b = NodeProcess::start(&t.b);
+    let cb = b.client();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        assert!(!writable(&cb), "b was promoted without the write acknowledged after it left the set: {}", status(&cb));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // a comes back (its clock right again), takes writes, and b gets what it missed.
+    let a = tandem_tests::start_node(&t.a);
+    let ca = tandem_tests::client(&a);
+    wait_until("a takes writes again", || writable(&ca));
+    assert!(ca.get("trunks", "after").is_ok(), "a lost its acknowledged write");
+    wait_until("b has every acknowledged write", || ["before", "after"].iter().all(|k| cb.get("trunks", k).is_ok()));
+}

@@ -184,8 +184,13 @@ pub struct SyncSet {
     /// Member name -> the primary's feed position from which the member holds every write that
     /// was acknowledged (a member may be promoted automatically only once it applied that far).
     pub members: BTreeMap<String, u64>,
-    /// Wall time of the last change (ms).
+    /// Wall time of the last change (ms), for people: versions are ordered by `version`.
     pub changed_ms: u64,
+    /// Orders the sets voters hear ([`state::next_sync_version`]): a newer epoch's set is newer
+    /// than any of an older epoch, and each change of one primary newer than the one before,
+    /// whatever the clocks say. 0 in a set recorded before versions were (wall time then).
+    #[serde(default)]
+    pub version: u64,
     /// Member -> the id of its store, once known (with automatic failover, from its answers to
     /// lease renewals): a server replaced under the member's name has another store, is not
     /// the member, and leaves the set until it has caught up and joins again.
@@ -453,6 +458,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
             // At first start every standby on a local link is in the set, complete from the start.
             members: peers.iter().filter(|p| p.profile == Profile::Local).map(|p| (p.name.clone(), 0)).collect(),
             changed_ms: 0,
+            version: 0,
             stores: BTreeMap::new(),
         },
         Err(e) => return Err(e).with_context(|| format!("reading {}", sync_file.display())),
@@ -642,7 +648,7 @@ impl DataSide for ReplData {
         let Some(r) = self.0.upgrade() else { return SyncView::default() };
         let set = r.gate.sync_set_next.borrow().clone().unwrap_or_else(|| r.gate.sync_set.borrow().clone());
         let required = r.gate.policies.values().any(|p| p.mode == Mode::Warm && p.ack == Ack::Standby);
-        SyncView { version: set.changed_ms, required, members: set.members, stores: set.stores }
+        SyncView { version: set.version, required, members: set.members, stores: set.stores }
     }
     fn store_id(&self) -> String {
         self.0.upgrade().map_or_else(String::new, |r| r.node.meta().node_id.clone())
@@ -745,6 +751,9 @@ impl Replication {
         let mut catch_up: BTreeMap<String, u64> = BTreeMap::new();
         // Members whose store changed, warned about once.
         let mut replaced_seen: BTreeSet<String> = BTreeSet::new();
+        // The newest version this loop announced, recorded or not (a smaller set that no quorum
+        // confirmed was heard by some voters): the next one is past it.
+        let mut announced = 0u64;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -801,6 +810,8 @@ impl Replication {
                 continue;
             }
             next.changed_ms = self.node.clock().wall_ms();
+            next.version = state::next_sync_version(announced.max(current.version), self.node.epoch());
+            announced = next.version;
             let text = match serde_json::to_vec_pretty(&next) {
                 Ok(t) => t,
                 Err(_) => continue,
@@ -811,11 +822,11 @@ impl Replication {
                 // member that left must not be promoted with writes acknowledged without it.
                 self.gate.sync_set_next.send_replace(Some(next.clone()));
                 let deadline = Instant::now() + Duration::from_millis(c.timing().lease_ms * 2);
-                while c.confirmed_sync_version() < next.changed_ms && Instant::now() < deadline {
+                while c.confirmed_sync_version() < next.version && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(c.timing().heartbeat_ms)).await;
                 }
                 self.gate.sync_set_next.send_replace(None);
-                if c.confirmed_sync_version() < next.changed_ms {
+                if c.confirmed_sync_version() < next.version {
                     tracing::warn!("no quorum confirmed the smaller synchronous set: it stays as it was for now");
                     continue;
                 }
@@ -1599,7 +1610,8 @@ impl Replication {
         if primary == self.gate.us && !self.gate.is_primary() {
             // A new primary starts with an empty synchronous set (its standbys join as they
             // catch up): the set of the old primary named nodes that may be gone with it.
-            let set = SyncSet { members: BTreeMap::new(), changed_ms: self.node.clock().wall_ms(), stores: BTreeMap::new() };
+            let version = state::next_sync_version(self.gate.sync_set.borrow().version, a.epoch);
+            let set = SyncSet { members: BTreeMap::new(), changed_ms: self.node.clock().wall_ms(), version, stores: BTreeMap::new() };
             match serde_json::to_vec_pretty(&set).map_err(std::io::Error::other).and_then(|b| write_durably(&self.gate.sync_file, &b)) {
                 Ok(()) => {
                     self.gate.sync_set.send_replace(set);

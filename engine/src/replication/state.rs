@@ -338,6 +338,28 @@ impl DivergenceWatch {
     }
 }
 
+/// Where a synchronous-set version's epoch starts: the bits below count the changes of one
+/// primary in that epoch. Versions before this scheme were wall-clock milliseconds, below
+/// `1 << 42` until the year 2109, so every set of epoch 1 or later is newer than those.
+const SYNC_EPOCH_SHIFT: u32 = 42;
+/// The largest epoch that orders synchronous sets by itself (about four million promotions).
+const SYNC_EPOCH_MAX: u64 = (1 << (64 - SYNC_EPOCH_SHIFT)) - 1;
+
+/// The version of the next synchronous set a primary in `epoch` announces, after its newest
+/// one `last`. Voters keep the set of the highest version they hear, and the new primary's
+/// standbys are chosen from it, so versions must not follow wall clocks: a new primary whose
+/// clock is behind the old one's would go unheard, and a clock stepped back would leave the
+/// voters with a set a member had left (promoting it after writes were acknowledged without
+/// it). A set of a newer epoch is newer than every set of an older one, and within an epoch
+/// each change is newer than the one before.
+pub fn next_sync_version(last: u64, epoch: u64) -> u64 {
+    if epoch > SYNC_EPOCH_MAX {
+        tracing::error!(epoch, "epoch past {SYNC_EPOCH_MAX}: synchronous sets are ordered by their changes alone from now on");
+    }
+    let floor = epoch.min(SYNC_EPOCH_MAX) << SYNC_EPOCH_SHIFT;
+    last.saturating_add(1).max(floor)
+}
+
 /// Reconnection delay after `failures` consecutive failures (capped exponential).
 pub fn backoff_ms(failures: u32) -> u64 {
     (100u64 << failures.min(5)).min(3_000)
@@ -346,6 +368,27 @@ pub fn backoff_ms(failures: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synchronous_set_versions_grow_with_each_change_and_each_epoch_whatever_the_clock() {
+        // A set recorded before versions were: its wall-clock version is older than any epoch's.
+        let wall_era = 1_796_000_000_000u64; // December 2026, in ms
+        let first = next_sync_version(wall_era, 1);
+        assert!(first > wall_era, "{first}");
+        // Each change of one primary is newer than the one before.
+        let second = next_sync_version(first, 1);
+        assert_eq!(second, first + 1);
+        // A new primary's set is newer than every set of the old epoch, however many changes.
+        let old_epoch_last = next_sync_version((2u64 << 42) + 1_000_000, 2);
+        let new_primary = next_sync_version(0, 3);
+        assert!(new_primary > old_epoch_last, "{new_primary} {old_epoch_last}");
+        // The new primary's own older set (from when it was primary before) does not hold it back.
+        assert!(next_sync_version(old_epoch_last, 3) > old_epoch_last);
+        assert_eq!(next_sync_version(old_epoch_last, 3), 3u64 << 42);
+        // Past the epochs the scheme orders, still strictly growing.
+        assert_eq!(next_sync_version(u64::MAX - 1, u64::MAX), u64::MAX);
+        assert!(next_sync_version(SYNC_EPOCH_MAX << 42, SYNC_EPOCH_MAX + 5) > SYNC_EPOCH_MAX << 42);
+    }
 
     #[test]
     fn divergence_is_raised_only_after_a_quiet_time_and_cleared_by_agreement() {
