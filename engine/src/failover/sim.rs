@@ -5,7 +5,8 @@
 //!
 //! Checked at every step: never two nodes holding a primary's lease at the same simulated
 //! instant; after the run, every acknowledged write is on the final primary and all data nodes
-//! converge. `TANDEM_SIM_SEEDS=N` runs N seeds (default 300); `TANDEM_SIM_SEED=S` one seed.
+//! converge. `TANDEM_SIM_SEEDS=N` runs N seeds (default 300) from `TANDEM_SIM_FROM` (default 1);
+//! `TANDEM_SIM_SEED=S` one seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -368,7 +369,8 @@ fn seeds() -> Vec<u64> {
         return vec![s];
     }
     let n = std::env::var("TANDEM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300u64);
-    (1..=n).collect()
+    let from = std::env::var("TANDEM_SIM_FROM").ok().and_then(|s| s.parse().ok()).unwrap_or(1u64);
+    (from..from.saturating_add(n)).collect()
 }
 
 #[test]
