@@ -37,6 +37,36 @@ fn warm_pair(root: &Path, ap: u16, bp: u16) -> (std::path::PathBuf, std::path::P
     (a, b)
 }
 
+/// A warm pair whose node "a" is played by the test, with a's credentials.
+struct Played {
+    b: tandem::node::Server,
+    creds: tandem::peer::tls::Credentials,
+    a_port: u16,
+    b_port: u16,
+}
+
+fn b_with_a_played_by_the_test(root: &Path) -> Played {
+    let (a_port, b_port) = (free_port(), free_port());
+    let (a_dir, b_dir) = warm_pair(root, a_port, b_port);
+    let creds = tandem::peer::tls::load(&a_dir.join("creds/cluster-ca.pem"), &a_dir.join("creds/node.pem"), &a_dir.join("creds/node.key"))
+        .expect("creds");
+    Played { b: start_node(&b_dir), creds, a_port, b_port }
+}
+
+/// Dials b as an "a" that believes it is the primary of epoch 1: the link after the hellos,
+/// and b's hello.
+async fn dial_as_stale_a(
+    b_port: u16,
+    creds: &tandem::peer::tls::Credentials,
+) -> (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static, tandem::peer::proto::Hello) {
+    use tandem::peer::proto::{Hello, Msg};
+    let mut link = tandem::peer::dial(&addr(b_port), creds, tandem::peer::PROTOCOL_VERSION, Duration::from_secs(10)).await.expect("dial b");
+    let ours = Hello { node: "a".into(), epoch: 1, api: None, primary: Some("a".into()), last_seq: 0, components: Vec::new() };
+    tandem::peer::send(&mut link, &Msg::Hello(ours), false).await.expect("send hello");
+    let Msg::Hello(theirs) = tandem::peer::recv(&mut link).await.expect("hello") else { panic!("expected hello") };
+    (link, theirs)
+}
+
 /// `tandem VERB --api ADDR --token T ARGS...`: (exit code, stdout).
 fn cli(server: &tandem::node::Server, dir: &Path, args: &[&str]) -> (i32, String) {
     let token = load_config(dir).raw.api.token;
@@ -173,12 +203,8 @@ fn failover_planned_switch_over_loses_no_acknowledged_write_and_fences_the_old_p
 fn failover_warm_batches_of_an_older_epoch_are_refused() {
     use tandem::peer::proto::{Batch, Hello, Msg, WireChange};
     let root = tempfile::tempdir().expect("tempdir");
-    let (ap, bp) = (free_port(), free_port());
-    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp);
-    // A stale "a" (it has a's credentials) that still believes it is the primary of epoch 1.
-    let creds = tandem::peer::tls::load(&a_dir.join("creds/cluster-ca.pem"), &a_dir.join("creds/node.pem"), &a_dir.join("creds/node.key"))
-        .expect("creds");
-    let b = start_node(&b_dir);
+    // A stale "a" that still believes it is the primary of epoch 1.
+    let Played { b, creds, a_port: ap, .. } = b_with_a_played_by_the_test(root.path());
     // b has been through a promotion since: its epoch is 5.
     assert_eq!(b.block_on(b.node().set_epoch(5)).expect("epoch"), 5);
     let listener = b.block_on(tokio::net::TcpListener::bind(addr(ap))).expect("bind a's port");
@@ -256,21 +282,12 @@ fn failover_a_promotion_during_a_peers_handshake_still_resets_its_link() {
     // A follower learns of a newer primary at a handshake. A promotion that lands after this
     // node's hello went out (naming the old primary) but before the stream starts must still
     // reset the link, or the peer keeps following on what that hello said and never hears of it.
-    use tandem::peer::proto::{Hello, Msg};
+    use tandem::peer::proto::Msg;
     let root = tempfile::tempdir().expect("tempdir");
-    let (ap, bp) = (free_port(), free_port());
-    let (a_dir, b_dir) = warm_pair(root.path(), ap, bp);
-    // "a" played by the test, with a's credentials; nothing listens on a's port, so b's own
-    // links to it keep failing and only this one is up.
-    let creds = tandem::peer::tls::load(&a_dir.join("creds/cluster-ca.pem"), &a_dir.join("creds/node.pem"), &a_dir.join("creds/node.key"))
-        .expect("creds");
-    let b = start_node(&b_dir);
+    // Nothing listens on a's port: b's own links to a keep failing and only this one is up.
+    let Played { b, creds, b_port: bp, .. } = b_with_a_played_by_the_test(root.path());
     b.block_on(async {
-        let mut link =
-            tandem::peer::dial(&addr(bp), &creds, tandem::peer::PROTOCOL_VERSION, Duration::from_secs(10)).await.expect("dial b");
-        let ours = Hello { node: "a".into(), epoch: 1, api: None, primary: Some("a".into()), last_seq: 0, components: Vec::new() };
-        tandem::peer::send(&mut link, &Msg::Hello(ours), false).await.expect("send hello");
-        let Msg::Hello(theirs) = tandem::peer::recv(&mut link).await.expect("hello") else { panic!("expected hello") };
+        let (mut link, theirs) = dial_as_stale_a(bp, &creds).await;
         assert_eq!(theirs.primary.as_deref(), Some("a"), "b follows a when it answers");
         // b is promoted between its hello and the subscription.
         b.node().promote().await.expect("promote b");
@@ -298,11 +315,7 @@ fn failover_a_promotion_during_a_peers_handshake_still_resets_its_link() {
         }
         beats.abort();
         // The next handshake names the new primary.
-        let mut link =
-            tandem::peer::dial(&addr(bp), &creds, tandem::peer::PROTOCOL_VERSION, Duration::from_secs(10)).await.expect("dial b");
-        let ours = Hello { node: "a".into(), epoch: 1, api: None, primary: Some("a".into()), last_seq: 0, components: Vec::new() };
-        tandem::peer::send(&mut link, &Msg::Hello(ours), false).await.expect("send hello");
-        let Msg::Hello(theirs) = tandem::peer::recv(&mut link).await.expect("hello") else { panic!("expected hello") };
+        let (_link, theirs) = dial_as_stale_a(bp, &creds).await;
         assert_eq!((theirs.primary.as_deref(), theirs.epoch), (Some("b"), 2));
     });
 }
