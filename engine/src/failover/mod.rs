@@ -387,6 +387,12 @@ impl Coordinator {
         self.state().stores.get(voter).cloned()
     }
 
+    /// The version of the synchronous set this node's own voter holds: the newest this node
+    /// announced as primary (its own voter hears each announcement before the others do).
+    pub fn heard_sync_version(&self) -> u64 {
+        self.state().sync_heard.version
+    }
+
     /// The newest synchronous-set version a quorum has seen from this primary.
     pub fn confirmed_sync_version(&self) -> u64 {
         self.state().holder.as_ref().map_or(0, |h| h.confirmed_sync_version(self.ids.len()))

@@ -810,7 +810,11 @@ impl Replication {
                 continue;
             }
             next.changed_ms = self.node.clock().wall_ms();
-            next.version = state::next_sync_version(announced.max(current.version), self.node.epoch());
+            // Past what this node's own voter heard too: a set announced before a restart
+            // that no quorum confirmed may be on some voters, and no other set may share its
+            // version.
+            let heard = failover.as_ref().map_or(0, |c| c.heard_sync_version());
+            next.version = state::next_sync_version(announced.max(current.version).max(heard), self.node.epoch());
             announced = next.version;
             let text = match serde_json::to_vec_pretty(&next) {
                 Ok(t) => t,
