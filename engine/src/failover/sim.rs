@@ -1,7 +1,12 @@
 //! Deterministic simulation of automatic failover: three coordinators (data nodes `a` and `b`,
 //! witness `w`) with real openraft, on one thread with tokio's paused clock, an in-memory
 //! network that delays, drops and partitions under a seeded generator, per-node clock drift,
-//! and an in-memory store that loses unsynced writes at a crash.
+//! and an in-memory store that loses unsynced writes at a crash. The data nodes model what
+//! `replication` does around the consensus: a standby takes the primary's data only while both
+//! follow it, in its epoch or a later one; the primary's synchronous set drops an unreachable
+//! standby once a quorum of voters confirmed the smaller set (versions from
+//! `replication::state::next_sync_version`), and takes it back once caught up; a write is
+//! acknowledged when the standby has it, or on the primary alone while its set is empty.
 //!
 //! Checked at every step: never two nodes holding a primary's lease at the same simulated
 //! instant; after the run, every acknowledged write is on the final primary and all data nodes
@@ -18,6 +23,39 @@ use super::*;
 
 const STEP_MS: u64 = 10;
 const TIMING: Timing = Timing { lease_ms: 500, drift_permille: 100, heartbeat_ms: 50 };
+/// Steps a standby stays unreachable before the primary takes it out of its synchronous set
+/// (`cluster.sync_drop_ms`).
+const SYNC_DROP_STEPS: usize = 10;
+/// Steps a smaller set waits for a quorum of voters to confirm it (two leases, as
+/// `replication::sync_loop` waits) before the primary gives it up.
+const SYNC_CONFIRM_STEPS: usize = (2 * TIMING.lease_ms / STEP_MS) as usize;
+
+/// A data node's synchronous set, as `replication::sync_loop` keeps it when the node is the
+/// primary: `current` is on disk (it survives a crash), the rest is in memory.
+#[derive(Clone, Debug)]
+struct SimSync {
+    current: SyncView,
+    /// A smaller set announced to the voters, waiting for a quorum's confirmation, and the
+    /// step it is given up at.
+    pending: Option<(SyncView, usize)>,
+    /// The newest version announced since the node started.
+    announced: u64,
+    /// Since when the member has been unreachable.
+    down_since: Option<usize>,
+}
+
+impl SimSync {
+    /// At first start every standby is in the set, complete from the start.
+    fn first(other: &str) -> SimSync {
+        let current = SyncView { version: 0, required: true, members: BTreeMap::from([(other.to_owned(), 0)]), stores: BTreeMap::new() };
+        SimSync { current, pending: None, announced: 0, down_since: None }
+    }
+    fn crash(&mut self) {
+        self.pending = None;
+        self.announced = 0;
+        self.down_since = None;
+    }
+}
 
 /// A store that loses what was not synced when its node crashes.
 #[derive(Default, Clone)]
@@ -41,11 +79,11 @@ impl MemStore {
 /// A data node's side: its store, and what it applied of the primary's.
 struct SimData {
     us: String,
-    other: String,
     data: bool,
     store: Arc<Mutex<MemStore>>,
     role: Arc<Mutex<Option<String>>>,
     epoch: Arc<Mutex<u64>>,
+    sync: Arc<Mutex<SimSync>>,
 }
 
 impl DataSide for SimData {
@@ -62,13 +100,19 @@ impl DataSide for SimData {
         if self.data { Some("a".into()) } else { None }
     }
     fn sync_view(&self) -> SyncView {
-        SyncView { version: 1, required: true, members: BTreeMap::from([(self.other.clone(), 0)]), ..Default::default() }
+        self.sync.lock().map_or_else(|_| SyncView::default(), |s| s.pending.as_ref().map_or_else(|| s.current.clone(), |p| p.0.clone()))
     }
     fn store_id(&self) -> String {
         format!("{}-store", self.us)
     }
     fn assigned(&self, a: Assignment) -> BoxFuture<'static, ()> {
-        if let (Ok(mut r), Ok(mut e)) = (self.role.lock(), self.epoch.lock()) {
+        if let (Ok(mut r), Ok(mut e), Ok(mut sync)) = (self.role.lock(), self.epoch.lock(), self.sync.lock()) {
+            if a.primary.as_deref() == Some(self.us.as_str()) && r.as_deref() != Some(self.us.as_str()) {
+                // A new primary starts with an empty set (`Replication::assigned`).
+                let version = crate::replication::state::next_sync_version(sync.current.version, a.epoch);
+                sync.current = SyncView { version, required: true, members: BTreeMap::new(), stores: BTreeMap::new() };
+                sync.pending = None;
+            }
             *r = a.primary.clone();
             *e = (*e).max(a.epoch);
         }
@@ -130,19 +174,19 @@ struct SimNode {
     store: Arc<Mutex<MemStore>>,
     role: Arc<Mutex<Option<String>>>,
     epoch: Arc<Mutex<u64>>,
+    sync: Arc<Mutex<SimSync>>,
     /// Clock rate (drift), in parts per thousand off 1.
     rate_permille: i64,
 }
 
 async fn boot(n: &SimNode, net: &Arc<Mutex<Net>>, start: tokio::time::Instant, rejoin: bool) -> Arc<Coordinator> {
-    let other = if n.name == "a" { "b" } else { "a" };
     let data = Arc::new(SimData {
         us: n.name.clone(),
-        other: other.into(),
         data: n.name != "w",
         store: n.store.clone(),
         role: n.role.clone(),
         epoch: n.epoch.clone(),
+        sync: n.sync.clone(),
     });
     let rate = n.rate_permille;
     let clock: Clock = Arc::new(move || {
@@ -166,8 +210,10 @@ fn sim_nodes(mut rate: impl FnMut() -> i64) -> Vec<SimNode> {
             name: (*n).into(),
             disk: Arc::new(MemDisk::default()),
             store: Arc::default(),
-            role: Arc::default(),
+            // The durable role of a data node names the configured primary at first start.
+            role: Arc::new(Mutex::new((*n != "w").then(|| "a".to_owned()))),
             epoch: Arc::new(Mutex::new(1)),
+            sync: Arc::new(Mutex::new(SimSync::first(if *n == "a" { "b" } else { "a" }))),
             rate_permille: rate(),
         })
         .collect()
@@ -207,6 +253,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
                     }
                     if let Some(n) = nodes.iter().find(|n| n.name == who) {
                         n.store.lock().map_err(|e| e.to_string())?.crash();
+                        n.sync.lock().map_err(|e| e.to_string())?.crash();
                     }
                     trace.push_str(&format!("{step}:crash {who}\n"));
                 } else if roll < 60 && !up {
@@ -291,17 +338,26 @@ fn run_seed(seed: u64) -> Result<String, String> {
             }
             for p in ["a", "b"] {
                 let primary = nodes.iter().find(|n| n.name == p).ok_or("no node")?;
-                let (assigned, up_p) = {
-                    let c = up.iter().find(|(n, _)| n == p);
-                    (c.map(|(_, c)| c.assignment().primary), c.is_some())
-                };
-                if !up_p || assigned.flatten().as_deref() != Some(p) {
+                let s = if p == "a" { "b" } else { "a" };
+                let believed = |n: &str| up.iter().find(|(x, _)| x == n).map(|(_, c)| c.assignment());
+                // Both believe p is the primary: a node takes warm data only from the primary it
+                // follows.
+                let (Some(a), Some(theirs)) = (believed(p), believed(s)) else { continue };
+                if a.primary.as_deref() != Some(p) || theirs.primary.as_deref() != Some(p) {
                     continue;
                 }
-                let s = if p == "a" { "b" } else { "a" };
                 let standby = nodes.iter().find(|n| n.name == s).ok_or("no node")?;
                 if !net.lock().map_err(|e| e.to_string())?.linked(p, s) {
                     continue;
+                }
+                // A standby refuses the batches of an epoch older than its own (invariant 19).
+                let epoch = a.epoch;
+                {
+                    let mut theirs = standby.epoch.lock().map_err(|e| e.to_string())?;
+                    if epoch < *theirs {
+                        continue;
+                    }
+                    *theirs = epoch;
                 }
                 // The standby follows: rewinds to the common prefix, copies what is synced.
                 let src = primary.store.lock().map_err(|e| e.to_string())?.synced.clone();
@@ -309,16 +365,65 @@ fn run_seed(seed: u64) -> Result<String, String> {
                 dst.synced = src;
                 dst.unsynced.clear();
             }
-            // A pending write is acknowledged once both data nodes have it synced and its writer
-            // still holds the lease.
+            // The primary's synchronous set: the standby leaves it once unreachable for
+            // SYNC_DROP_STEPS and a quorum of voters confirmed the smaller set; it joins again
+            // once it has everything the primary has.
+            for p in ["a", "b"] {
+                let Some((_, c)) = up.iter().find(|(n, _)| n == p) else { continue };
+                let a = c.assignment();
+                if a.primary.as_deref() != Some(p) {
+                    continue;
+                }
+                let s = if p == "a" { "b" } else { "a" };
+                let node = nodes.iter().find(|n| n.name == p).ok_or("no node")?;
+                let standby = nodes.iter().find(|n| n.name == s).ok_or("no node")?;
+                let linked = net.lock().map_err(|e| e.to_string())?.linked(p, s);
+                let have = node.store.lock().map_err(|e| e.to_string())?.synced.clone();
+                let caught_up = linked && standby.store.lock().map_err(|e| e.to_string())?.synced == have;
+                let mut sync = node.sync.lock().map_err(|e| e.to_string())?;
+                if let Some((next, give_up)) = sync.pending.clone() {
+                    if c.confirmed_sync_version() >= next.version {
+                        sync.current = next;
+                        sync.pending = None;
+                        trace.push_str(&format!("{step}:{s} leaves {p}'s synchronous set\n"));
+                    } else if step >= give_up {
+                        sync.pending = None;
+                    }
+                    continue;
+                }
+                let last = sync.announced.max(sync.current.version).max(c.heard_sync_version());
+                let version = crate::replication::state::next_sync_version(last, a.epoch);
+                if sync.current.members.contains_key(s) {
+                    if linked {
+                        sync.down_since = None;
+                    } else if step.saturating_sub(*sync.down_since.get_or_insert(step)) >= SYNC_DROP_STEPS {
+                        let next = SyncView { version, required: true, members: BTreeMap::new(), stores: BTreeMap::new() };
+                        sync.announced = version;
+                        sync.pending = Some((next, step + SYNC_CONFIRM_STEPS));
+                        sync.down_since = None;
+                    }
+                } else if caught_up {
+                    let members = BTreeMap::from([(s.to_owned(), have.len() as u64)]);
+                    sync.current = SyncView { version, required: true, members, stores: BTreeMap::new() };
+                    sync.announced = version;
+                    trace.push_str(&format!("{step}:{s} joins {p}'s synchronous set\n"));
+                }
+            }
+            // A pending write is acknowledged once its writer has it synced and still holds the
+            // lease, and the standby has it synced too, unless the writer's synchronous set is
+            // empty (then it is acknowledged on the writer's disk alone).
             let synced = |n: &str| -> Vec<String> {
                 nodes.iter().find(|x| x.name == n).map(|x| x.store.lock().map(|s| s.synced.clone()).unwrap_or_default()).unwrap_or_default()
+            };
+            let alone = |n: &str| -> bool {
+                nodes.iter().find(|x| x.name == n).is_some_and(|x| x.sync.lock().is_ok_and(|s| s.current.members.is_empty()))
             };
             let (sa, sb) = (synced("a"), synced("b"));
             let mut still = Vec::new();
             for (writer, key) in pending.drain(..) {
                 let holds = up.iter().any(|(n, c)| *n == writer && c.holds_lease());
-                if sa.contains(&key) && sb.contains(&key) && holds {
+                let (own, other) = if writer == "a" { (&sa, &sb) } else { (&sb, &sa) };
+                if own.contains(&key) && (other.contains(&key) || alone(&writer)) && holds {
                     acked.push(key);
                 } else if holds {
                     still.push((writer, key));
