@@ -787,6 +787,9 @@ fn render_replication(o: &mut String, r: &serde_json::Value) {
     let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     let _ = writeln!(o, "\nreplication: primary {}, peer listen {}", str_of(r, "primary"), str_of(r, "listen"));
     let _ = writeln!(o, "  warm role {}, epoch {}", str_of(r, "role"), r["epoch"].as_u64().unwrap_or(0));
+    if let Some(line) = sync_set_line(r) {
+        let _ = writeln!(o, "  {line}");
+    }
     let _ = writeln!(o, "  failover: {}", str_of(r, "automatic_failover"));
     if let Some(f) = r.get("failover").filter(|f| f.is_object()) {
         let a = &f["assignment"];
@@ -847,6 +850,28 @@ fn render_replication(o: &mut String, r: &serde_json::Value) {
     for a in r.get("alarms").and_then(|p| p.as_array()).into_iter().flatten() {
         let _ = writeln!(o, "  ALARM {}", a.as_str().unwrap_or_default());
     }
+}
+
+/// On a primary with warm components acknowledged by `standby`: who those writes wait for
+/// (and who alone may be promoted automatically).
+fn sync_set_line(r: &serde_json::Value) -> Option<String> {
+    let standby_acks = r
+        .get("components")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .any(|c| c.get("mode").and_then(|m| m.as_str()) == Some("warm") && c.get("ack").and_then(|a| a.as_str()) == Some("standby"));
+    if r.get("role").and_then(|x| x.as_str()) != Some("primary") || !standby_acks {
+        return None;
+    }
+    let members = r.get("sync_set").and_then(|s| s.get("members")).and_then(|m| m.as_object());
+    let listed: Vec<String> =
+        members.into_iter().flatten().map(|(name, from)| format!("{name} (complete from {})", from.as_u64().unwrap_or(0))).collect();
+    Some(if listed.is_empty() {
+        "synchronous set: empty: `standby`-ack writes are acknowledged on this node's disk alone until a standby catches up, and no node can be promoted automatically".to_owned()
+    } else {
+        format!("synchronous set: {}: each `standby`-ack write waits for one of them", listed.join(", "))
+    })
 }
 
 fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -1007,5 +1032,30 @@ fn conflicts(c: ConflictsCommand) -> anyhow::Result<ExitCode> {
                 Err(e) => refused(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_the_synchronous_set_on_a_primary_with_standby_acks() {
+        let mut r = serde_json::json!({
+            "role": "primary",
+            "components": [{ "name": "trunks", "mode": "warm", "ack": "standby" }, { "name": "crm", "mode": "hot", "ack": "local" }],
+            "sync_set": { "members": { "b": 120 }, "version": 4398046511105u64 },
+        });
+        let mut o = String::new();
+        render_replication(&mut o, &r);
+        assert!(o.contains("synchronous set: b (complete from 120): each `standby`-ack write waits for one of them"), "{o}");
+        r["sync_set"]["members"] = serde_json::json!({});
+        assert!(sync_set_line(&r).is_some_and(|l| l.contains("empty") && l.contains("disk alone")), "{r}");
+        // Nothing to say on a standby, or without `standby` acks.
+        r["role"] = "standby".into();
+        assert_eq!(sync_set_line(&r), None);
+        r["role"] = "primary".into();
+        r["components"][0]["ack"] = "local".into();
+        assert_eq!(sync_set_line(&r), None);
     }
 }
