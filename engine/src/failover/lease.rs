@@ -270,18 +270,27 @@ pub struct SyncView {
 }
 
 /// Which node to promote when `primary` is gone: a data node that answered, never the old
-/// primary, a member of the freshest synchronous set known (complete from its join position,
-/// and with the store that joined, when the set names it) when promotions are restricted to
-/// it; the one furthest in the primary's feed, by name on a tie.
+/// primary; the one furthest in the primary's feed, by name on a tie. When promotions are
+/// restricted to the freshest synchronous set known: a member of it, complete from its join
+/// position and with the store that joined (when the set names it), and only once every
+/// member has answered, as far as the furthest of them. A `standby`-ack write waits for one
+/// member, any of them, and a member holds a prefix of the primary's feed: the newest
+/// acknowledged write is on the furthest member, and on no node the others can vouch for.
 pub fn pick_candidate(primary: &str, replies: &[PollReply]) -> Option<(String, u64)> {
     let sync = replies.iter().map(|r| &r.sync).max_by_key(|s| s.version)?;
+    let answered = |m: &String| replies.iter().any(|r| r.node == *m);
+    if sync.required && !sync.members.keys().filter(|m| *m != primary).all(answered) {
+        return None;
+    }
+    let furthest_member = replies.iter().filter(|r| r.node != primary && sync.members.contains_key(&r.node)).map(|r| r.applied).max();
     replies
         .iter()
         .filter(|r| r.data && r.node != primary && r.may_endorse)
         .filter(|r| {
             !sync.required
                 || (sync.members.get(&r.node).is_some_and(|from| r.applied >= *from)
-                    && sync.stores.get(&r.node).is_none_or(|store| *store == r.store))
+                    && sync.stores.get(&r.node).is_none_or(|store| *store == r.store)
+                    && furthest_member.is_none_or(|top| r.applied >= top))
         })
         .max_by(|a, b| a.applied.cmp(&b.applied).then_with(|| b.node.cmp(&a.node)))
         .map(|r| (r.node.clone(), r.applied))
@@ -404,7 +413,7 @@ mod tests {
             sync: sync.clone(),
             ..Default::default()
         };
-        let replies = vec![r("a", true, 100), r("b", true, 40), r("c", true, 45), r("w", false, 0)];
+        let replies = vec![r("a", true, 100), r("b", true, 40), r("c", true, 35), r("w", false, 0)];
         assert_eq!(pick_candidate("a", &replies), Some(("b".into(), 40)), "c is a member only from 50");
         let mut older = replies.clone();
         older[0].sync = SyncView { version: 2, required: true, members: BTreeMap::from([("c".into(), 0)]), ..Default::default() };
@@ -412,11 +421,45 @@ mod tests {
         assert_eq!(pick_candidate("a", &older), Some(("b".into(), 40)), "the freshest set wins");
         let none = vec![r("w", false, 0)];
         assert_eq!(pick_candidate("a", &none), None);
-        let mut free = replies;
+        let mut free = replies.clone();
         for x in &mut free {
             x.sync.required = false;
+            x.sync.members.clear();
         }
-        assert_eq!(pick_candidate("a", &free), Some(("c".into(), 45)));
+        free[2].applied = 45;
+        assert_eq!(pick_candidate("a", &free), Some(("c".into(), 45)), "without standby acks, the furthest data node");
+    }
+
+    #[test]
+    fn with_several_members_every_one_answers_and_the_candidate_is_as_far_as_the_furthest() {
+        // A `standby`-ack write waits for any one member: the newest may be on b or on c alone.
+        let sync =
+            SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 10), ("c".into(), 20)]), ..Default::default() };
+        let r = |node: &str, applied: u64, may_endorse: bool| PollReply {
+            node: node.into(),
+            data: node != "w",
+            may_endorse,
+            applied,
+            sync: sync.clone(),
+            ..Default::default()
+        };
+        let all = vec![r("b", 40, true), r("c", 45, true), r("w", 0, true)];
+        assert_eq!(pick_candidate("a", &all), Some(("c".into(), 45)));
+        // c silent: it may hold writes acknowledged by it alone.
+        let without_c = vec![r("b", 40, true), r("w", 0, true)];
+        assert_eq!(pick_candidate("a", &without_c), None, "a quorum without c cannot tell what c acknowledged");
+        // c answers but still hears the primary: b is behind it, so b is not promoted either.
+        let c_not_endorsing = vec![r("b", 40, true), r("c", 45, false), r("w", 0, true)];
+        assert_eq!(pick_candidate("a", &c_not_endorsing), None);
+        // Level: either will do, by name.
+        let level = vec![r("b", 45, true), r("c", 45, true), r("w", 0, true)];
+        assert_eq!(pick_candidate("a", &level), Some(("b".into(), 45)));
+        // The old primary's own entry in a set (never the case, but not a member to wait for).
+        let mut with_a = all.clone();
+        for x in &mut with_a {
+            x.sync.members.insert("a".into(), 0);
+        }
+        assert_eq!(pick_candidate("a", &with_a), Some(("c".into(), 45)));
     }
 
     #[test]
