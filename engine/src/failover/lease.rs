@@ -130,7 +130,10 @@ pub struct Voter {
     heard: BTreeMap<String, u64>,
     /// When this voter last granted each node a lease.
     granted: BTreeMap<String, u64>,
+    /// The primaries whose removal this voter endorsed, and the index of the assignment they
+    /// were endorsed under (the next assignment ends them).
     revoked: BTreeSet<String>,
+    assignment: u64,
 }
 
 /// Why a lease request was refused.
@@ -155,7 +158,20 @@ impl std::fmt::Display for Refusal {
 
 impl Voter {
     pub fn new(now: u64) -> Voter {
-        Voter { started_at: now, heard: BTreeMap::new(), granted: BTreeMap::new(), revoked: BTreeSet::new() }
+        Voter { started_at: now, heard: BTreeMap::new(), granted: BTreeMap::new(), revoked: BTreeSet::new(), assignment: 0 }
+    }
+
+    /// The endorsements a voter saved before it restarted ([`Voter::endorsements`]): they hold
+    /// while the assignment they were given under is the current one.
+    pub fn restore(&mut self, assignment: u64, revoked: BTreeSet<String>) {
+        self.assignment = assignment;
+        self.revoked = revoked;
+    }
+
+    /// What a voter must save before it answers an endorsement: the assignment it endorsed
+    /// under, and every primary it endorsed removing.
+    pub fn endorsements(&self) -> (u64, BTreeSet<String>) {
+        (self.assignment, self.revoked.clone())
     }
 
     /// A lease request from `from` while the consensus state names `assigned`. Besides the
@@ -163,8 +179,8 @@ impl Voter {
     /// another node may still hold (`lease + margin` after that grant), nor in the first
     /// `lease + margin` after it started (it may have granted anyone before a restart): so a
     /// change of primary reaching a voter, however it came about (a promotion committed late,
-    /// by another leader, after the voter restarted and forgot its endorsements), never gives two
-    /// nodes a lease from it at once.
+    /// by another leader, after a replaced voter lost its endorsements), never gives two nodes a
+    /// lease from it at once.
     pub fn on_lease(&mut self, from: &str, assigned: Option<&str>, now: u64, timing: &Timing) -> Result<(), Refusal> {
         if assigned != Some(from) {
             return Err(Refusal::NotThePrimary(assigned.map(str::to_owned)));
@@ -210,11 +226,14 @@ impl Voter {
         self.revoked.contains(primary)
     }
 
-    /// A new assignment naming `primary` was applied at `now`: endorsements were for the
-    /// previous one, and the new primary's silence counts from now (it had no reason to renew
-    /// a lease before).
-    pub fn on_assignment(&mut self, primary: &str, now: u64) {
-        self.revoked.clear();
+    /// Assignment `index` naming `primary` was applied at `now`: endorsements were for an
+    /// earlier one (one restored for this very assignment stands), and the new primary's
+    /// silence counts from now (it had no reason to renew a lease before).
+    pub fn on_assignment(&mut self, primary: &str, index: u64, now: u64) {
+        if index != self.assignment {
+            self.revoked.clear();
+            self.assignment = index;
+        }
         let h = self.heard.entry(primary.to_owned()).or_insert(now);
         *h = (*h).max(now);
     }
@@ -340,8 +359,25 @@ mod tests {
         assert!(!v.endorse("a", t0 + 1_000, &T, false));
         assert!(v.endorse("a", t0 + 1_100, &T, false));
         assert_eq!(v.on_lease("a", Some("a"), t0 + 1_200, &T), Err(Refusal::Revoked));
-        v.on_assignment("a", t0 + 1_250);
+        v.on_assignment("a", 2, t0 + 1_250);
         assert_eq!(v.on_lease("a", Some("a"), t0 + 1_300, &T), Ok(()));
+    }
+
+    #[test]
+    fn endorsements_restored_after_a_restart_hold_until_the_next_assignment() {
+        let mut v = Voter::new(0);
+        v.on_assignment("a", 4, 0);
+        assert!(v.endorse("a", 5_000, &T, false));
+        let (index, revoked) = v.endorsements();
+        assert_eq!((index, revoked.iter().map(String::as_str).collect::<Vec<_>>()), (4, vec!["a"]));
+        // Restarted: the same assignment is applied again at start; the endorsement stands.
+        let mut again = Voter::new(6_000);
+        again.restore(index, revoked);
+        again.on_assignment("a", 4, 6_000);
+        assert_eq!(again.on_lease("a", Some("a"), 8_000, &T), Err(Refusal::Revoked));
+        // The next assignment (a promotion, or a reinstated primary) ends it.
+        again.on_assignment("a", 5, 8_100);
+        assert_eq!(again.on_lease("a", Some("a"), 8_200, &T), Ok(()));
     }
 
     #[test]
@@ -349,7 +385,7 @@ mod tests {
         let mut v = Voter::new(0);
         assert_eq!(v.on_lease("a", Some("a"), 2_000, &T), Ok(()));
         // The assignment changes without an endorsement here (a late commit, another leader).
-        v.on_assignment("b", 2_100);
+        v.on_assignment("b", 2, 2_100);
         assert_eq!(v.on_lease("b", Some("b"), 2_200, &T), Err(Refusal::Handoff(900)));
         assert_eq!(v.on_lease("b", Some("b"), 3_100, &T), Ok(()));
         assert_eq!(v.on_lease("a", Some("b"), 3_150, &T), Err(Refusal::NotThePrimary(Some("b".into()))));
@@ -359,7 +395,7 @@ mod tests {
     fn a_new_primary_is_silent_only_from_its_assignment_on() {
         let mut v = Voter::new(0);
         assert!(v.may_endorse("b", 50_000, &T), "never heard b since the start");
-        v.on_assignment("b", 50_000);
+        v.on_assignment("b", 2, 50_000);
         assert!(!v.may_endorse("b", 50_500, &T), "b was just made primary: it gets a lease's time to renew");
         assert!(v.may_endorse("b", 51_100, &T));
     }

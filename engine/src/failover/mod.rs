@@ -291,6 +291,9 @@ impl Coordinator {
         let (stop, _) = watch::channel(false);
         let now = clock();
         let sync_heard = store.sync_heard();
+        let mut voter = Voter::new(now);
+        let (endorsed_under, endorsed) = store.endorsed();
+        voter.restore(endorsed_under, endorsed);
         let c = Arc::new(Coordinator {
             settings,
             ids,
@@ -299,7 +302,7 @@ impl Coordinator {
             transport,
             data,
             clock,
-            state: Mutex::new(State { voter: Some(Voter::new(now)), sync_heard, ..Default::default() }),
+            state: Mutex::new(State { voter: Some(voter), sync_heard, ..Default::default() }),
             assignment,
             stop,
             tasks: Mutex::new(Vec::new()),
@@ -558,8 +561,23 @@ impl Coordinator {
                 let now = self.now();
                 let timing = self.settings.timing;
                 let rejoining = self.store.rejoining();
-                let granted = !rejoining && self.state().voter.as_mut().is_some_and(|v| v.endorse(&primary, now, &timing, forced));
-                Reply::Endorse { granted }
+                let mut s = self.state();
+                let Some(v) = s.voter.as_mut() else { return Reply::Endorse { granted: false } };
+                if rejoining || !v.endorse(&primary, now, &timing, forced) {
+                    return Reply::Endorse { granted: false };
+                }
+                // Saved before the answer: a promotion decided on it may commit long after (a
+                // later leader's first entry commits it), and a restarted voter that forgot it
+                // would grant the old primary a lease meanwhile, under which it could
+                // acknowledge writes the promoted node never gets.
+                let (index, endorsed) = v.endorsements();
+                match self.store.save_endorsed(index, &endorsed) {
+                    Ok(()) => Reply::Endorse { granted: true },
+                    Err(e) => {
+                        tracing::warn!(node = %self.settings.us, "failover: cannot record an endorsement: {e:#}");
+                        Reply::Endorse { granted: false }
+                    }
+                }
             }
             other => Reply::Promote(Err(format!("not a voter's request: {other:?}"))),
         }
@@ -610,7 +628,7 @@ impl Coordinator {
                     let now = self.now();
                     let mut s = self.state();
                     if let (Some(v), Some(p)) = (s.voter.as_mut(), a.primary.as_deref()) {
-                        v.on_assignment(p, now);
+                        v.on_assignment(p, a.index, now);
                     }
                     if a.primary.as_deref() == Some(self.settings.us.as_str()) {
                         s.holder = Some(Holder::new(now.saturating_add(a.not_before_ms)));

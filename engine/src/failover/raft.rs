@@ -9,7 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -217,6 +217,13 @@ struct Persisted {
     /// before the grant, so that a restarted voter still restricts promotions to it.
     #[serde(default)]
     sync_heard: SyncView,
+    /// The primaries whose removal this voter endorsed, and the assignment they were endorsed
+    /// under: saved before the endorsement is answered, so that a restarted voter still grants
+    /// them no lease until the next assignment (a promotion decided then may commit late).
+    #[serde(default)]
+    endorsed_under: u64,
+    #[serde(default)]
+    endorsed: BTreeSet<String>,
 }
 
 /// The log and the state machine, saved together (they are tiny: promotions are rare, and the
@@ -295,6 +302,20 @@ impl Store {
     /// Records, durably, the synchronous set a primary announced.
     pub fn save_sync_heard(&self, sync: &SyncView) -> anyhow::Result<()> {
         self.save_with(|p| p.sync_heard = sync.clone())
+    }
+
+    /// The endorsements this voter gave (see [`Persisted::endorsed`]).
+    pub fn endorsed(&self) -> (u64, BTreeSet<String>) {
+        let p = self.lock();
+        (p.endorsed_under, p.endorsed.clone())
+    }
+
+    /// Records, durably, the endorsements this voter gave under assignment `index`.
+    pub fn save_endorsed(&self, index: u64, primaries: &BTreeSet<String>) -> anyhow::Result<()> {
+        self.save_with(|p| {
+            p.endorsed_under = index;
+            p.endorsed = primaries.clone();
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Persisted> {
