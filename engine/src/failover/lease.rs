@@ -130,8 +130,8 @@ pub struct Voter {
     heard: BTreeMap<String, u64>,
     /// When this voter last granted each node a lease.
     granted: BTreeMap<String, u64>,
-    /// The primaries whose removal this voter endorsed, and the index of the assignment they
-    /// were endorsed under (the next assignment ends them).
+    /// The primaries whose removal this voter endorsed, and the newest assignment index they
+    /// were endorsed under: an assignment past it ends them.
     revoked: BTreeSet<String>,
     assignment: u64,
 }
@@ -162,14 +162,14 @@ impl Voter {
     }
 
     /// The endorsements a voter saved before it restarted ([`Voter::endorsements`]): they hold
-    /// while the assignment they were given under is the current one.
+    /// until it applies an assignment past the one they were given under.
     pub fn restore(&mut self, assignment: u64, revoked: BTreeSet<String>) {
         self.assignment = assignment;
         self.revoked = revoked;
     }
 
-    /// What a voter must save before it answers an endorsement: the assignment it endorsed
-    /// under, and every primary it endorsed removing.
+    /// What a voter must save before it answers an endorsement: the assignment index it
+    /// endorsed under, and every primary it endorsed removing.
     pub fn endorsements(&self) -> (u64, BTreeSet<String>) {
         (self.assignment, self.revoked.clone())
     }
@@ -210,11 +210,13 @@ impl Voter {
         self.revoked.contains(primary) || self.silent_ms(primary, now) >= timing.refuse_ms()
     }
 
-    /// Endorses removing `primary` (it gets no lease from this voter afterwards). `forced` is a
-    /// manual promotion: the new primary then waits out the lease (see [`Timing::refuse_ms`]).
-    pub fn endorse(&mut self, primary: &str, now: u64, timing: &Timing, forced: bool) -> bool {
+    /// Endorses removing `primary`, the primary of assignment `index` (it gets no lease from
+    /// this voter afterwards, until an assignment past `index`). `forced` is a manual
+    /// promotion: the new primary then waits out the lease (see [`Timing::refuse_ms`]).
+    pub fn endorse(&mut self, primary: &str, index: u64, now: u64, timing: &Timing, forced: bool) -> bool {
         if forced || self.may_endorse(primary, now, timing) {
             self.revoked.insert(primary.to_owned());
+            self.assignment = self.assignment.max(index);
             true
         } else {
             false
@@ -226,11 +228,12 @@ impl Voter {
         self.revoked.contains(primary)
     }
 
-    /// Assignment `index` naming `primary` was applied at `now`: endorsements were for an
-    /// earlier one (one restored for this very assignment stands), and the new primary's
-    /// silence counts from now (it had no reason to renew a lease before).
+    /// Assignment `index` naming `primary` was applied at `now`: endorsements given under an
+    /// earlier one end (not those given under this one, or a later one this voter had not
+    /// applied yet when asked), and the new primary's silence counts from now (it had no reason
+    /// to renew a lease before).
     pub fn on_assignment(&mut self, primary: &str, index: u64, now: u64) {
-        if index != self.assignment {
+        if index > self.assignment {
             self.revoked.clear();
             self.assignment = index;
         }
@@ -356,8 +359,8 @@ mod tests {
         assert_eq!(v.on_lease("a", Some("b"), t0, &T), Err(Refusal::NotThePrimary(Some("b".into()))));
         assert_eq!(v.on_lease("a", Some("a"), t0, &T), Ok(()));
         assert!(!v.may_endorse("a", t0 + 1_099, &T), "silent for less than lease + margin");
-        assert!(!v.endorse("a", t0 + 1_000, &T, false));
-        assert!(v.endorse("a", t0 + 1_100, &T, false));
+        assert!(!v.endorse("a", 1, t0 + 1_000, &T, false));
+        assert!(v.endorse("a", 1, t0 + 1_100, &T, false));
         assert_eq!(v.on_lease("a", Some("a"), t0 + 1_200, &T), Err(Refusal::Revoked));
         v.on_assignment("a", 2, t0 + 1_250);
         assert_eq!(v.on_lease("a", Some("a"), t0 + 1_300, &T), Ok(()));
@@ -367,7 +370,7 @@ mod tests {
     fn endorsements_restored_after_a_restart_hold_until_the_next_assignment() {
         let mut v = Voter::new(0);
         v.on_assignment("a", 4, 0);
-        assert!(v.endorse("a", 5_000, &T, false));
+        assert!(v.endorse("a", 4, 5_000, &T, false));
         let (index, revoked) = v.endorsements();
         assert_eq!((index, revoked.iter().map(String::as_str).collect::<Vec<_>>()), (4, vec!["a"]));
         // Restarted: the same assignment is applied again at start; the endorsement stands.
@@ -378,6 +381,20 @@ mod tests {
         // The next assignment (a promotion, or a reinstated primary) ends it.
         again.on_assignment("a", 5, 8_100);
         assert_eq!(again.on_lease("a", Some("a"), 8_200, &T), Ok(()));
+    }
+
+    #[test]
+    fn an_endorsement_given_before_the_voter_applied_that_assignment_stands_when_it_does() {
+        // Cut off, this voter applied nothing yet; the leader asks it to endorse removing a, the
+        // primary of assignment 2.
+        let mut v = Voter::new(0);
+        assert!(v.endorse("a", 2, 5_000, &T, false));
+        // Assignment 2 reaches it afterwards: a still gets nothing from it.
+        v.on_assignment("a", 2, 5_100);
+        assert_eq!(v.on_lease("a", Some("a"), 7_000, &T), Err(Refusal::Revoked));
+        v.on_assignment("b", 3, 7_100);
+        assert_eq!(v.on_lease("a", Some("b"), 7_200, &T), Err(Refusal::NotThePrimary(Some("b".into()))));
+        assert!(!v.revoked("a"), "a later assignment ends it");
     }
 
     #[test]

@@ -59,10 +59,14 @@ pub enum Request {
         primary: Option<String>,
     },
     /// The consensus leader asks a voter to endorse removing `primary` (`forced`: a manual
-    /// promotion, which waits out the lease instead).
+    /// promotion, which waits out the lease instead), the primary of the leader's assignment
+    /// `index`: the endorsement holds until the voter applies a later assignment (one it had
+    /// not applied yet when asked does not end it).
     Endorse {
         primary: String,
         forced: bool,
+        #[serde(default)]
+        index: u64,
     },
     /// A node asks the consensus leader to promote it (`tandem promote`).
     Promote {
@@ -534,6 +538,13 @@ impl Coordinator {
         match req {
             Request::Lease { from, sync } => {
                 let store = self.data.store_id();
+                if self.store.rejoining() {
+                    // The lost voter's endorsements are gone with it: a promotion decided on them
+                    // may still commit, and a lease granted meanwhile could let the old primary
+                    // acknowledge writes the promoted node never gets. No promise until caught up.
+                    let reason = "this voter replaces a lost one and grants no lease until it has caught up with a leader".to_owned();
+                    return Reply::Lease { granted: false, reason, store };
+                }
                 let now = self.now();
                 let timing = self.settings.timing;
                 let assigned = self.assignment.borrow().primary.clone();
@@ -557,13 +568,13 @@ impl Coordinator {
                 }
             }
             Request::Poll { primary } => Reply::Poll(self.poll_reply(primary.as_deref())),
-            Request::Endorse { primary, forced } => {
+            Request::Endorse { primary, forced, index } => {
                 let now = self.now();
                 let timing = self.settings.timing;
                 let rejoining = self.store.rejoining();
                 let mut s = self.state();
                 let Some(v) = s.voter.as_mut() else { return Reply::Endorse { granted: false } };
-                if rejoining || !v.endorse(&primary, now, &timing, forced) {
+                if rejoining || !v.endorse(&primary, index, now, &timing, forced) {
                     return Reply::Endorse { granted: false };
                 }
                 // Saved before the answer: a promotion decided on it may commit long after (a
@@ -804,7 +815,9 @@ impl Coordinator {
                     "{primary} is silent to a quorum, but no node can take over (none is in its synchronous set and complete)"
                 ));
             };
-            let replies = self.ask_all(Some(&primary), || Request::Endorse { primary: primary.clone(), forced: false }, timeout).await;
+            let replies = self
+                .ask_all(Some(&primary), || Request::Endorse { primary: primary.clone(), forced: false, index: a.index }, timeout)
+                .await;
             let granted = replies.iter().filter(|(_, r)| matches!(r, Reply::Endorse { granted: true })).count();
             if granted < quorum {
                 return Err(format!("{granted} of {quorum} endorsements to replace {primary}"));
@@ -861,7 +874,7 @@ impl Coordinator {
         };
         let fork = target.applied;
         if let Some(p) = &old {
-            let replies = self.ask_all(Some(p), || Request::Endorse { primary: p.clone(), forced: true }, timeout).await;
+            let replies = self.ask_all(Some(p), || Request::Endorse { primary: p.clone(), forced: true, index: a.index }, timeout).await;
             let granted = replies.iter().filter(|(_, r)| matches!(r, Reply::Endorse { granted: true })).count();
             if granted < quorum {
                 return Err(format!("only {granted} of the {quorum} voters needed revoked {p}'s lease"));
@@ -983,7 +996,7 @@ mod tests {
             let requests = [
                 Request::Lease { from: "a".into(), sync },
                 Request::Poll { primary: Some("a".into()) },
-                Request::Endorse { primary: "a".into(), forced: false },
+                Request::Endorse { primary: "a".into(), forced: false, index: 2 },
                 Request::Promote { node: "b".into() },
             ];
             let replies = [Reply::Lease { granted: true, reason: String::new(), store: "b-1".into() }, Reply::Endorse { granted: false }];

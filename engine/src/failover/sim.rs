@@ -578,7 +578,7 @@ fn an_endorsement_survives_a_restart_until_the_next_assignment() {
         net.lock().expect("net").cut.extend([pair("b", "a"), pair("b", "w")]);
         let b = up("b");
         let assignment = b.assignment();
-        let endorsed = b.handle(Request::Endorse { primary: "a".into(), forced: true }).await;
+        let endorsed = b.handle(Request::Endorse { primary: "a".into(), forced: true, index: assignment.index }).await;
         assert!(matches!(endorsed, Reply::Endorse { granted: true }), "{endorsed:?}");
         let lease = || Request::Lease { from: "a".into(), sync: SyncView::default() };
         let refused = b.handle(lease()).await;
