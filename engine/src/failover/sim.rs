@@ -497,6 +497,47 @@ fn a_seed_replays_the_same_run() {
     assert!(one.contains("write on"), "the run took writes:\n{one}");
 }
 
+/// A scripted run: a, b and w booted without clock drift, a the primary holding its lease.
+struct Scripted {
+    net: Arc<Mutex<Net>>,
+    start: tokio::time::Instant,
+    nodes: Vec<SimNode>,
+}
+
+impl Scripted {
+    fn node(&self, n: &str) -> &SimNode {
+        self.nodes.iter().find(|x| x.name == n).expect("node")
+    }
+    fn up(&self, n: &str) -> Arc<Coordinator> {
+        self.net.lock().expect("net").nodes.get(n).cloned().expect("up")
+    }
+}
+
+async fn settle(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Runs `script` on the paused clock of `seed`, then stops every coordinator still up.
+fn scripted<F: std::future::Future<Output = Scripted>>(seed: u64, script: impl FnOnce(Scripted) -> F) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+    rt.block_on(async {
+        raft::seed_thread(seed);
+        let net =
+            Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(seed), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
+        let h = Scripted { net, start: tokio::time::Instant::now(), nodes: sim_nodes(|| 0) };
+        for n in &h.nodes {
+            boot(n, &h.net, h.start, false).await;
+        }
+        settle(3_000).await;
+        assert!(h.up("a").holds_lease(), "a is the first primary: {:?}", h.up("a").status());
+        let h = script(h).await;
+        let cs: Vec<Arc<Coordinator>> = h.net.lock().expect("net").nodes.values().cloned().collect();
+        for c in cs {
+            c.stop().await;
+        }
+    });
+}
+
 /// Raft's lost-state hazard, scripted: the consensus decides something (b promoted in epoch 3)
 /// with only w and b while a is cut off; then b's server is replaced by an empty one and w goes
 /// down. a and the new b are a quorum by numbers, but only w holds the decision. The new b
@@ -504,21 +545,9 @@ fn a_seed_replays_the_same_run() {
 /// no lease. Once w is back, the new b catches up with the leader and votes again.
 #[test]
 fn a_replaced_voter_votes_for_nobody_until_it_has_caught_up() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
-    rt.block_on(async {
-        raft::seed_thread(7);
-        let net = Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(7), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
-        let start = tokio::time::Instant::now();
-        let nodes = sim_nodes(|| 0);
-        let node = |n: &str| nodes.iter().find(|x| x.name == n).expect("node");
-        let up = |n: &str| net.lock().expect("net").nodes.get(n).cloned().expect("up");
-        let mut cs = Vec::new();
-        for n in &nodes {
-            cs.push(boot(n, &net, start, false).await);
-        }
-        let settle = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
-        settle(3_000).await;
-        assert!(up("a").holds_lease(), "a is the first primary: {:?}", up("a").status());
+    scripted(7, |h| async move {
+        let Scripted { net, start, .. } = &h;
+        let (node, up) = (|n: &str| h.node(n), |n: &str| h.up(n));
         // a is cut off: w and b promote b, a decision a never hears of.
         net.lock().expect("net").cut.extend([pair("a", "b"), pair("a", "w")]);
         settle(5_000).await;
@@ -533,21 +562,18 @@ fn a_replaced_voter_votes_for_nobody_until_it_has_caught_up() {
         }
         *node("b").disk.0.lock().expect("disk") = None;
         net.lock().expect("net").cut.clear();
-        let b = boot(node("b"), &net, start, true).await;
+        let b = boot(node("b"), net, *start, true).await;
         for _ in 0..100 {
             settle(100).await;
             assert!(!up("a").holds_lease(), "a, which never heard that b was promoted, took a lease again: {:?}", up("a").status());
             assert!(b.store.rejoining(), "the new b stopped rejoining with no leader to catch up from");
         }
         // w returns: it leads, the new b catches up and votes again.
-        boot(node("w"), &net, start, false).await;
+        boot(node("w"), net, *start, false).await;
         settle(5_000).await;
         assert!(!b.store.rejoining(), "the new b did not catch up: {:?}", b.status());
         assert!(b.assignment().index >= decided.index, "{:?} against {decided:?}", b.assignment());
-        let cs: Vec<Arc<Coordinator>> = net.lock().expect("net").nodes.values().cloned().collect();
-        for c in cs {
-            c.stop().await;
-        }
+        h
     });
 }
 
@@ -559,20 +585,9 @@ fn a_replaced_voter_votes_for_nobody_until_it_has_caught_up() {
 /// modelled).
 #[test]
 fn an_endorsement_survives_a_restart_until_the_next_assignment() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
-    rt.block_on(async {
-        raft::seed_thread(11);
-        let net = Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(11), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
-        let start = tokio::time::Instant::now();
-        let nodes = sim_nodes(|| 0);
-        let node = |n: &str| nodes.iter().find(|x| x.name == n).expect("node");
-        let up = |n: &str| net.lock().expect("net").nodes.get(n).cloned().expect("up");
-        for n in &nodes {
-            boot(n, &net, start, false).await;
-        }
-        let settle = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
-        settle(3_000).await;
-        assert!(up("a").holds_lease(), "a is the first primary: {:?}", up("a").status());
+    scripted(11, |h| async move {
+        let Scripted { net, start, .. } = &h;
+        let (node, up) = (|n: &str| h.node(n), |n: &str| h.up(n));
         // b, cut off from the others (so no leader hears of what follows and reinstates a),
         // endorses a's removal, as for a promotion: it grants a no lease afterwards.
         net.lock().expect("net").cut.extend([pair("b", "a"), pair("b", "w")]);
@@ -586,7 +601,7 @@ fn an_endorsement_survives_a_restart_until_the_next_assignment() {
         // b restarts, under the same assignment: it still refuses a, past any hand-off delay.
         let b = net.lock().expect("net").nodes.remove("b").expect("b");
         b.stop().await;
-        let b = boot(node("b"), &net, start, false).await;
+        let b = boot(node("b"), net, *start, false).await;
         settle(3_000).await;
         assert_eq!(b.assignment().index, assignment.index, "no new assignment meanwhile: {:?}", b.status());
         let after = b.handle(lease()).await;
@@ -599,9 +614,6 @@ fn an_endorsement_survives_a_restart_until_the_next_assignment() {
         settle(5_000).await;
         assert!(b.assignment().index > assignment.index, "{:?}", b.status());
         assert!(up("a").holds_lease(), "a was reinstated: {:?}", up("a").status());
-        let cs: Vec<Arc<Coordinator>> = net.lock().expect("net").nodes.values().cloned().collect();
-        for c in cs {
-            c.stop().await;
-        }
+        h
     });
 }
