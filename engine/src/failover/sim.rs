@@ -6,7 +6,9 @@
 //! follow it, in its epoch or a later one; the primary's synchronous set drops an unreachable
 //! standby once a quorum of voters confirmed the smaller set (versions from
 //! `replication::state::next_sync_version`), and takes it back once caught up; a write is
-//! acknowledged when the standby has it, or on the primary alone while its set is empty.
+//! acknowledged when a member of the set has it, or on the primary alone while its set is
+//! empty. Runs have two data nodes and a witness, or four data nodes and a witness (five voters,
+//! where a quorum need not hear from every member of the set).
 //!
 //! Checked at every step: never two nodes holding a primary's lease at the same simulated
 //! instant; after the run, every acknowledged write is on the final primary and all data nodes
@@ -40,20 +42,21 @@ struct SimSync {
     pending: Option<(SyncView, usize)>,
     /// The newest version announced since the node started.
     announced: u64,
-    /// Since when the member has been unreachable.
-    down_since: Option<usize>,
+    /// Since when each member has been unreachable.
+    down_since: BTreeMap<String, usize>,
 }
 
 impl SimSync {
     /// At first start every standby is in the set, complete from the start.
-    fn first(other: &str) -> SimSync {
-        let current = SyncView { version: 0, required: true, members: BTreeMap::from([(other.to_owned(), 0)]), stores: BTreeMap::new() };
-        SimSync { current, pending: None, announced: 0, down_since: None }
+    fn first(others: &[&str]) -> SimSync {
+        let members = others.iter().map(|o| ((*o).to_owned(), 0)).collect();
+        let current = SyncView { version: 0, required: true, members, stores: BTreeMap::new() };
+        SimSync { current, pending: None, announced: 0, down_since: BTreeMap::new() }
     }
     fn crash(&mut self) {
         self.pending = None;
         self.announced = 0;
-        self.down_since = None;
+        self.down_since.clear();
     }
 }
 
@@ -177,6 +180,7 @@ struct SimNode {
     sync: Arc<Mutex<SimSync>>,
     /// Clock rate (drift), in parts per thousand off 1.
     rate_permille: i64,
+    voters: Vec<String>,
 }
 
 async fn boot(n: &SimNode, net: &Arc<Mutex<Net>>, start: tokio::time::Instant, rejoin: bool) -> Arc<Coordinator> {
@@ -193,7 +197,7 @@ async fn boot(n: &SimNode, net: &Arc<Mutex<Net>>, start: tokio::time::Instant, r
         let real = start.elapsed().as_micros() as i64;
         u64::try_from(real * (1_000 + rate) / 1_000 / 1_000).unwrap_or(0)
     });
-    let settings = Settings { us: n.name.clone(), voters: vec!["a".into(), "b".into(), "w".into()], timing: TIMING, rejoin };
+    let settings = Settings { us: n.name.clone(), voters: n.voters.clone(), timing: TIMING, rejoin };
     let transport = Arc::new(SimTransport { from: n.name.clone(), net: net.clone() });
     let c = Coordinator::start(settings, n.disk.clone(), transport, data, clock).await.expect("start coordinator");
     if let Ok(mut g) = net.lock() {
@@ -202,9 +206,22 @@ async fn boot(n: &SimNode, net: &Arc<Mutex<Net>>, start: tokio::time::Instant, r
     c
 }
 
-/// Data nodes a and b and witness w, fresh, each with the clock drift `rate` gives.
-fn sim_nodes(mut rate: impl FnMut() -> i64) -> Vec<SimNode> {
-    ["a", "b", "w"]
+/// Data nodes a and b and the witness w.
+const THREE: &[&str] = &["a", "b", "w"];
+/// Four data nodes and the witness: five voters, where a quorum need not include every member
+/// of the synchronous set.
+const FIVE: &[&str] = &["a", "b", "c", "d", "w"];
+
+/// The data nodes among `names` (all but the witness w).
+fn data_nodes<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    names.iter().copied().filter(|n| *n != "w").collect()
+}
+
+/// The nodes `names` (data nodes and the witness w), fresh, each with the clock drift `rate`
+/// gives; a is the configured primary.
+fn sim_nodes(names: &[&str], mut rate: impl FnMut() -> i64) -> Vec<SimNode> {
+    let data = data_nodes(names);
+    names
         .iter()
         .map(|n| SimNode {
             name: (*n).into(),
@@ -213,14 +230,21 @@ fn sim_nodes(mut rate: impl FnMut() -> i64) -> Vec<SimNode> {
             // The durable role of a data node names the configured primary at first start.
             role: Arc::new(Mutex::new((*n != "w").then(|| "a".to_owned()))),
             epoch: Arc::new(Mutex::new(1)),
-            sync: Arc::new(Mutex::new(SimSync::first(if *n == "a" { "b" } else { "a" }))),
+            sync: Arc::new(Mutex::new(SimSync::first(&data.iter().copied().filter(|d| d != n).collect::<Vec<_>>()))),
             rate_permille: rate(),
+            voters: names.iter().map(|v| (*v).to_owned()).collect(),
         })
         .collect()
 }
 
 /// What one seed did: a trace to compare replays by, or the broken invariant.
 fn run_seed(seed: u64) -> Result<String, String> {
+    run_seed_with(seed, THREE)
+}
+
+/// [`run_seed`] with the nodes `names`.
+fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
+    let data = data_nodes(names);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         raft::seed_thread(seed);
@@ -228,7 +252,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
         let net =
             Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(seed), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
         let start = tokio::time::Instant::now();
-        let nodes = sim_nodes(|| rng.gen_range(-45..=45));
+        let nodes = sim_nodes(names, || rng.gen_range(-45..=45));
         for n in &nodes {
             boot(n, &net, start, false).await;
         }
@@ -243,7 +267,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
             let calm = step >= steps - 150; // the last stretch heals and settles
             if !calm {
                 let roll = rng.gen_range(0..1_000);
-                let who = nodes[rng.gen_range(0..3)].name.clone();
+                let who = nodes[rng.gen_range(0..nodes.len())].name.clone();
                 let up = net.lock().map_err(|e| e.to_string())?.nodes.contains_key(&who);
                 if roll < 15 && up {
                     let c = net.lock().map_err(|e| e.to_string())?.nodes.remove(&who);
@@ -264,7 +288,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
                     // not admitted: the replacement waits until they agree).
                     let replaceable = {
                         let n = net.lock().map_err(|e| e.to_string())?;
-                        n.nodes.len() == 2 && n.nodes.values().all(|c| !c.store.rejoining())
+                        n.nodes.len() == nodes.len() - 1 && n.nodes.values().all(|c| !c.store.rejoining())
                     };
                     let replaced = rng.gen_range(0..5) == 0 && replaceable;
                     if let Some(n) = nodes.iter().find(|n| n.name == who) {
@@ -285,7 +309,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
                     }
                     trace.push_str(&format!("{step}:{} {who}\n", if replaced { "replace" } else { "restart" }));
                 } else if roll < 75 {
-                    let other = nodes[rng.gen_range(0..3)].name.clone();
+                    let other = nodes[rng.gen_range(0..nodes.len())].name.clone();
                     if other != who {
                         net.lock().map_err(|e| e.to_string())?.cut.insert(pair(&who, &other));
                         trace.push_str(&format!("{step}:cut {who}-{other}\n"));
@@ -336,9 +360,8 @@ fn run_seed(seed: u64) -> Result<String, String> {
                 pending.push((h.clone(), key));
                 trace.push_str(&format!("{step}:write on {h}\n"));
             }
-            for p in ["a", "b"] {
+            for (p, s) in data.iter().flat_map(|p| data.iter().filter(move |s| *s != p).map(move |s| (*p, *s))) {
                 let primary = nodes.iter().find(|n| n.name == p).ok_or("no node")?;
-                let s = if p == "a" { "b" } else { "a" };
                 let believed = |n: &str| up.iter().find(|(x, _)| x == n).map(|(_, c)| c.assignment());
                 // Both believe p is the primary: a node takes warm data only from the primary it
                 // follows.
@@ -365,65 +388,89 @@ fn run_seed(seed: u64) -> Result<String, String> {
                 dst.synced = src;
                 dst.unsynced.clear();
             }
-            // The primary's synchronous set: the standby leaves it once unreachable for
+            // The primary's synchronous set: a standby leaves it once unreachable for
             // SYNC_DROP_STEPS and a quorum of voters confirmed the smaller set; it joins again
             // once it has everything the primary has.
-            for p in ["a", "b"] {
+            for p in data.iter().copied() {
                 let Some((_, c)) = up.iter().find(|(n, _)| n == p) else { continue };
                 let a = c.assignment();
                 if a.primary.as_deref() != Some(p) {
                     continue;
                 }
-                let s = if p == "a" { "b" } else { "a" };
                 let node = nodes.iter().find(|n| n.name == p).ok_or("no node")?;
-                let standby = nodes.iter().find(|n| n.name == s).ok_or("no node")?;
-                let linked = net.lock().map_err(|e| e.to_string())?.linked(p, s);
                 let have = node.store.lock().map_err(|e| e.to_string())?.synced.clone();
-                let caught_up = linked && standby.store.lock().map_err(|e| e.to_string())?.synced == have;
                 let mut sync = node.sync.lock().map_err(|e| e.to_string())?;
                 if let Some((next, give_up)) = sync.pending.clone() {
                     if c.confirmed_sync_version() >= next.version {
+                        let gone: Vec<&String> = sync.current.members.keys().filter(|m| !next.members.contains_key(*m)).collect();
+                        trace.push_str(&format!("{step}:{gone:?} leave {p}'s synchronous set\n"));
                         sync.current = next;
                         sync.pending = None;
-                        trace.push_str(&format!("{step}:{s} leaves {p}'s synchronous set\n"));
                     } else if step >= give_up {
                         sync.pending = None;
                     }
                     continue;
                 }
-                let last = sync.announced.max(sync.current.version).max(c.heard_sync_version());
-                let version = crate::replication::state::next_sync_version(last, a.epoch);
-                if sync.current.members.contains_key(s) {
-                    if linked {
-                        sync.down_since = None;
-                    } else if step.saturating_sub(*sync.down_since.get_or_insert(step)) >= SYNC_DROP_STEPS {
-                        let next = SyncView { version, required: true, members: BTreeMap::new(), stores: BTreeMap::new() };
-                        sync.announced = version;
-                        sync.pending = Some((next, step + SYNC_CONFIRM_STEPS));
-                        sync.down_since = None;
+                let mut next = sync.current.clone();
+                for s in data.iter().copied().filter(|s| *s != p) {
+                    let linked = net.lock().map_err(|e| e.to_string())?.linked(p, s);
+                    if sync.current.members.contains_key(s) {
+                        if linked {
+                            sync.down_since.remove(s);
+                        } else if step.saturating_sub(*sync.down_since.entry(s.to_owned()).or_insert(step)) >= SYNC_DROP_STEPS {
+                            next.members.remove(s);
+                            sync.down_since.remove(s);
+                        }
+                    } else {
+                        let standby = nodes.iter().find(|n| n.name == s).ok_or("no node")?;
+                        if linked && standby.store.lock().map_err(|e| e.to_string())?.synced == have {
+                            next.members.insert(s.to_owned(), have.len() as u64);
+                            trace.push_str(&format!("{step}:{s} joins {p}'s synchronous set\n"));
+                        }
                     }
-                } else if caught_up {
-                    let members = BTreeMap::from([(s.to_owned(), have.len() as u64)]);
-                    sync.current = SyncView { version, required: true, members, stores: BTreeMap::new() };
-                    sync.announced = version;
-                    trace.push_str(&format!("{step}:{s} joins {p}'s synchronous set\n"));
+                }
+                if next.members == sync.current.members {
+                    continue;
+                }
+                let last = sync.announced.max(sync.current.version).max(c.heard_sync_version());
+                next.version = crate::replication::state::next_sync_version(last, a.epoch);
+                sync.announced = next.version;
+                if sync.current.members.keys().any(|m| !next.members.contains_key(m)) {
+                    sync.pending = Some((next, step + SYNC_CONFIRM_STEPS));
+                } else {
+                    sync.current = next;
                 }
             }
             // A pending write is acknowledged once its writer has it synced and still holds the
-            // lease, and the standby has it synced too, unless the writer's synchronous set is
-            // empty (then it is acknowledged on the writer's disk alone).
-            let synced = |n: &str| -> Vec<String> {
-                nodes.iter().find(|x| x.name == n).map(|x| x.store.lock().map(|s| s.synced.clone()).unwrap_or_default()).unwrap_or_default()
+            // lease, and a member of the writer's synchronous set has it synced too, unless the
+            // set is empty (then it is acknowledged on the writer's disk alone).
+            let synced: BTreeMap<&str, Vec<String>> = data
+                .iter()
+                .map(|d| {
+                    (
+                        *d,
+                        nodes
+                            .iter()
+                            .find(|x| x.name == *d)
+                            .map(|x| x.store.lock().map(|s| s.synced.clone()).unwrap_or_default())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let members = |n: &str| -> Vec<String> {
+                nodes
+                    .iter()
+                    .find(|x| x.name == n)
+                    .map(|x| x.sync.lock().map(|s| s.current.members.keys().cloned().collect()).unwrap_or_default())
+                    .unwrap_or_default()
             };
-            let alone = |n: &str| -> bool {
-                nodes.iter().find(|x| x.name == n).is_some_and(|x| x.sync.lock().is_ok_and(|s| s.current.members.is_empty()))
-            };
-            let (sa, sb) = (synced("a"), synced("b"));
             let mut still = Vec::new();
             for (writer, key) in pending.drain(..) {
                 let holds = up.iter().any(|(n, c)| *n == writer && c.holds_lease());
-                let (own, other) = if writer == "a" { (&sa, &sb) } else { (&sb, &sa) };
-                if own.contains(&key) && (other.contains(&key) || alone(&writer)) && holds {
+                let own = synced.get(writer.as_str()).is_some_and(|s| s.contains(&key));
+                let set = members(&writer);
+                let standby = set.is_empty() || set.iter().any(|m| synced.get(m.as_str()).is_some_and(|s| s.contains(&key)));
+                if own && standby && holds {
                     acked.push(key);
                 } else if holds {
                     still.push((writer, key));
@@ -457,9 +504,11 @@ fn run_seed(seed: u64) -> Result<String, String> {
             }
         }
         let a = nodes[0].store.lock().map_err(|e| e.to_string())?.synced.clone();
-        let b = nodes[1].store.lock().map_err(|e| e.to_string())?.synced.clone();
-        if a != b {
-            return Err(format!("seed {seed}: the data nodes did not converge ({} and {} writes)\n{trace}", a.len(), b.len()));
+        for other in nodes.iter().filter(|n| n.name != "a" && n.name != "w") {
+            let b = other.store.lock().map_err(|e| e.to_string())?.synced.clone();
+            if a != b {
+                return Err(format!("seed {seed}: the data nodes did not converge ({} and {} writes)\n{trace}", a.len(), b.len()));
+            }
         }
         for (_, c) in up {
             c.stop().await;
@@ -470,10 +519,15 @@ fn run_seed(seed: u64) -> Result<String, String> {
 }
 
 fn seeds() -> Vec<u64> {
+    seeds_or(300)
+}
+
+/// The seeds to run: `TANDEM_SIM_SEED`, or `TANDEM_SIM_SEEDS` (else `n`) from `TANDEM_SIM_FROM`.
+fn seeds_or(n: u64) -> Vec<u64> {
     if let Some(s) = std::env::var("TANDEM_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![s];
     }
-    let n = std::env::var("TANDEM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300u64);
+    let n = std::env::var("TANDEM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(n);
     let from = std::env::var("TANDEM_SIM_FROM").ok().and_then(|s| s.parse().ok()).unwrap_or(1u64);
     (from..from.saturating_add(n)).collect()
 }
@@ -483,6 +537,19 @@ fn simulated_failover_keeps_one_primary_and_every_acknowledged_write() {
     let mut failures = Vec::new();
     for seed in seeds() {
         if let Err(e) = run_seed(seed) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{} seed(s) failed; the first:\n{}", failures.len(), failures[0]);
+}
+
+/// Four data nodes and a witness: five voters, so a quorum need not hear from every member of
+/// the synchronous set, while a `standby`-ack write may be on one member alone.
+#[test]
+fn simulated_failover_with_four_data_nodes_keeps_every_acknowledged_write() {
+    let mut failures = Vec::new();
+    for seed in seeds_or(100) {
+        if let Err(e) = run_seed_with(seed, FIVE) {
             failures.push(e);
         }
     }
@@ -524,7 +591,7 @@ fn scripted<F: std::future::Future<Output = Scripted>>(seed: u64, script: impl F
         raft::seed_thread(seed);
         let net =
             Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(seed), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
-        let h = Scripted { net, start: tokio::time::Instant::now(), nodes: sim_nodes(|| 0) };
+        let h = Scripted { net, start: tokio::time::Instant::now(), nodes: sim_nodes(THREE, || 0) };
         for n in &h.nodes {
             boot(n, &h.net, h.start, false).await;
         }
