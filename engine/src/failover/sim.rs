@@ -44,6 +44,8 @@ struct SimSync {
     announced: u64,
     /// Since when each member has been unreachable.
     down_since: BTreeMap<String, usize>,
+    /// Where the members that stay must be before one leaves.
+    shrink_target: Option<usize>,
 }
 
 impl SimSync {
@@ -51,12 +53,13 @@ impl SimSync {
     fn first(others: &[&str]) -> SimSync {
         let members = others.iter().map(|o| ((*o).to_owned(), 0)).collect();
         let current = SyncView { version: 0, required: true, members, stores: BTreeMap::new() };
-        SimSync { current, pending: None, announced: 0, down_since: BTreeMap::new() }
+        SimSync { current, pending: None, announced: 0, down_since: BTreeMap::new(), shrink_target: None }
     }
     fn crash(&mut self) {
         self.pending = None;
         self.announced = 0;
         self.down_since.clear();
+        self.shrink_target = None;
     }
 }
 
@@ -412,8 +415,12 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                     continue;
                 }
                 let mut next = sync.current.clone();
+                // A standby counts only while it follows p (as a subscription counts only with
+                // every warm component).
+                let follows = |s: &str| up.iter().any(|(n, c)| n == s && c.assignment().primary.as_deref() == Some(p));
+                let holds = |s: &str| nodes.iter().find(|n| n.name == s).map_or(0, |n| n.store.lock().map_or(0, |st| st.synced.len()));
                 for s in data.iter().copied().filter(|s| *s != p) {
-                    let linked = net.lock().map_err(|e| e.to_string())?.linked(p, s);
+                    let linked = net.lock().map_err(|e| e.to_string())?.linked(p, s) && follows(s);
                     if sync.current.members.contains_key(s) {
                         if linked {
                             sync.down_since.remove(s);
@@ -430,8 +437,18 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                     }
                 }
                 if next.members == sync.current.members {
+                    sync.shrink_target = None;
                     continue;
                 }
+                // The members that stay first hold what was committed when the shrink was first
+                // wanted: the one leaving may be the only holder of some acknowledged writes.
+                if sync.current.members.keys().any(|m| !next.members.contains_key(m)) {
+                    let target = *sync.shrink_target.get_or_insert(have.len());
+                    if next.members.keys().any(|m| holds(m) < target || !follows(m)) {
+                        continue;
+                    }
+                }
+                sync.shrink_target = None;
                 let last = sync.announced.max(sync.current.version).max(c.heard_sync_version());
                 next.version = crate::replication::state::next_sync_version(last, a.epoch);
                 sync.announced = next.version;

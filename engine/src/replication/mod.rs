@@ -754,6 +754,8 @@ impl Replication {
         // The newest version this loop announced, recorded or not (a smaller set that no quorum
         // confirmed was heard by some voters): the next one is past it.
         let mut announced = 0u64;
+        // Where the members that stay must be before a member leaves (see below).
+        let mut shrink_target: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -807,8 +809,22 @@ impl Replication {
                 }
             }
             if next.members == current.members && next.stores == current.stores {
+                shrink_target = None;
                 continue;
             }
+            // A `standby`-ack write waits for any one member: one that leaves may be the only
+            // holder of some. The members that stay must first hold everything committed when
+            // the shrink was first wanted (they follow: they get there quickly).
+            if current.members.keys().any(|m| !next.members.contains_key(m)) {
+                let target = *shrink_target.get_or_insert_with(|| self.node.last_seq());
+                let behind: Vec<String> =
+                    next.members.keys().filter(|m| self.shared().peers.get(*m).map_or(0, |s| s.acked_by_peer) < target).cloned().collect();
+                if !behind.is_empty() {
+                    tracing::debug!(?behind, target, "the synchronous set shrinks once the members that stay hold what was committed");
+                    continue;
+                }
+            }
+            shrink_target = None;
             next.changed_ms = self.node.clock().wall_ms();
             // Past what this node's own voter heard too: a set announced before a restart
             // that no quorum confirmed may be on some voters, and no other set may share its
