@@ -815,10 +815,13 @@ impl Replication {
             // A `standby`-ack write waits for any one member: one that leaves may be the only
             // holder of some. The members that stay must first hold everything committed when
             // the shrink was first wanted (they follow: they get there quickly).
-            if current.members.keys().any(|m| !next.members.contains_key(m)) {
+            let shrinks = current.members.keys().any(|m| !next.members.contains_key(m));
+            if shrinks {
                 let target = *shrink_target.get_or_insert_with(|| self.node.last_seq());
-                let behind: Vec<String> =
-                    next.members.keys().filter(|m| self.shared().peers.get(*m).map_or(0, |s| s.acked_by_peer) < target).cloned().collect();
+                let behind: Vec<String> = {
+                    let s = self.shared();
+                    next.members.keys().filter(|m| s.peers.get(*m).map_or(0, |p| p.acked_by_peer) < target).cloned().collect()
+                };
                 if !behind.is_empty() {
                     tracing::debug!(?behind, target, "the synchronous set shrinks once the members that stay hold what was committed");
                     continue;
@@ -836,7 +839,6 @@ impl Replication {
                 Ok(t) => t,
                 Err(_) => continue,
             };
-            let shrinks = current.members.keys().any(|m| !next.members.contains_key(m));
             if shrinks && let Some(c) = failover {
                 // A smaller set takes effect only once a quorum of voters has heard of it: a
                 // member that left must not be promoted with writes acknowledged without it.
