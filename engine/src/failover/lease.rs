@@ -454,25 +454,24 @@ mod tests {
         }
     }
 
+    /// A poll reply from `node` (a data node unless it is the witness w), endorsing, at
+    /// position `applied`, with the set `sync`.
+    fn reply(node: &str, applied: u64, sync: &SyncView) -> PollReply {
+        PollReply { node: node.into(), data: node != "w", may_endorse: true, applied, sync: sync.clone(), ..Default::default() }
+    }
+
     #[test]
     fn the_candidate_is_the_furthest_sync_member_never_the_old_primary_or_a_witness() {
         let sync =
             SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 10), ("c".into(), 50)]), ..Default::default() };
-        let r = |node: &str, data: bool, applied: u64| PollReply {
-            node: node.into(),
-            data,
-            may_endorse: true,
-            applied,
-            sync: sync.clone(),
-            ..Default::default()
-        };
-        let replies = vec![r("a", true, 100), r("b", true, 40), r("c", true, 35), r("w", false, 0)];
+        let r = |node: &str, applied: u64| reply(node, applied, &sync);
+        let replies = vec![r("a", 100), r("b", 40), r("c", 35), r("w", 0)];
         assert_eq!(pick_candidate("a", &replies), Some(("b".into(), 40)), "c is a member only from 50");
         let mut older = replies.clone();
         older[0].sync = SyncView { version: 2, required: true, members: BTreeMap::from([("c".into(), 0)]), ..Default::default() };
         older[1].sync = older[0].sync.clone();
         assert_eq!(pick_candidate("a", &older), Some(("b".into(), 40)), "the freshest set wins");
-        let none = vec![r("w", false, 0)];
+        let none = vec![r("w", 0)];
         assert_eq!(pick_candidate("a", &none), None);
         let mut free = replies.clone();
         for x in &mut free {
@@ -488,14 +487,7 @@ mod tests {
         // A `standby`-ack write waits for any one member: the newest may be on b or on c alone.
         let sync =
             SyncView { version: 3, required: true, members: BTreeMap::from([("b".into(), 10), ("c".into(), 20)]), ..Default::default() };
-        let r = |node: &str, applied: u64, may_endorse: bool| PollReply {
-            node: node.into(),
-            data: node != "w",
-            may_endorse,
-            applied,
-            sync: sync.clone(),
-            ..Default::default()
-        };
+        let r = |node: &str, applied: u64, may_endorse: bool| PollReply { may_endorse, ..reply(node, applied, &sync) };
         let all = vec![r("b", 40, true), r("c", 45, true), r("w", 0, true)];
         assert_eq!(pick_candidate("a", &all), Some(("c".into(), 45)));
         // c silent: it may hold writes acknowledged by it alone.
@@ -523,15 +515,7 @@ mod tests {
             members: BTreeMap::from([("b".into(), 0)]),
             stores: BTreeMap::from([("b".into(), "b-1".into())]),
         };
-        let r = |node: &str, store: &str, applied: u64| PollReply {
-            node: node.into(),
-            data: true,
-            may_endorse: true,
-            applied,
-            sync: sync.clone(),
-            store: store.into(),
-            ..Default::default()
-        };
+        let r = |node: &str, store: &str, applied: u64| PollReply { store: store.into(), ..reply(node, applied, &sync) };
         assert_eq!(pick_candidate("a", &[r("b", "b-1", 40)]), Some(("b".into(), 40)));
         // A server replaced under b's name (its store is new, and holds nothing yet).
         assert_eq!(pick_candidate("a", &[r("b", "b-2", 0)]), None);
