@@ -1,7 +1,8 @@
 //! Replication between real nodes over real sockets on loopback: warm streaming and standby
 //! refusals, resume after restart, hot convergence, `standby` acks, refusals of wrong
 //! credentials, wrong protocol versions and corrupted frames, plugin mismatches, and healing
-//! after delays and cuts through a fault proxy. Timings are relaxed for a busy 2-core machine.
+//! after delays and cuts through a fault proxy; a synchronous set of two members, one of whose
+//! links stalls. Timings are relaxed for a busy 2-core machine.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -719,4 +720,78 @@ fn replication_hot_a_version_the_plugin_refuses_to_merge_goes_to_the_conflict_qu
     wait_until("a later write reaches b", WAIT, || cb.get("hostile", "after").is_ok());
     let link = b.replication().expect("replication").status().peers.into_iter().find(|p| p.name == "a").expect("peer a");
     assert!(link.last_error.as_deref().is_none_or(|e| !e.contains("merge")), "{link:?}");
+}
+
+/// With two members in the synchronous set, a `standby`-ack write is acknowledged by whichever
+/// member has it first, so the member that then goes down may be its only holder besides the
+/// primary. It leaves the set only once the member that stays holds that write: until then the
+/// set keeps it (and failover could still pick it); b's link here stalls, neither cut nor timed
+/// out, while c is due to leave.
+#[test]
+fn replication_a_member_leaves_the_synchronous_set_only_once_the_members_that_stay_hold_what_it_acknowledged() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (ap, bp, cp) = (free_port(), free_port(), free_port());
+    // Every link between a and b runs through a proxy, whichever side dials.
+    let (to_a, to_b) = (FaultProxy::start(addr(ap).parse().expect("addr")), FaultProxy::start(addr(bp).parse().expect("addr")));
+    // No automatic failover: the voters' traffic would stall with b's link; the rule holds
+    // without it.
+    let cluster = "mode = \"warm\"\nprimary = \"a\"\nfailover = false\nack_timeout_ms = 3000\nsync_drop_ms = 1000";
+    let def = |name, port, peers: [(&str, String); 2]| NodeDef {
+        name,
+        port,
+        peers: peers.into_iter().map(|(n, a)| (n.to_owned(), a)).collect(),
+        cluster,
+        extra: STANDBY_ACK_TRUNKS,
+    };
+    let a_dir = write_cluster_node(root.path(), &def("a", ap, [("b", to_b.addr().to_string()), ("c", addr(cp))]), &["trunks"], None);
+    let b_dir =
+        write_cluster_node(root.path(), &def("b", bp, [("a", to_a.addr().to_string()), ("c", addr(cp))]), &["trunks"], Some(&a_dir));
+    let c_dir = write_cluster_node(root.path(), &def("c", cp, [("a", addr(ap)), ("b", addr(bp))]), &["trunks"], Some(&a_dir));
+    let a = start_node(&a_dir);
+    let b = start_node(&b_dir);
+    let c = start_node(&c_dir);
+    let ca = client(&a);
+    let set = || a.replication().expect("r").status().sync_set.members;
+    wait_until("b and c are in the synchronous set", WAIT, || {
+        let m = set();
+        m.contains_key("b") && m.contains_key("c")
+    });
+    for i in 0..5 {
+        let (k, v) = trunk(i);
+        ca.put("trunks", &k, &v, None).expect("standby-acked write");
+    }
+    wait_until("b follows", WAIT, || count(&b, "trunks") == 5);
+    let b_resets = || a.replication().expect("r").status().peers.iter().find(|p| p.name == "b").map(|p| p.link_resets);
+    let resets_before = b_resets();
+    // The link to b stalls: the next write is acknowledged by c alone, then c goes down.
+    to_a.set_held(true);
+    to_b.set_held(true);
+    let held = Instant::now();
+    let (k, v) = trunk(99);
+    ca.put("trunks", &k, &v, None).expect("acknowledged by c");
+    assert!(c.block_on(c.node().get("trunks", &k)).expect("read").is_some(), "c has it at ack time");
+    drop(c);
+    let down = Instant::now();
+    let b_has_it = || b.block_on(b.node().get("trunks", &k)).expect("read").is_some();
+    // c has been down well past sync_drop_ms; b is up (its link is under the 5 s timeout) but
+    // lacks the write: c stays.
+    while held.elapsed() < Duration::from_millis(3_000) {
+        let m = set();
+        assert!(m.contains_key("c") || b_has_it(), "c left the set {:?} after {:?} down while b lacks the write", m, down.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(down.elapsed() > Duration::from_millis(2_000), "c was down {:?}", down.elapsed());
+    assert!(set().contains_key("c"), "c is still a member: {:?}", set());
+    assert!(!b_has_it(), "the link to b held the write back");
+    to_a.set_held(false);
+    to_b.set_held(false);
+    wait_until("c leaves once b holds the write", WAIT, || {
+        let m = set();
+        assert!(m.contains_key("c") || b_has_it(), "c left the set {m:?} while b lacks the write");
+        !m.contains_key("c")
+    });
+    assert!(set().contains_key("b"), "b stays: {:?}", set());
+    assert!(b_has_it());
+    // b's link survived the stall (shorter than the link timeout): b was up all along.
+    assert_eq!(b_resets(), resets_before, "b's link was not reset");
 }

@@ -1,4 +1,4 @@
-//! A TCP proxy between two nodes that delays, corrupts and cuts connections on command, for
+//! A TCP proxy between two nodes that delays, holds, corrupts and cuts connections on command, for
 //! replication tests. Plain threads and blocking sockets: it knows nothing of the protocol.
 
 use std::io::{Read as _, Write as _};
@@ -11,6 +11,7 @@ struct State {
     target: SocketAddr,
     delay_ms: AtomicU64,
     blocked: AtomicBool,
+    held: AtomicBool,
     corrupt_next: AtomicBool,
     stopped: AtomicBool,
     forwarded: AtomicU64,
@@ -33,6 +34,7 @@ impl FaultProxy {
             target,
             delay_ms: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             corrupt_next: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
@@ -97,6 +99,12 @@ impl FaultProxy {
         }
     }
 
+    /// While held, nothing is forwarded either way but the connections stay open (a link that
+    /// stalls, shorter than the nodes' link timeout); what was sent meanwhile flows on release.
+    pub fn set_held(&self, held: bool) {
+        self.state.held.store(held, Ordering::SeqCst);
+    }
+
     /// Flips one bit in the next chunk forwarded (either direction).
     pub fn corrupt_next(&self) {
         self.state.corrupt_next.store(true, Ordering::SeqCst);
@@ -130,6 +138,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, s: &State) {
         let delay = s.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
+        }
+        while s.held.load(Ordering::SeqCst) && !s.stopped.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
         }
         if s.corrupt_next.swap(false, Ordering::SeqCst) {
             buf[n / 2] ^= 0x20;
