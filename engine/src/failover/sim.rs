@@ -7,8 +7,11 @@
 //! standby once a quorum of voters confirmed the smaller set (versions from
 //! `replication::state::next_sync_version`), and takes it back once caught up; a write is
 //! acknowledged when a member of the set has it, or on the primary alone while its set is
-//! empty. Runs have two data nodes and a witness, or four data nodes and a witness (five voters,
-//! where a quorum need not hear from every member of the set).
+//! empty. The set names the store each member joined with (as the member answers lease
+//! renewals); a member answering with another store (its server replaced by an empty one, which
+//! happens to half of the data nodes' replacements, sometimes with the primary failing at the
+//! same moment) leaves it until caught up. Runs have two data nodes and a witness, or four data
+//! nodes and a witness (five voters, where a quorum need not hear from every member of the set).
 //!
 //! Checked at every step: never two nodes holding a primary's lease at the same simulated
 //! instant; after the run, every acknowledged write is on the final primary and all data nodes
@@ -68,6 +71,8 @@ impl SimSync {
 struct MemStore {
     synced: Vec<String>,
     unsynced: Vec<String>,
+    /// How many times the server was replaced by one with an empty store: part of the store's id.
+    generation: u32,
 }
 
 impl MemStore {
@@ -79,6 +84,9 @@ impl MemStore {
     }
     fn crash(&mut self) {
         self.unsynced.clear();
+    }
+    fn id(&self, node: &str) -> String {
+        format!("{node}-store-{}", self.generation)
     }
 }
 
@@ -109,7 +117,7 @@ impl DataSide for SimData {
         self.sync.lock().map_or_else(|_| SyncView::default(), |s| s.pending.as_ref().map_or_else(|| s.current.clone(), |p| p.0.clone()))
     }
     fn store_id(&self) -> String {
-        format!("{}-store", self.us)
+        self.store.lock().map_or_else(|_| String::new(), |s| s.id(&self.us))
     }
     fn assigned(&self, a: Assignment) -> BoxFuture<'static, ()> {
         if let (Ok(mut r), Ok(mut e), Ok(mut sync)) = (self.role.lock(), self.epoch.lock(), self.sync.lock()) {
@@ -240,6 +248,27 @@ fn sim_nodes(names: &[&str], mut rate: impl FnMut() -> i64) -> Vec<SimNode> {
         .collect()
 }
 
+/// Crashes `who` (if up): its consensus state and synced data stay, the rest is lost. Records
+/// what it heard and which primary its assignment named.
+async fn crash(
+    net: &Arc<Mutex<Net>>,
+    nodes: &[SimNode],
+    who: &str,
+    heard: &mut BTreeMap<String, SyncView>,
+    named_at_crash: &mut BTreeMap<String, Option<String>>,
+) -> Result<(), String> {
+    let c = net.lock().map_err(|e| e.to_string())?.nodes.remove(who);
+    let Some(c) = c else { return Ok(()) };
+    heard.insert(who.to_owned(), c.state().sync_heard.clone());
+    named_at_crash.insert(who.to_owned(), c.assignment().primary);
+    c.stop().await;
+    if let Some(n) = nodes.iter().find(|n| n.name == who) {
+        n.store.lock().map_err(|e| e.to_string())?.crash();
+        n.sync.lock().map_err(|e| e.to_string())?.crash();
+    }
+    Ok(())
+}
+
 /// What one seed did: a trace to compare replays by, or the broken invariant.
 fn run_seed(seed: u64) -> Result<String, String> {
     run_seed_with(seed, THREE)
@@ -265,6 +294,8 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
         let mut next_key = 0u64;
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         let mut heard: BTreeMap<String, SyncView> = BTreeMap::new();
+        // The primary each node's assignment named when it crashed.
+        let mut named_at_crash: BTreeMap<String, Option<String>> = BTreeMap::new();
         let steps = 400;
         for step in 0..steps {
             let calm = step >= steps - 150; // the last stretch heals and settles
@@ -273,15 +304,7 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                 let who = nodes[rng.gen_range(0..nodes.len())].name.clone();
                 let up = net.lock().map_err(|e| e.to_string())?.nodes.contains_key(&who);
                 if roll < 15 && up {
-                    let c = net.lock().map_err(|e| e.to_string())?.nodes.remove(&who);
-                    if let Some(c) = c {
-                        heard.insert(who.clone(), c.state().sync_heard.clone());
-                        c.stop().await;
-                    }
-                    if let Some(n) = nodes.iter().find(|n| n.name == who) {
-                        n.store.lock().map_err(|e| e.to_string())?.crash();
-                        n.sync.lock().map_err(|e| e.to_string())?.crash();
-                    }
+                    crash(&net, &nodes, &who, &mut heard, &mut named_at_crash).await?;
                     trace.push_str(&format!("{step}:crash {who}\n"));
                 } else if roll < 60 && !up {
                     // One restart in five is a replacement: the voter's consensus state is gone
@@ -294,10 +317,31 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                         n.nodes.len() == nodes.len() - 1 && n.nodes.values().all(|c| !c.store.rejoining())
                     };
                     let replaced = rng.gen_range(0..5) == 0 && replaceable;
+                    // Half of the data nodes' replacements lose the store too: an empty server,
+                    // under a new store id. Only a standby's (a primary whose server is lost is
+                    // replaced by a promotion first), and only where another data node holds
+                    // every acknowledged write it held (no promise survives losing both copies).
+                    let wiped = replaced && who != "w" && rng.gen_bool(0.5) && {
+                        let up: Vec<Arc<Coordinator>> = net.lock().map_err(|e| e.to_string())?.nodes.values().cloned().collect();
+                        let named = up.iter().any(|c| c.assignment().primary.as_deref() == Some(who.as_str()))
+                            || named_at_crash.get(&who).is_some_and(|p| p.as_deref() == Some(who.as_str()));
+                        let synced = |n: &SimNode| n.store.lock().map(|s| s.synced.clone()).unwrap_or_default();
+                        let theirs = nodes.iter().find(|n| n.name == who).map(synced).unwrap_or_default();
+                        let elsewhere: Vec<Vec<String>> = nodes.iter().filter(|n| n.name != who && n.name != "w").map(synced).collect();
+                        !named && acked.iter().filter(|k| theirs.contains(k)).all(|k| elsewhere.iter().any(|o| o.contains(k)))
+                    };
                     if let Some(n) = nodes.iter().find(|n| n.name == who) {
                         if replaced {
                             *n.disk.0.lock().map_err(|e| e.to_string())? = None;
                             heard.remove(&who);
+                        }
+                        if wiped {
+                            let mut store = n.store.lock().map_err(|e| e.to_string())?;
+                            *store = MemStore { generation: store.generation + 1, ..MemStore::default() };
+                            *n.epoch.lock().map_err(|e| e.to_string())? = 1;
+                            *n.role.lock().map_err(|e| e.to_string())? = Some("a".to_owned());
+                            let others: Vec<&str> = data.iter().copied().filter(|d| *d != who).collect();
+                            *n.sync.lock().map_err(|e| e.to_string())? = SimSync::first(&others);
                         }
                         let c = boot(n, &net, start, replaced).await;
                         // A voter remembers the synchronous set it heard: forgetting it would
@@ -310,7 +354,27 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                             ));
                         }
                     }
-                    trace.push_str(&format!("{step}:{} {who}\n", if replaced { "replace" } else { "restart" }));
+                    // Half the time the primary fails with it (a correlated failure), before it
+                    // hears of the new store: a member's name then answers with a store that
+                    // holds nothing the member acknowledged.
+                    if wiped && rng.gen_bool(0.5) {
+                        let primary = {
+                            let n = net.lock().map_err(|e| e.to_string())?;
+                            n.nodes.values().map(|c| c.assignment()).max_by_key(|a| a.index).and_then(|a| a.primary)
+                        };
+                        if let Some(p) = primary.filter(|p| *p != who) {
+                            crash(&net, &nodes, &p, &mut heard, &mut named_at_crash).await?;
+                            trace.push_str(&format!("{step}:crash {p}\n"));
+                        }
+                    }
+                    let how = if wiped {
+                        "replace (empty store)"
+                    } else if replaced {
+                        "replace"
+                    } else {
+                        "restart"
+                    };
+                    trace.push_str(&format!("{step}:{how} {who}\n"));
                 } else if roll < 75 {
                     let other = nodes[rng.gen_range(0..nodes.len())].name.clone();
                     if other != who {
@@ -421,22 +485,38 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                 let holds = |s: &str| nodes.iter().find(|n| n.name == s).map_or(0, |n| n.store.lock().map_or(0, |st| st.synced.len()));
                 for s in data.iter().copied().filter(|s| *s != p) {
                     let linked = net.lock().map_err(|e| e.to_string())?.linked(p, s) && follows(s);
+                    // The store it last answered a lease renewal with, as `sync_loop` reads it.
+                    let store = c.store_of(s);
                     if sync.current.members.contains_key(s) {
-                        if linked {
+                        let replaced = store.as_ref().is_some_and(|id| sync.current.stores.get(s).is_some_and(|joined| joined != id));
+                        if replaced {
+                            // Another server under the member's name: it leaves, and joins again
+                            // once caught up.
+                            next.members.remove(s);
+                            next.stores.remove(s);
                             sync.down_since.remove(s);
+                        } else if linked {
+                            sync.down_since.remove(s);
+                            if let Some(id) = store.filter(|_| !sync.current.stores.contains_key(s)) {
+                                next.stores.insert(s.to_owned(), id);
+                            }
                         } else if step.saturating_sub(*sync.down_since.entry(s.to_owned()).or_insert(step)) >= SYNC_DROP_STEPS {
                             next.members.remove(s);
+                            next.stores.remove(s);
                             sync.down_since.remove(s);
                         }
                     } else {
                         let standby = nodes.iter().find(|n| n.name == s).ok_or("no node")?;
                         if linked && standby.store.lock().map_err(|e| e.to_string())?.synced == have {
                             next.members.insert(s.to_owned(), have.len() as u64);
+                            if let Some(id) = store {
+                                next.stores.insert(s.to_owned(), id);
+                            }
                             trace.push_str(&format!("{step}:{s} joins {p}'s synchronous set\n"));
                         }
                     }
                 }
-                if next.members == sync.current.members {
+                if next.members == sync.current.members && next.stores == sync.current.stores {
                     sync.shrink_target = None;
                     continue;
                 }
@@ -698,6 +778,54 @@ fn an_endorsement_survives_a_restart_until_the_next_assignment() {
         settle(5_000).await;
         assert!(b.assignment().index > assignment.index, "{:?}", b.status());
         assert!(up("a").holds_lease(), "a was reinstated: {:?}", up("a").status());
+        h
+    });
+}
+
+/// A member of the synchronous set whose server is replaced by an empty one is not the member:
+/// when the primary then fails, the new server (caught up with the consensus, not with the
+/// data) is not promoted in the member's place, though it answers under the member's name from
+/// the position the member joined at. The set names the store that joined; the new server
+/// answers with another.
+#[test]
+fn a_member_replaced_by_an_empty_server_is_not_promoted_in_its_place() {
+    scripted(13, |h| async move {
+        let Scripted { net, start, .. } = &h;
+        let (node, up) = (|n: &str| h.node(n), |n: &str| h.up(n));
+        // a acknowledged two writes with b, the member of its set since b's store joined.
+        for n in ["a", "b"] {
+            node(n).store.lock().expect("store").synced = vec!["k0".into(), "k1".into()];
+        }
+        {
+            let epoch = up("a").assignment().epoch;
+            let mut sync = node("a").sync.lock().expect("sync");
+            let version = crate::replication::state::next_sync_version(sync.current.version, epoch);
+            let (members, stores) = ([("b".to_owned(), 0)].into(), [("b".to_owned(), "b-store-0".to_owned())].into());
+            sync.current = SyncView { version, required: true, members, stores };
+        }
+        settle(1_000).await;
+        assert_eq!(up("w").state().sync_heard.stores.get("b").map(String::as_str), Some("b-store-0"), "w heard the set");
+        // b's server is replaced by an empty one, which rejoins the consensus.
+        let c = net.lock().expect("net").nodes.remove("b").expect("b");
+        c.stop().await;
+        *node("b").disk.0.lock().expect("disk") = None;
+        *node("b").store.lock().expect("store") = MemStore { generation: 1, ..MemStore::default() };
+        let b = boot(node("b"), net, *start, true).await;
+        settle(3_000).await;
+        assert!(!b.store.rejoining(), "the new b caught up with the consensus: {:?}", b.status());
+        assert!(up("a").holds_lease(), "{:?}", up("a").status());
+        // a fails: the only copies of k0 and k1 are on a's disk.
+        let c = net.lock().expect("net").nodes.remove("a").expect("a");
+        c.stop().await;
+        for _ in 0..50 {
+            settle(100).await;
+            assert_ne!(b.assignment().primary.as_deref(), Some("b"), "the empty b was promoted in the member's place: {:?}", b.status());
+            assert!(!b.holds_lease());
+        }
+        // a returns, still the primary, with every acknowledged write.
+        boot(node("a"), net, *start, false).await;
+        settle(3_000).await;
+        assert!(up("a").holds_lease(), "a took its lease back: {:?}", up("a").status());
         h
     });
 }
