@@ -304,8 +304,12 @@ fn failover_a_standby_replaced_by_an_empty_server_catches_up_and_takes_over_with
 
 /// A standby's server is replaced by an empty one that the primary cannot reach yet, and the
 /// primary dies before it has dropped the old standby from its synchronous set: the set still
-/// names b, but it names the store that joined, and the new b's store is another. The new b is
-/// not promoted (it holds none of the acknowledged writes); the old primary, restarted, is.
+/// names b. The new b is not promoted (it holds none of the acknowledged writes); the old
+/// primary, restarted, is. Two rules stop it: started without the rejoin marker and with no
+/// consensus state, it learns from the witness that the cluster has a history and rejoins (no
+/// vote, no endorsement until caught up, which needs every other voter); and the set names the
+/// store that joined, which the new b's is not (the simulation's
+/// `a_member_replaced_by_an_empty_server_is_not_promoted_in_its_place` checks that rule alone).
 #[test]
 fn failover_a_replaced_standby_that_never_caught_up_is_not_promoted_in_the_old_ones_place() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -346,7 +350,8 @@ fn failover_a_replaced_standby_that_never_caught_up_is_not_promoted_in_the_old_o
         std::thread::sleep(Duration::from_millis(20));
     }
     let st = status(&cb);
-    assert_eq!(st["failover"]["assignment"]["primary"].as_str(), Some("a"), "{st}");
+    assert_eq!(st["failover"]["rejoining"].as_bool(), Some(true), "the new b found it replaces a lost voter: {st}");
+    assert_ne!(st["failover"]["assignment"]["primary"].as_str(), Some("b"), "{st}");
     // The old primary comes back and takes writes again; the links heal; nothing is lost.
     to_a_from_b.set_blocked(false);
     to_b_from_a.set_blocked(false);

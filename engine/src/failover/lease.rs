@@ -274,6 +274,15 @@ pub struct PollReply {
     pub leader: Option<String>,
     #[serde(default)]
     pub term: u64,
+    /// Its consensus log holds an entry past the initial membership (a leader was elected
+    /// once), or it is rejoining. A voter that starts with no consensus state and hears this
+    /// replaces a lost one.
+    #[serde(default)]
+    pub history: bool,
+    /// It is rejoining or probing (see `Coordinator::abstains`): it follows no leader yet, so
+    /// a rejoining voter does not wait for it to agree on one.
+    #[serde(default)]
+    pub abstaining: bool,
 }
 
 /// The synchronous set as the primary announces it in lease requests.

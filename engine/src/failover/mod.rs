@@ -236,6 +236,10 @@ struct State {
     stores: BTreeMap<String, String>,
     /// While rejoining: the leader (its id) and term the other voters agreed on.
     admitted: Option<(u64, u64)>,
+    /// Started with no consensus state and no rejoin marker: until the other voters tell
+    /// whether the cluster has a history (see [`Coordinator::probe_loop`]), it abstains as a
+    /// rejoining voter does.
+    probing: bool,
 }
 
 /// A node's failover coordinator.
@@ -271,19 +275,21 @@ impl Coordinator {
         };
         anyhow::ensure!(ids.len() >= 3, "automatic failover needs three voters (two data nodes and a witness at least)");
         let store = Store::open(disk)?;
+        let fresh = store.is_fresh();
         if settings.rejoin && !store.rejoining() {
             store.set_rejoining(true)?;
         }
         let rejoining = store.rejoining();
+        let probing = fresh && !rejoining;
         let assignment = store.assignment();
         let names: BTreeMap<u64, String> = ids.iter().map(|(n, i)| (*i, n.clone())).collect();
         let network = Network { transport: transport.clone(), names: Arc::new(names) };
         let raft = Raft::new(id, raft::config(&settings.timing)?, network, store.clone(), store.clone())
             .await
             .map_err(|e| anyhow::anyhow!("starting consensus: {e}"))?;
-        if rejoining {
+        if rejoining || probing {
             // No campaign (initialising would start one): the membership and the log come from
-            // the leader.
+            // the leader (or, probing, once the others said the cluster has no history).
             raft.runtime_config().elect(false);
         } else if !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("starting consensus: {e}"))? {
             let members: BTreeMap<u64, BasicNode> = ids.values().map(|i| (*i, BasicNode::default())).collect();
@@ -306,7 +312,7 @@ impl Coordinator {
             transport,
             data,
             clock,
-            state: Mutex::new(State { voter: Some(voter), sync_heard, ..Default::default() }),
+            state: Mutex::new(State { voter: Some(voter), sync_heard, probing, ..Default::default() }),
             assignment,
             stop,
             tasks: Mutex::new(Vec::new()),
@@ -318,6 +324,9 @@ impl Coordinator {
             vec![tokio::spawn(c.clone().apply_loop()), tokio::spawn(c.clone().lease_loop()), tokio::spawn(c.clone().decide_loop())];
         if rejoining {
             tasks.push(tokio::spawn(c.clone().admit_loop()));
+        }
+        if probing {
+            tasks.push(tokio::spawn(c.clone().probe_loop()));
         }
         c.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
         Ok(c)
@@ -438,14 +447,14 @@ impl Coordinator {
     /// Answers a request of another coordinator.
     pub async fn handle(&self, req: Request) -> Reply {
         match req {
-            Request::Vote(_) if self.store.rejoining() => {
+            Request::Vote(_) if self.abstains() => {
                 // It may lack entries the lost voter helped commit: its vote could elect a
                 // leader without them.
                 let vote = self.raft.metrics().borrow().vote;
                 Reply::Vote(Ok(VoteResponse::new(vote, self.store.last_log_id(), false)))
             }
             Request::Vote(r) => Reply::Vote(self.raft.vote(r).await),
-            Request::Append(r) if self.store.rejoining() && !self.admits(&r.vote) => self.not_admitted(),
+            Request::Append(r) if self.abstains() && !self.admits(&r.vote) => self.not_admitted(),
             Request::Append(r) => {
                 let commit = r.leader_commit.map(|c| c.index);
                 let out = self.raft.append_entries(r).await;
@@ -454,7 +463,7 @@ impl Coordinator {
                 }
                 Reply::Append(out)
             }
-            Request::Snapshot(r) if self.store.rejoining() && !self.admits(&r.vote) => self.not_admitted(),
+            Request::Snapshot(r) if self.abstains() && !self.admits(&r.vote) => self.not_admitted(),
             Request::Snapshot(r) => Reply::Snapshot(self.raft.install_snapshot(r).await),
             Request::Promote { node } => Reply::Promote(self.promote_as_leader(&node).await),
             other => self.answer_as_voter(other),
@@ -468,14 +477,73 @@ impl Coordinator {
         self.state().admitted.is_some_and(|(id, term)| leader.term > term || (leader.term == term && leader.voted_for() == Some(id)))
     }
 
+    /// Rejoining, or still probing: it neither votes, endorses nor grants leases.
+    pub fn abstains(&self) -> bool {
+        self.store.rejoining() || self.state().probing
+    }
+
+    /// Started with no consensus state and no rejoin marker: a new cluster's first start, or a
+    /// server replaced without `tandem init --replaces`. Polls the other voters each heartbeat:
+    /// once one of them answers with a consensus history (a leader was elected once, or it is
+    /// rejoining), this voter rejoins, as a marked replacement does; once every other voter
+    /// answered in one round, none with a history, nothing was ever committed that this voter
+    /// could have helped decide, and it initialises. Until then it waits: a majority without a
+    /// history is not enough (the lost voter may have elected, with the one voter not
+    /// answering, a leader that holds committed entries), so a new cluster forms once every
+    /// voter has started.
+    async fn probe_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let period = Duration::from_millis(self.settings.timing.heartbeat_ms);
+        let timeout = Duration::from_millis(self.settings.timing.heartbeat_ms * 2);
+        let others = self.ids.len() - 1;
+        loop {
+            let polls: Vec<PollReply> = self
+                .ask_all(Some(&self.settings.us), || Request::Poll { primary: None }, timeout)
+                .await
+                .into_iter()
+                .filter_map(|(_, r)| if let Reply::Poll(p) = r { Some(p) } else { None })
+                .collect();
+            if let Some(p) = polls.iter().find(|p| p.history) {
+                if let Err(e) = self.store.set_rejoining(true) {
+                    tracing::warn!(node = %self.settings.us, "failover: {e:#}");
+                } else {
+                    self.state().probing = false;
+                    self.event(format!(
+                        "rejoining: this voter has no consensus state but {} has a history: a replaced server (started without `tandem init --replaces`); it neither votes nor endorses until it has caught up with a leader",
+                        p.node
+                    ));
+                    let admit = tokio::spawn(self.clone().admit_loop());
+                    self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(admit);
+                    return;
+                }
+            } else if polls.len() == others {
+                let members: BTreeMap<u64, BasicNode> = self.ids.values().map(|i| (*i, BasicNode::default())).collect();
+                if let Err(e) = self.raft.initialize(members).await {
+                    tracing::debug!("consensus already initialised elsewhere: {e}");
+                }
+                self.state().probing = false;
+                self.raft.runtime_config().elect(true);
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
     fn not_admitted(&self) -> Reply {
         Reply::NotNow(format!("{} is rejoining and has not admitted this leader yet", self.settings.us))
     }
 
     /// While rejoining: polls the other voters each heartbeat until every one of them answers
-    /// and they follow one leader in one term; that leader (or any of a later term) is then the
-    /// one this voter takes the log from. A stale leader, cut off in an older term, is never
-    /// taken at its word: the replacement remembers no term of its own.
+    /// and those that do not abstain themselves (rejoining or probing too: they follow nobody
+    /// yet), a majority of all the voters at least, follow one leader in one term; that leader
+    /// (or any of a later term) is then the one this voter takes the log from. A stale leader,
+    /// cut off in an older term, is never taken at its word: the replacement remembers no term
+    /// of its own, and a newer term needs the votes of a majority, which would not name the
+    /// stale one.
     async fn admit_loop(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         let period = Duration::from_millis(self.settings.timing.heartbeat_ms);
@@ -488,10 +556,12 @@ impl Coordinator {
                 .into_iter()
                 .filter_map(|(_, r)| if let Reply::Poll(p) = r { Some(p) } else { None })
                 .collect();
-            let agreed = polls.first().and_then(|p| p.leader.clone().map(|l| (l, p.term)));
+            let voting: Vec<&PollReply> = polls.iter().filter(|p| !p.abstaining).collect();
+            let agreed = voting.first().and_then(|p| p.leader.clone().map(|l| (l, p.term)));
             if polls.len() == others
+                && voting.len() > self.ids.len() / 2
                 && let Some((leader, term)) = agreed
-                && polls.iter().all(|p| p.leader.as_deref() == Some(leader.as_str()) && p.term == term)
+                && voting.iter().all(|p| p.leader.as_deref() == Some(leader.as_str()) && p.term == term)
                 && let Some(&id) = self.ids.get(&leader)
             {
                 self.state().admitted = Some((id, term));
@@ -538,7 +608,7 @@ impl Coordinator {
         match req {
             Request::Lease { from, sync } => {
                 let store = self.data.store_id();
-                if self.store.rejoining() {
+                if self.abstains() {
                     // The lost voter's endorsements are gone with it: a promotion decided on them
                     // may still commit, and a lease granted meanwhile could let the old primary
                     // acknowledge writes the promoted node never gets. No promise until caught up.
@@ -571,7 +641,7 @@ impl Coordinator {
             Request::Endorse { primary, forced, index } => {
                 let now = self.now();
                 let timing = self.settings.timing;
-                let rejoining = self.store.rejoining();
+                let rejoining = self.abstains();
                 let mut s = self.state();
                 let Some(v) = s.voter.as_mut() else { return Reply::Endorse { granted: false } };
                 if rejoining || !v.endorse(&primary, index, now, &timing, forced) {
@@ -600,7 +670,7 @@ impl Coordinator {
         // The state lock is never held while calling the data side (it takes locks of its own,
         // and calls back into `holds_lease`).
         let (silent, may, revoked, sync) = {
-            let rejoining = self.store.rejoining();
+            let rejoining = self.abstains();
             let s = self.state();
             let (silent, may, revoked) = match (primary, s.voter.as_ref()) {
                 (Some(p), Some(v)) => (v.silent_ms(p, now), !rejoining && v.may_endorse(p, now, &timing), v.revoked(p)),
@@ -622,6 +692,9 @@ impl Coordinator {
             store: self.data.store_id(),
             leader: raft.current_leader.and_then(|l| self.name_of(l)),
             term: raft.current_term,
+            // A rejoining voter knows the cluster has one, though its log may be empty yet.
+            history: raft.last_log_index.is_some_and(|i| i >= 1) || self.store.rejoining(),
+            abstaining: self.abstains(),
         }
     }
 

@@ -259,6 +259,12 @@ impl Store {
         self.assignment.subscribe()
     }
 
+    /// Nothing was ever saved: no vote, no log, no applied entry (a voter's first start).
+    pub fn is_fresh(&self) -> bool {
+        let p = self.lock();
+        p.vote.is_none() && p.log.is_empty() && p.last_applied.is_none() && p.snapshot.is_none() && !p.rejoining
+    }
+
     /// Whether this voter is rejoining (see [`Persisted::rejoining`]).
     pub fn rejoining(&self) -> bool {
         self.lock().rejoining

@@ -7,10 +7,12 @@
 //! standby once a quorum of voters confirmed the smaller set (versions from
 //! `replication::state::next_sync_version`), and takes it back once caught up; a write is
 //! acknowledged when a member of the set has it, or on the primary alone while its set is
-//! empty. The set names the store each member joined with (as the member answers lease
-//! renewals); a member answering with another store (its server replaced by an empty one, which
-//! happens to half of the data nodes' replacements, sometimes with the primary failing at the
-//! same moment) leaves it until caught up. Runs have two data nodes and a witness, or four data
+//! empty. A replaced server starts with no consensus state, with the rejoin marker or without
+//! it (then it learns from the others that it must rejoin). The set names the store each
+//! member joined with (as the member answers lease renewals); a member answering with another
+//! store (its server replaced by an empty one, which happens to half of the data nodes'
+//! replacements, sometimes with the primary failing at the same moment) leaves it until caught
+//! up. Runs have two data nodes and a witness, or four data
 //! nodes and a witness (five voters, where a quorum need not hear from every member of the set).
 //!
 //! Checked at every step: never two nodes holding a primary's lease at the same simulated
@@ -314,7 +316,7 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                     // not admitted: the replacement waits until they agree).
                     let replaceable = {
                         let n = net.lock().map_err(|e| e.to_string())?;
-                        n.nodes.len() == nodes.len() - 1 && n.nodes.values().all(|c| !c.store.rejoining())
+                        n.nodes.len() == nodes.len() - 1 && n.nodes.values().all(|c| !c.abstains())
                     };
                     let replaced = rng.gen_range(0..5) == 0 && replaceable;
                     // Half of the data nodes' replacements lose the store too: an empty server,
@@ -330,6 +332,9 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                         let elsewhere: Vec<Vec<String>> = nodes.iter().filter(|n| n.name != who && n.name != "w").map(synced).collect();
                         !named && acked.iter().filter(|k| theirs.contains(k)).all(|k| elsewhere.iter().any(|o| o.contains(k)))
                     };
+                    // Half the replacements come without the rejoin marker: the new server, with
+                    // no consensus state, learns from the others that it must rejoin.
+                    let marker = replaced && rng.gen_bool(0.5);
                     if let Some(n) = nodes.iter().find(|n| n.name == who) {
                         if replaced {
                             *n.disk.0.lock().map_err(|e| e.to_string())? = None;
@@ -343,7 +348,7 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                             let others: Vec<&str> = data.iter().copied().filter(|d| *d != who).collect();
                             *n.sync.lock().map_err(|e| e.to_string())? = SimSync::first(&others);
                         }
-                        let c = boot(n, &net, start, replaced).await;
+                        let c = boot(n, &net, start, marker).await;
                         // A voter remembers the synchronous set it heard: forgetting it would
                         // let the next promotion pick a node outside the set.
                         let before = heard.get(&who).cloned().unwrap_or_default();
@@ -367,12 +372,12 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                             trace.push_str(&format!("{step}:crash {p}\n"));
                         }
                     }
-                    let how = if wiped {
-                        "replace (empty store)"
-                    } else if replaced {
-                        "replace"
-                    } else {
-                        "restart"
+                    let how = match (replaced, wiped, marker) {
+                        (false, ..) => "restart",
+                        (true, true, true) => "replace (empty store)",
+                        (true, true, false) => "replace (empty store, no marker)",
+                        (true, false, true) => "replace",
+                        (true, false, false) => "replace (no marker)",
                     };
                     trace.push_str(&format!("{step}:{how} {who}\n"));
                 } else if roll < 75 {
@@ -709,6 +714,18 @@ fn scripted<F: std::future::Future<Output = Scripted>>(seed: u64, script: impl F
 /// no lease. Once w is back, the new b catches up with the leader and votes again.
 #[test]
 fn a_replaced_voter_votes_for_nobody_until_it_has_caught_up() {
+    a_replaced_voter_rejoins(true);
+}
+
+/// The same, with the new b started without the rejoin marker (an operator who forgot
+/// `tandem init --replaces`): it has no consensus state, and a's has a history, so it rejoins
+/// all the same.
+#[test]
+fn a_voter_replaced_without_the_marker_rejoins_when_another_voter_has_a_history() {
+    a_replaced_voter_rejoins(false);
+}
+
+fn a_replaced_voter_rejoins(marker: bool) {
     scripted(7, |h| async move {
         let Scripted { net, start, .. } = &h;
         let (node, up) = (|n: &str| h.node(n), |n: &str| h.up(n));
@@ -726,11 +743,17 @@ fn a_replaced_voter_votes_for_nobody_until_it_has_caught_up() {
         }
         *node("b").disk.0.lock().expect("disk") = None;
         net.lock().expect("net").cut.clear();
-        let b = boot(node("b"), net, *start, true).await;
-        for _ in 0..100 {
+        let b = boot(node("b"), net, *start, marker).await;
+        for i in 0..100 {
             settle(100).await;
             assert!(!up("a").holds_lease(), "a, which never heard that b was promoted, took a lease again: {:?}", up("a").status());
-            assert!(b.store.rejoining(), "the new b stopped rejoining with no leader to catch up from");
+            // Without the marker, it learns it replaces a lost voter at its first poll of a.
+            let learnt = marker || i >= 1;
+            assert!(
+                !learnt || b.store.rejoining(),
+                "the new b is not rejoining (or stopped with no leader to catch up from): {:?}",
+                b.status()
+            );
         }
         // w returns: it leads, the new b catches up and votes again.
         boot(node("w"), net, *start, false).await;
