@@ -320,6 +320,12 @@ impl Coordinator {
         if rejoining {
             c.event("rejoining: this voter replaces a lost one; it neither votes nor endorses until it has caught up with a leader".into());
         }
+        if probing {
+            c.event(
+                "no consensus state yet: asking every other voter whether the cluster has a history (a new cluster forms once all have answered)"
+                    .into(),
+            );
+        }
         let mut tasks =
             vec![tokio::spawn(c.clone().apply_loop()), tokio::spawn(c.clone().lease_loop()), tokio::spawn(c.clone().decide_loop())];
         if rejoining {
@@ -482,6 +488,15 @@ impl Coordinator {
         self.store.rejoining() || self.state().probing
     }
 
+    /// One round of polls of the other voters (no primary named): the answers that came.
+    async fn poll_others(&self, timeout: Duration) -> Vec<PollReply> {
+        self.ask_all(Some(&self.settings.us), || Request::Poll { primary: None }, timeout)
+            .await
+            .into_iter()
+            .filter_map(|(_, r)| if let Reply::Poll(p) = r { Some(p) } else { None })
+            .collect()
+    }
+
     /// Started with no consensus state and no rejoin marker: a new cluster's first start, or a
     /// server replaced without `tandem init --replaces`. Polls the other voters each heartbeat:
     /// once one of them answers with a consensus history (a leader was elected once, or it is
@@ -497,12 +512,7 @@ impl Coordinator {
         let timeout = Duration::from_millis(self.settings.timing.heartbeat_ms * 2);
         let others = self.ids.len() - 1;
         loop {
-            let polls: Vec<PollReply> = self
-                .ask_all(Some(&self.settings.us), || Request::Poll { primary: None }, timeout)
-                .await
-                .into_iter()
-                .filter_map(|(_, r)| if let Reply::Poll(p) = r { Some(p) } else { None })
-                .collect();
+            let polls = self.poll_others(timeout).await;
             if let Some(p) = polls.iter().find(|p| p.history) {
                 if let Err(e) = self.store.set_rejoining(true) {
                     tracing::warn!(node = %self.settings.us, "failover: {e:#}");
@@ -523,6 +533,7 @@ impl Coordinator {
                 }
                 self.state().probing = false;
                 self.raft.runtime_config().elect(true);
+                self.event("a new cluster: every other voter answered without a history".into());
                 return;
             }
             tokio::select! {
@@ -550,12 +561,7 @@ impl Coordinator {
         let timeout = Duration::from_millis(self.settings.timing.heartbeat_ms * 2);
         while self.store.rejoining() && self.state().admitted.is_none() {
             let others = self.ids.len() - 1;
-            let polls: Vec<PollReply> = self
-                .ask_all(Some(&self.settings.us), || Request::Poll { primary: None }, timeout)
-                .await
-                .into_iter()
-                .filter_map(|(_, r)| if let Reply::Poll(p) = r { Some(p) } else { None })
-                .collect();
+            let polls = self.poll_others(timeout).await;
             let voting: Vec<&PollReply> = polls.iter().filter(|p| !p.abstaining).collect();
             let agreed = voting.first().and_then(|p| p.leader.clone().map(|l| (l, p.term)));
             if polls.len() == others

@@ -764,6 +764,30 @@ fn a_replaced_voter_rejoins(marker: bool) {
     });
 }
 
+/// A new cluster forms once every voter has answered: two voters with no consensus state cannot
+/// tell whether the third, silent, elected a leader with the server one of them replaces.
+#[test]
+fn a_new_cluster_forms_once_every_voter_has_answered() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+    rt.block_on(async {
+        raft::seed_thread(17);
+        let net = Arc::new(Mutex::new(Net { rng: rand08::rngs::StdRng::seed_from_u64(17), nodes: BTreeMap::new(), cut: BTreeSet::new() }));
+        let start = tokio::time::Instant::now();
+        let nodes = sim_nodes(THREE, || 0);
+        let (a, b) = (boot(&nodes[0], &net, start, false).await, boot(&nodes[1], &net, start, false).await);
+        settle(5_000).await;
+        assert!(a.abstains() && b.abstains(), "a and b wait for w: {:?} {:?}", a.status(), b.status());
+        assert!(!a.holds_lease() && a.status().leader.is_none(), "{:?}", a.status());
+        let w = boot(&nodes[2], &net, start, false).await;
+        settle(3_000).await;
+        assert!(a.holds_lease(), "a is the first primary once w answered: {:?}", a.status());
+        assert!(![&a, &b, &w].iter().any(|c| c.abstains()), "none rejoins at a first start");
+        for c in [a, b, w] {
+            c.stop().await;
+        }
+    });
+}
+
 /// A voter's endorsement outlives a restart. A promotion decided on endorsements may commit
 /// long after (a later leader's first entry commits what its log holds); a voter that forgot
 /// its endorsement would meanwhile grant the old primary a lease, under which the old primary
