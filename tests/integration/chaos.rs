@@ -12,7 +12,8 @@
 //!
 //! Warm with automatic failover: data nodes a and b and witness w, `standby` acks, one writer
 //! that follows whichever node takes writes. The schedule may also replace a node other than the
-//! one taking writes by an empty server (`tandem init --replaces`) while the others run.
+//! one taking writes by an empty server (`tandem init --replaces`, or without the rejoin marker)
+//! while the others run.
 //! - Never two nodes taking writes in one epoch (each data node's health is polled throughout).
 //! - Every acknowledged write is on both data nodes, which hold the same records.
 //!
@@ -211,7 +212,8 @@ impl Cluster {
     }
 
     /// Node `i` may be replaced as the operations guide says: every node runs, and none of the
-    /// others is rejoining itself.
+    /// others is rejoining itself (or still probing, as a replacement without the marker does
+    /// first).
     fn replaceable(&self, i: usize) -> bool {
         (0..self.names.len()).all(|k| self.up(k))
             && (0..self.names.len()).filter(|k| *k != i).all(|k| {
@@ -219,7 +221,7 @@ impl Cluster {
                     .status()
                     .ok()
                     .and_then(|s| s.replication)
-                    .is_some_and(|r| r["failover"]["rejoining"] == serde_json::Value::Bool(false))
+                    .is_some_and(|r| r["failover"]["rejoining"] == false && r["failover"]["probing"] == false)
             })
     }
 
@@ -312,14 +314,19 @@ fn step(c: &mut Cluster, rng: &mut Rng, focus: Option<usize>, aim: u64) -> Strin
         }
         // Warm only: a node other than the one taking writes loses its server and is replaced
         // by an empty one (`tandem init --replaces`), as the operations guide says: one at a
-        // time, while the two others run.
+        // time, while the two others run. Half the time without the rejoin marker (an operator
+        // who forgot it): the new server learns from the others that it must rejoin.
         9 if focus.is_some_and(|f| f != i) && c.replaceable(i) => {
             if let Some(p) = c.procs[i].take() {
                 p.kill();
             }
-            replace_with_empty_server(&c.dirs[i]);
+            let marker = replace_with_empty_server(&c.dirs[i]);
+            let keep = rng.below(2) == 0;
+            if !keep {
+                std::fs::remove_file(&marker).expect("remove the rejoin marker");
+            }
             c.procs[i] = Some(NodeProcess::start(&c.dirs[i]));
-            format!("replace {x} by an empty server")
+            format!("replace {x} by an empty server{}", if keep { "" } else { " without the rejoin marker" })
         }
         _ => {
             c.proxies[&(i, j)].corrupt_next();

@@ -811,6 +811,9 @@ fn render_replication(o: &mut String, r: &serde_json::Value) {
         if f.get("rejoining").and_then(|x| x.as_bool()).unwrap_or(false) {
             let _ = writeln!(o, "  rejoining: replaces a lost voter; neither votes nor endorses until caught up with a leader");
         }
+        if f.get("probing").and_then(|x| x.as_bool()).unwrap_or(false) {
+            let _ = writeln!(o, "  probing: no consensus state yet; waits for every other voter's first answer");
+        }
         if let Some(e) = f.get("last_event").and_then(|x| x.as_str()).filter(|e| !e.is_empty()) {
             let _ = writeln!(o, "  last failover event: {e}");
         }

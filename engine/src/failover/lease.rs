@@ -304,16 +304,22 @@ pub struct SyncView {
 /// primary; the one furthest in the primary's feed, by name on a tie. When promotions are
 /// restricted to the freshest synchronous set known: a member of it, complete from its join
 /// position and with the store that joined (when the set names it), and only once every
-/// member has answered, as far as the furthest of them. A `standby`-ack write waits for one
-/// member, any of them, and a member holds a prefix of the primary's feed: the newest
-/// acknowledged write is on the furthest member, and on no node the others can vouch for.
+/// member has answered with that store, as far as the furthest of them. A `standby`-ack write
+/// waits for one member, any of them, and a member holds a prefix of the primary's feed: the
+/// newest acknowledged write is on the furthest member, and on no node the others can vouch
+/// for. A member whose server was replaced (another store) may have been the only holder of
+/// some, besides the primary: no promotion then, until the primary returns or an operator
+/// decides.
 pub fn pick_candidate(primary: &str, replies: &[PollReply]) -> Option<(String, u64)> {
     let sync = replies.iter().map(|r| &r.sync).max_by_key(|s| s.version)?;
-    let answered = |m: &String| replies.iter().any(|r| r.node == *m);
-    if sync.required && !sync.members.keys().filter(|m| *m != primary).all(answered) {
+    let answered = |m: &String| replies.iter().any(|r| r.node == *m && sync.stores.get(m).is_none_or(|store| *store == r.store));
+    // The old primary is a member only of a set from before its own promotion (it never held
+    // a lease, or a quorum would have heard its own set): it may then hold writes acknowledged
+    // in the epoch before, like any member, and must answer too.
+    if sync.required && !sync.members.keys().all(answered) {
         return None;
     }
-    let furthest_member = replies.iter().filter(|r| r.node != primary && sync.members.contains_key(&r.node)).map(|r| r.applied).max();
+    let furthest_member = replies.iter().filter(|r| sync.members.contains_key(&r.node)).map(|r| r.applied).max();
     replies
         .iter()
         .filter(|r| r.data && r.node != primary && r.may_endorse)
@@ -508,12 +514,19 @@ mod tests {
         // Level: either will do, by name.
         let level = vec![r("b", 45, true), r("c", 45, true), r("w", 0, true)];
         assert_eq!(pick_candidate("a", &level), Some(("b".into(), 45)));
-        // The old primary's own entry in a set (never the case, but not a member to wait for).
+        // The old primary a in the set: a set from before its promotion (no quorum heard its
+        // own). A write acknowledged then may be on a alone among the members: a answers, and
+        // the candidate is as far as a is; silent, nobody is promoted.
         let mut with_a = all.clone();
         for x in &mut with_a {
             x.sync.members.insert("a".into(), 0);
         }
-        assert_eq!(pick_candidate("a", &with_a), Some(("c".into(), 45)));
+        assert_eq!(pick_candidate("a", &with_a), None, "a silent");
+        let mut a_answers = with_a.clone();
+        a_answers.push(PollReply { may_endorse: false, ..reply("a", 50, &with_a[0].sync) });
+        assert_eq!(pick_candidate("a", &a_answers), None, "a is further than b and c");
+        a_answers.last_mut().expect("a").applied = 45;
+        assert_eq!(pick_candidate("a", &a_answers), Some(("c".into(), 45)));
     }
 
     #[test]
@@ -528,6 +541,16 @@ mod tests {
         assert_eq!(pick_candidate("a", &[r("b", "b-1", 40)]), Some(("b".into(), 40)));
         // A server replaced under b's name (its store is new, and holds nothing yet).
         assert_eq!(pick_candidate("a", &[r("b", "b-2", 0)]), None);
+        // With two members, the one replaced may have been the only one with the newest
+        // acknowledged writes: the other, behind, is not promoted either.
+        let two = SyncView {
+            members: BTreeMap::from([("b".into(), 0), ("c".into(), 0)]),
+            stores: BTreeMap::from([("b".into(), "b-1".into()), ("c".into(), "c-1".into())]),
+            ..sync.clone()
+        };
+        let r2 = |node: &str, store: &str, applied: u64| PollReply { store: store.into(), ..reply(node, applied, &two) };
+        assert_eq!(pick_candidate("a", &[r2("b", "b-1", 40), r2("c", "c-1", 30)]), Some(("b".into(), 40)));
+        assert_eq!(pick_candidate("a", &[r2("b", "b-2", 0), r2("c", "c-1", 30)]), None);
         // A set that never learned the member's store checks positions only.
         let mut unknown = r("b", "b-2", 0);
         unknown.sync.stores.clear();

@@ -218,6 +218,10 @@ pub struct FailoverStatus {
     pub last_event: String,
     /// A replacement voter that has not yet caught up: it neither votes nor endorses.
     pub rejoining: bool,
+    /// Started with no consensus state, it waits for every other voter's first answer (see
+    /// `Coordinator::probe_loop`): it neither votes nor endorses yet.
+    #[serde(default)]
+    pub probing: bool,
 }
 
 #[derive(Default)]
@@ -427,17 +431,25 @@ impl Coordinator {
     pub fn status(&self) -> FailoverStatus {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader.and_then(|l| self.name_of(l));
+        let lease = self.holds_lease();
+        // One lock, released before the rest: a guard taken inside the literal below would
+        // live to its end.
+        let (last_event, probing) = {
+            let s = self.state();
+            (s.last_event.clone(), s.probing)
+        };
         FailoverStatus {
             enabled: true,
             voters: self.ids.keys().cloned().collect(),
             leader,
             term: m.current_term,
             assignment: self.assignment(),
-            lease: self.holds_lease(),
+            lease,
             lease_ms: self.settings.timing.lease_ms,
             heartbeat_ms: self.settings.timing.heartbeat_ms,
-            last_event: self.state().last_event.clone(),
+            last_event,
             rejoining: self.store.rejoining(),
+            probing,
         }
     }
 

@@ -636,7 +636,13 @@ impl DataSide for ReplData {
     /// Only a position read with the primary's warm components flowing says what this node
     /// holds of its warm writes (a link on which this node believed another primary carried none).
     fn applied_from(&self, primary: &str) -> u64 {
-        self.0.upgrade().map_or(0, |r| r.shared().positions.get(primary).filter(|p| p.warm).map_or(0, |p| p.seq))
+        self.0.upgrade().map_or(0, |r| {
+            if r.gate.us == primary {
+                // Its own feed: all of it.
+                return r.node.last_seq();
+            }
+            r.shared().positions.get(primary).filter(|p| p.warm).map_or(0, |p| p.seq)
+        })
     }
     fn epoch(&self) -> u64 {
         self.0.upgrade().map_or(0, |r| r.node.epoch())
@@ -1300,8 +1306,11 @@ impl Replication {
                     return Err(LinkError::Protocol(format!("{peer} acknowledged {seq}, past what was sent ({})", window.sent_up_to)));
                 }
                 self.note_epoch(epoch);
-                // An acknowledgement from an older epoch never counts for a `standby` ack.
-                if weight.synchronous && epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) {
+                // An acknowledgement from an older epoch never counts for a `standby` ack; nor one
+                // from a member leaving the set while the smaller set waits for the voters'
+                // confirmation (a voter that heard it may already promote without that member).
+                let leaving = self.gate.sync_set_next.borrow().as_ref().is_some_and(|n| !n.members.contains_key(peer));
+                if weight.synchronous && epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) && !leaving {
                     self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
                     self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
                 }
