@@ -51,6 +51,12 @@ struct SimSync {
     down_since: BTreeMap<String, usize>,
     /// Where the members that stay must be before one leaves.
     shrink_target: Option<usize>,
+    /// The members whose acknowledgements count (`None`: all): those in every set announced
+    /// since the newest a quorum confirmed (`replication`'s `ack_from`).
+    ack_from: Option<BTreeSet<String>>,
+    /// A larger (or re-announced) set in effect, waiting for a quorum's confirmation before
+    /// every member counts again, and the step it is given up at.
+    confirming: Option<(u64, usize)>,
 }
 
 impl SimSync {
@@ -58,13 +64,28 @@ impl SimSync {
     fn first(others: &[&str]) -> SimSync {
         let members = others.iter().map(|o| ((*o).to_owned(), 0)).collect();
         let current = SyncView { version: 0, required: true, members, stores: BTreeMap::new() };
-        SimSync { current, pending: None, announced: 0, down_since: BTreeMap::new(), shrink_target: None }
+        SimSync {
+            current,
+            pending: None,
+            announced: 0,
+            down_since: BTreeMap::new(),
+            shrink_target: None,
+            ack_from: Some(BTreeSet::new()),
+            confirming: None,
+        }
     }
     fn crash(&mut self) {
         self.pending = None;
         self.announced = 0;
         self.down_since.clear();
         self.shrink_target = None;
+        self.ack_from = Some(BTreeSet::new());
+        self.confirming = None;
+    }
+    /// Counts acknowledgements only from members of `set` too.
+    fn restrict(&mut self, set: &SyncView) {
+        let within = set.members.keys().filter(|m| self.ack_from.as_ref().is_none_or(|a| a.contains(*m))).cloned().collect();
+        self.ack_from = Some(within);
     }
 }
 
@@ -478,8 +499,18 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                         trace.push_str(&format!("{step}:{gone:?} leave {p}'s synchronous set\n"));
                         sync.current = next;
                         sync.pending = None;
+                        sync.ack_from = None;
                     } else if step >= give_up {
                         sync.pending = None;
+                    }
+                    continue;
+                }
+                if let Some((version, give_up)) = sync.confirming {
+                    if c.confirmed_sync_version() >= version {
+                        sync.ack_from = None;
+                        sync.confirming = None;
+                    } else if step >= give_up {
+                        sync.confirming = None;
                     }
                     continue;
                 }
@@ -523,7 +554,10 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                 }
                 if next.members == sync.current.members && next.stores == sync.current.stores {
                     sync.shrink_target = None;
-                    continue;
+                    // Some member's acknowledgements do not count: announced again.
+                    if sync.ack_from.is_none() {
+                        continue;
+                    }
                 }
                 // The members that stay first hold what was committed when the shrink was first
                 // wanted: the one leaving may be the only holder of some acknowledged writes.
@@ -538,8 +572,12 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                 next.version = crate::replication::state::next_sync_version(last, a.epoch);
                 sync.announced = next.version;
                 if sync.current.members.keys().any(|m| !next.members.contains_key(m)) {
+                    sync.restrict(&next);
                     sync.pending = Some((next, step + SYNC_CONFIRM_STEPS));
                 } else {
+                    let before = sync.current.clone();
+                    sync.restrict(&before);
+                    sync.confirming = Some((next.version, step + SYNC_CONFIRM_STEPS));
                     sync.current = next;
                 }
             }
@@ -559,16 +597,15 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                     )
                 })
                 .collect();
-            // The members whose acknowledgements count: not one leaving while the smaller set
-            // waits for the voters' confirmation. `None`: the set is empty (local acks).
+            // The members whose acknowledgements count: not one that a set not yet confirmed by
+            // the voters leaves out. `None`: the set is empty (local acks).
             let members = |n: &str| -> Option<Vec<String>> {
                 nodes
                     .iter()
                     .find(|x| x.name == n)
                     .map(|x| {
                         x.sync.lock().ok().filter(|s| !s.current.members.is_empty()).map(|s| {
-                            let leaving = |m: &String| s.pending.as_ref().is_some_and(|(p, _)| !p.members.contains_key(m));
-                            s.current.members.keys().filter(|m| !leaving(m)).cloned().collect()
+                            s.current.members.keys().filter(|m| s.ack_from.as_ref().is_none_or(|a| a.contains(*m))).cloned().collect()
                         })
                     })
                     .unwrap_or_default()

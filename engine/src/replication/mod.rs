@@ -171,6 +171,13 @@ struct GateState {
     sync_file: PathBuf,
     /// A synchronous set written to disk, announced to the voters, and not yet in effect.
     sync_set_next: watch::Sender<Option<SyncSet>>,
+    /// With automatic failover, the members whose acknowledgements count for `standby` acks
+    /// (`None`: every member): those in every set announced since the newest one a quorum of
+    /// voters confirmed. A voter holding any of those sets may decide a promotion by it.
+    ack_from: watch::Sender<Option<BTreeSet<String>>>,
+    /// Each member's latest acknowledgement that would count but for `ack_from` (position,
+    /// high-priority position, epoch): counted once its member counts again.
+    member_acks: Mutex<BTreeMap<String, (u64, u64, u64)>>,
     /// The failover coordinator, when automatic failover is on: warm writes also need its lease.
     failover: std::sync::OnceLock<Arc<Coordinator>>,
     /// Automatic failover is configured. The coordinator starts after the links do: until it
@@ -482,6 +489,10 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         failover: std::sync::OnceLock::new(),
         failover_on: crate::failover::voters_of(&config.raw).is_ok(),
         sync_set_next: watch::channel(None).0,
+        // Until this node, as primary, has had its set confirmed: voters may hold a newer one
+        // it announced before a restart.
+        ack_from: watch::channel(crate::failover::voters_of(&config.raw).is_ok().then(BTreeSet::new)).0,
+        member_acks: Mutex::new(BTreeMap::new()),
         sync_file: sync_file.clone(),
     });
     let hook = Arc::new(Gate(gate.clone(), std::sync::OnceLock::new()));
@@ -814,9 +825,14 @@ impl Replication {
                     catch_up.remove(&p.name);
                 }
             }
+            let restricted = failover.is_some() && self.gate.ack_from.borrow().is_some();
             if next.members == current.members && next.stores == current.stores {
                 shrink_target = None;
-                continue;
+                if !restricted {
+                    continue;
+                }
+                // Some member's acknowledgements do not count: the set is announced again,
+                // under a new version, until a quorum of voters confirms it.
             }
             // A `standby`-ack write waits for any one member: one that leaves may be the only
             // holder of some. The members that stay must first hold everything committed when
@@ -845,9 +861,11 @@ impl Replication {
                 Ok(t) => t,
                 Err(_) => continue,
             };
-            if shrinks && let Some(c) = failover {
+            if shrinks && let Some(c) = failover.as_ref() {
                 // A smaller set takes effect only once a quorum of voters has heard of it: a
                 // member that left must not be promoted with writes acknowledged without it.
+                // From now on, the acknowledgements of the members leaving do not count.
+                self.restrict_acks(&next);
                 self.gate.sync_set_next.send_replace(Some(next.clone()));
                 let deadline = Instant::now() + Duration::from_millis(c.timing().lease_ms * 2);
                 while c.confirmed_sync_version() < next.version && Instant::now() < deadline {
@@ -877,12 +895,51 @@ impl Replication {
                         tracing::info!(peer = %joined, "standby joined the synchronous set");
                         self.shared().alarms.remove(&format!("sync:{joined}"));
                     }
-                    self.gate.sync_set.send_replace(next);
+                    let version = next.version;
+                    if let Some(c) = failover.as_ref().filter(|_| !shrinks) {
+                        // A member that joins counts once a quorum of voters heard of it: a
+                        // voter with the set before could promote without it.
+                        self.restrict_acks(&current);
+                        self.gate.sync_set.send_replace(next);
+                        let deadline = Instant::now() + Duration::from_millis(c.timing().lease_ms * 2);
+                        while c.confirmed_sync_version() < version && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(c.timing().heartbeat_ms)).await;
+                        }
+                    } else {
+                        self.gate.sync_set.send_replace(next);
+                    }
+                    // Every set announced is confirmed (a shrink was, before it was written).
+                    if failover.as_ref().is_some_and(|c| c.confirmed_sync_version() >= version) {
+                        self.gate.ack_from.send_replace(None);
+                        self.recount_member_acks();
+                    }
                 }
                 Ok(Err(e)) => tracing::error!("cannot record the synchronous set in {}: {e}; it stays as it was", file.display()),
                 Err(e) => tracing::error!("cannot record the synchronous set: {e}"),
             }
         }
+    }
+
+    /// Counts the acknowledgements held back while their members did not count (writes wait
+    /// for them; a member acknowledges each position once). Only those of this epoch.
+    fn recount_member_acks(&self) {
+        let held = std::mem::take(&mut *self.gate.member_acks.lock().unwrap_or_else(|e| e.into_inner()));
+        let epoch = self.node.epoch();
+        let set = self.gate.sync_set.borrow().clone();
+        for (peer, (seq, high, at)) in held {
+            if at >= epoch && set.members.contains_key(&peer) {
+                self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
+                self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high));
+            }
+        }
+    }
+
+    /// Counts acknowledgements only from members of `set` too (see `GateState::ack_from`).
+    fn restrict_acks(&self, set: &SyncSet) {
+        self.gate.ack_from.send_modify(|a| {
+            let within: BTreeSet<String> = set.members.keys().filter(|m| a.as_ref().is_none_or(|a| a.contains(*m))).cloned().collect();
+            *a = Some(within);
+        });
     }
 
     /// Starts (or restarts) recording the lag of every applied version; returns what was
@@ -1307,12 +1364,17 @@ impl Replication {
                 }
                 self.note_epoch(epoch);
                 // An acknowledgement from an older epoch never counts for a `standby` ack; nor one
-                // from a member leaving the set while the smaller set waits for the voters'
-                // confirmation (a voter that heard it may already promote without that member).
-                let leaving = self.gate.sync_set_next.borrow().as_ref().is_some_and(|n| !n.members.contains_key(peer));
-                if weight.synchronous && epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) && !leaving {
-                    self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
-                    self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
+                // from a member some set not yet confirmed by the voters leaves out (a voter that
+                // heard that set may promote without the member).
+                let counts = self.gate.ack_from.borrow().as_ref().is_none_or(|a| a.contains(peer));
+                if weight.synchronous && epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) {
+                    if counts {
+                        self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
+                        self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
+                    } else {
+                        let mut m = self.gate.member_acks.lock().unwrap_or_else(|e| e.into_inner());
+                        m.insert(peer.to_owned(), (seq, high.max(seq), epoch));
+                    }
                 }
                 if weight.complete {
                     self.note_acked(peer, seq, false);
@@ -2133,6 +2195,8 @@ mod tests {
             sync_drop_after: Duration::from_secs(1),
             sync_file: PathBuf::from("sync_set.json"),
             sync_set_next: watch::channel(None).0,
+            ack_from: watch::channel(None).0,
+            member_acks: Mutex::new(BTreeMap::new()),
             failover: std::sync::OnceLock::new(),
             failover_on,
         }
