@@ -262,6 +262,15 @@ pub struct Coordinator {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// Initialises the consensus with every voter as a member. Every voter does it with the same
+/// membership: safe, and whoever comes first leads.
+async fn initialize(raft: &Raft, ids: &BTreeMap<String, u64>) {
+    let members: BTreeMap<u64, BasicNode> = ids.values().map(|i| (*i, BasicNode::default())).collect();
+    if let Err(e) = raft.initialize(members).await {
+        tracing::debug!("consensus already initialised elsewhere: {e}");
+    }
+}
+
 impl Coordinator {
     /// Starts the coordinator: opens the consensus state on `disk`, joins (or forms) the
     /// cluster of `settings.voters`, and spawns its loops on the current runtime.
@@ -296,11 +305,7 @@ impl Coordinator {
             // the leader (or, probing, once the others said the cluster has no history).
             raft.runtime_config().elect(false);
         } else if !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("starting consensus: {e}"))? {
-            let members: BTreeMap<u64, BasicNode> = ids.values().map(|i| (*i, BasicNode::default())).collect();
-            // Every voter initialises with the same membership: safe, and whoever comes first leads.
-            if let Err(e) = raft.initialize(members).await {
-                tracing::debug!("consensus already initialised elsewhere: {e}");
-            }
+            initialize(&raft, &ids).await;
         }
         let (stop, _) = watch::channel(false);
         let now = clock();
@@ -539,10 +544,7 @@ impl Coordinator {
                     return;
                 }
             } else if polls.len() == others {
-                let members: BTreeMap<u64, BasicNode> = self.ids.values().map(|i| (*i, BasicNode::default())).collect();
-                if let Err(e) = self.raft.initialize(members).await {
-                    tracing::debug!("consensus already initialised elsewhere: {e}");
-                }
+                initialize(&self.raft, &self.ids).await;
                 self.state().probing = false;
                 self.raft.runtime_config().elect(true);
                 self.event("a new cluster: every other voter answered without a history".into());
@@ -687,11 +689,11 @@ impl Coordinator {
         let timing = self.settings.timing;
         // The state lock is never held while calling the data side (it takes locks of its own,
         // and calls back into `holds_lease`).
+        let abstaining = self.abstains();
         let (silent, may, revoked, sync) = {
-            let rejoining = self.abstains();
             let s = self.state();
             let (silent, may, revoked) = match (primary, s.voter.as_ref()) {
-                (Some(p), Some(v)) => (v.silent_ms(p, now), !rejoining && v.may_endorse(p, now, &timing), v.revoked(p)),
+                (Some(p), Some(v)) => (v.silent_ms(p, now), !abstaining && v.may_endorse(p, now, &timing), v.revoked(p)),
                 _ => (0, false, false),
             };
             (silent, may, revoked, s.sync_heard.clone())
@@ -712,7 +714,7 @@ impl Coordinator {
             term: raft.current_term,
             // A rejoining voter knows the cluster has one, though its log may be empty yet.
             history: raft.last_log_index.is_some_and(|i| i >= 1) || self.store.rejoining(),
-            abstaining: self.abstains(),
+            abstaining,
         }
     }
 

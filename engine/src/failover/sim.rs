@@ -12,8 +12,8 @@
 //! member joined with (as the member answers lease renewals); a member answering with another
 //! store (its server replaced by an empty one, which happens to half of the data nodes'
 //! replacements, sometimes with the primary failing at the same moment) leaves it until caught
-//! up. Runs have two data nodes and a witness, or four data
-//! nodes and a witness (five voters, where a quorum need not hear from every member of the set).
+//! up. Runs have two data nodes and a witness, or four data nodes and a witness (five voters,
+//! where a quorum need not hear from every member of the set).
 //!
 //! Checked at every step: never two nodes holding a primary's lease at the same simulated
 //! instant; after the run, every acknowledged write is on the final primary and all data nodes
@@ -84,8 +84,7 @@ impl SimSync {
     }
     /// Counts acknowledgements only from members of `set` too.
     fn restrict(&mut self, set: &SyncView) {
-        let within = set.members.keys().filter(|m| self.ack_from.as_ref().is_none_or(|a| a.contains(*m))).cloned().collect();
-        self.ack_from = Some(within);
+        self.ack_from = Some(crate::replication::state::acks_within(self.ack_from.as_ref(), set.members.keys()));
     }
 }
 
@@ -605,7 +604,8 @@ fn run_seed_with(seed: u64, names: &[&str]) -> Result<String, String> {
                     .find(|x| x.name == n)
                     .map(|x| {
                         x.sync.lock().ok().filter(|s| !s.current.members.is_empty()).map(|s| {
-                            s.current.members.keys().filter(|m| s.ack_from.as_ref().is_none_or(|a| a.contains(*m))).cloned().collect()
+                            let counts = |m: &&String| crate::replication::state::ack_counts(s.ack_from.as_ref(), m);
+                            s.current.members.keys().filter(counts).cloned().collect()
                         })
                     })
                     .unwrap_or_default()

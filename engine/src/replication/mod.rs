@@ -206,6 +206,13 @@ pub struct SyncSet {
 }
 
 impl GateState {
+    /// A member of the synchronous set has everything up to `seq` on disk (`high` in the
+    /// high-priority lane): `standby`-ack writes up to there are acknowledged.
+    fn count_ack(&self, seq: u64, high: u64) {
+        self.sync_acked.send_modify(|a| *a = (*a).max(seq));
+        self.sync_acked_high.send_modify(|a| *a = (*a).max(high));
+    }
+
     /// This node is the source of warm data (the primary, demoted or not).
     fn is_primary(&self) -> bool {
         self.role.borrow().primary.as_deref() == Some(self.us.as_str())
@@ -475,6 +482,7 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
     let role = load_role(&role_file, configured)?;
     let primary = role.primary.clone();
     let (role, _) = watch::channel(role);
+    let failover_on = crate::failover::voters_of(&config.raw).is_ok();
     let gate = Arc::new(GateState {
         us: us.clone(),
         role,
@@ -487,11 +495,11 @@ pub async fn start(node: Arc<Node>, api: Option<SocketAddr>) -> anyhow::Result<O
         sync_drop_after: Duration::from_millis(cluster.sync_drop_ms.unwrap_or(5_000)),
         ack_timeout: Duration::from_millis(cluster.ack_timeout_ms.unwrap_or(2_000)),
         failover: std::sync::OnceLock::new(),
-        failover_on: crate::failover::voters_of(&config.raw).is_ok(),
+        failover_on,
         sync_set_next: watch::channel(None).0,
         // Until this node, as primary, has had its set confirmed: voters may hold a newer one
         // it announced before a restart.
-        ack_from: watch::channel(crate::failover::voters_of(&config.raw).is_ok().then(BTreeSet::new)).0,
+        ack_from: watch::channel(failover_on.then(BTreeSet::new)).0,
         member_acks: Mutex::new(BTreeMap::new()),
         sync_file: sync_file.clone(),
     });
@@ -867,12 +875,9 @@ impl Replication {
                 // From now on, the acknowledgements of the members leaving do not count.
                 self.restrict_acks(&next);
                 self.gate.sync_set_next.send_replace(Some(next.clone()));
-                let deadline = Instant::now() + Duration::from_millis(c.timing().lease_ms * 2);
-                while c.confirmed_sync_version() < next.version && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(c.timing().heartbeat_ms)).await;
-                }
+                let confirmed = wait_confirmed(c, next.version).await;
                 self.gate.sync_set_next.send_replace(None);
-                if c.confirmed_sync_version() < next.version {
+                if !confirmed {
                     tracing::warn!("no quorum confirmed the smaller synchronous set: it stays as it was for now");
                     continue;
                 }
@@ -901,10 +906,7 @@ impl Replication {
                         // voter with the set before could promote without it.
                         self.restrict_acks(&current);
                         self.gate.sync_set.send_replace(next);
-                        let deadline = Instant::now() + Duration::from_millis(c.timing().lease_ms * 2);
-                        while c.confirmed_sync_version() < version && Instant::now() < deadline {
-                            tokio::time::sleep(Duration::from_millis(c.timing().heartbeat_ms)).await;
-                        }
+                        wait_confirmed(c, version).await;
                     } else {
                         self.gate.sync_set.send_replace(next);
                     }
@@ -925,21 +927,17 @@ impl Replication {
     fn recount_member_acks(&self) {
         let held = std::mem::take(&mut *self.gate.member_acks.lock().unwrap_or_else(|e| e.into_inner()));
         let epoch = self.node.epoch();
-        let set = self.gate.sync_set.borrow().clone();
+        let set = self.gate.sync_set.borrow();
         for (peer, (seq, high, at)) in held {
             if at >= epoch && set.members.contains_key(&peer) {
-                self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
-                self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high));
+                self.gate.count_ack(seq, high);
             }
         }
     }
 
     /// Counts acknowledgements only from members of `set` too (see `GateState::ack_from`).
     fn restrict_acks(&self, set: &SyncSet) {
-        self.gate.ack_from.send_modify(|a| {
-            let within: BTreeSet<String> = set.members.keys().filter(|m| a.as_ref().is_none_or(|a| a.contains(*m))).cloned().collect();
-            *a = Some(within);
-        });
+        self.gate.ack_from.send_modify(|a| *a = Some(state::acks_within(a.as_ref(), set.members.keys())));
     }
 
     /// Starts (or restarts) recording the lag of every applied version; returns what was
@@ -1366,11 +1364,10 @@ impl Replication {
                 // An acknowledgement from an older epoch never counts for a `standby` ack; nor one
                 // from a member some set not yet confirmed by the voters leaves out (a voter that
                 // heard that set may promote without the member).
-                let counts = self.gate.ack_from.borrow().as_ref().is_none_or(|a| a.contains(peer));
+                let counts = state::ack_counts(self.gate.ack_from.borrow().as_ref(), peer);
                 if weight.synchronous && epoch >= self.node.epoch() && self.gate.sync_set.borrow().members.contains_key(peer) {
                     if counts {
-                        self.gate.sync_acked.send_modify(|a| *a = (*a).max(seq));
-                        self.gate.sync_acked_high.send_modify(|a| *a = (*a).max(high.max(seq)));
+                        self.gate.count_ack(seq, high.max(seq));
                     } else {
                         let mut m = self.gate.member_acks.lock().unwrap_or_else(|e| e.into_inner());
                         m.insert(peer.to_owned(), (seq, high.max(seq), epoch));
@@ -2153,6 +2150,16 @@ fn write_replacing(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> 
 }
 
 /// Writes a small file durably: temporary file, fsync, rename, fsync of the directory.
+/// Waits, up to two leases, until a quorum of voters has confirmed the synchronous set
+/// `version` (they heard it with a lease renewal). Whether they did.
+async fn wait_confirmed(c: &Coordinator, version: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(c.timing().lease_ms * 2);
+    while c.confirmed_sync_version() < version && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(c.timing().heartbeat_ms)).await;
+    }
+    c.confirmed_sync_version() >= version
+}
+
 pub(crate) fn write_durably(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = file.parent().unwrap_or_else(|| std::path::Path::new("."));

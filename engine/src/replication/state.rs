@@ -3,7 +3,7 @@
 //! No I/O and no clock reads: callers pass events and times, so this is unit-tested here and
 //! can be driven by a simulator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::node::config::{Ack, Mode, Priority, Profile};
 use crate::node::service::ApplyMode;
@@ -358,6 +358,18 @@ pub fn next_sync_version(last: u64, epoch: u64) -> u64 {
     }
     let floor = epoch.min(SYNC_EPOCH_MAX) << SYNC_EPOCH_SHIFT;
     last.saturating_add(1).max(floor)
+}
+
+/// Whether `member`'s acknowledgements count for `standby` acks, with automatic failover:
+/// `ack_from` holds the members in every synchronous set announced since the newest one a
+/// quorum of voters confirmed (`None`: every member counts).
+pub fn ack_counts(ack_from: Option<&BTreeSet<String>>, member: &str) -> bool {
+    ack_from.is_none_or(|a| a.contains(member))
+}
+
+/// `ack_from` once a set of `members` is announced too: those of them that already counted.
+pub fn acks_within<'a>(ack_from: Option<&BTreeSet<String>>, members: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
+    members.into_iter().filter(|m| ack_counts(ack_from, m)).cloned().collect()
 }
 
 /// Reconnection delay after `failures` consecutive failures (capped exponential).
