@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_tests::NodeProcess;
-use tandem_tests::cluster::{RunningTrio, free_port, replace_with_empty_server, start_trio, trio, trio_on, writable};
+use tandem_tests::cluster::{RunningTrio, free_port, replace_with_empty_server, set_lease, start_trio, trio, trio_on, writable};
 use tandem_tests::fault_proxy::FaultProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -208,6 +208,9 @@ fn failover_a_partitioned_primary_steps_down_and_its_unacknowledged_write_goes_t
 fn failover_planned_switch_over_goes_through_the_consensus() {
     let root = tempfile::tempdir().expect("tempdir");
     let t = trio(root.path());
+    // A long lease: with the default 500 ms, a stall of the busy machine could fail a over by
+    // itself between the demotion and the promotion, and the promotion would find b assigned.
+    set_lease(&t, 2_000);
     let RunningTrio { w: _w, a, b } = start_trio(&t);
     let (ca, cb) = (a.client(), b.client());
     for i in 0..20 {
@@ -217,7 +220,10 @@ fn failover_planned_switch_over_goes_through_the_consensus() {
     assert_eq!(demoted["caught_up"].as_bool(), Some(true), "{demoted}");
     let promoted = cb.promote().expect("promote b");
     assert_eq!(promoted["role"].as_str(), Some("primary"), "{promoted}");
-    assert!(promoted["takes_writes_after_ms"].as_u64().is_some_and(|ms| ms >= 500), "the new primary waits out the old lease: {promoted}");
+    assert!(
+        promoted["takes_writes_after_ms"].as_u64().is_some_and(|ms| ms >= 2_000),
+        "the new primary waits out the old lease: {promoted}"
+    );
     let started = Instant::now();
     while !writable(&cb) {
         assert!(started.elapsed() < WAIT, "b does not take writes after its promotion: {}", status(&cb));

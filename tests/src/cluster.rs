@@ -125,6 +125,19 @@ pub fn trio_on(root: &Path, ports: [u16; 3], route: impl Fn(&str, &str) -> Strin
     Trio { a, b, w }
 }
 
+/// Sets the primary's lease of every node of `t` to `lease_ms` (heartbeat a tenth of it): for a
+/// test whose subject is not timing, so that a busy machine's stalls do not fail the primary over
+/// by themselves.
+pub fn set_lease(t: &Trio, lease_ms: u64) {
+    for d in [&t.a, &t.b, &t.w] {
+        let file = d.join("tandem.toml");
+        let text = std::fs::read_to_string(&file).expect("read the config");
+        assert_eq!(text.matches("[cluster]\n").count(), 1, "one [cluster] section in {}", file.display());
+        let text = text.replacen("[cluster]\n", &format!("[cluster]\nlease_ms = {lease_ms}\n"), 1);
+        std::fs::write(&file, text).expect("write the config");
+    }
+}
+
 /// Whether a node takes writes now (`/healthz?need=writes`).
 pub fn writable(c: &tandem::node::client::Client) -> bool {
     c.raw("GET", "/healthz?need=writes", None, &[], Some("")).is_ok_and(|r| r.status == 200)
