@@ -239,6 +239,14 @@ fn failover_planned_switch_over_goes_through_the_consensus() {
         .expect("tandem status");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("failover: on: 3 voters (a, b, w)") && text.contains("primary b in epoch"), "{text}");
+    // Promoting the primary again changes nothing, and says so.
+    let out = std::process::Command::new(tandem_tests::tandem_bin())
+        .args(["promote", "--api", &b.addr, "--token", tandem_tests::TEST_TOKEN])
+        .output()
+        .expect("tandem promote");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("b was already the warm primary, epoch"), "{text}");
+    assert_eq!(status(&cb)["failover"]["assignment"], st["failover"]["assignment"], "a second promotion assigned again");
     wait_until("a follows b", || ca.get("trunks", "after").is_ok());
     assert!(!writable(&ca));
     for i in 0..20 {

@@ -946,12 +946,15 @@ fn promote(a: PromoteArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(v) => {
-            println!(
-                "{} is the warm primary, epoch {} (was: {})",
-                v["node"].as_str().unwrap_or("?"),
-                v["epoch"].as_u64().unwrap_or(0),
-                v["previous_primary"].as_str().unwrap_or("none")
-            );
+            let (node, epoch) = (v["node"].as_str().unwrap_or("?"), v["epoch"].as_u64().unwrap_or(0));
+            if v["already_primary"].as_bool() == Some(true) {
+                println!("{node} was already the warm primary, epoch {epoch} (the cluster assigned it before this request)");
+            } else {
+                println!("{node} is the warm primary, epoch {epoch} (was: {})", v["previous_primary"].as_str().unwrap_or("none"));
+                if let Some(ms) = v["takes_writes_after_ms"].as_u64().filter(|ms| *ms > 0) {
+                    println!("it takes writes once the old primary's lease has run out, within {ms} ms");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => refused(e),

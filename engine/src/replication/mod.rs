@@ -1876,7 +1876,11 @@ impl Replication {
         let previous = self.gate.primary();
         if let Some(c) = self.gate.failover.get().cloned() {
             // Through the consensus: the voters revoke the old primary's lease first.
+            let before = c.assignment();
             let a = c.request_promotion().await.map_err(|e| NodeError::Refused(format!("the cluster did not promote this node: {e}")))?;
+            // Assigned before this request (e.g. an automatic failover came first): nothing to
+            // wait out now.
+            let already = a.index == before.index && before.primary.as_deref() == Some(self.gate.us.as_str());
             let mut rx = c.watch();
             let deadline = tokio::time::sleep(Duration::from_secs(10));
             tokio::pin!(deadline);
@@ -1887,10 +1891,12 @@ impl Replication {
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
             }
-            tracing::warn!(epoch = a.epoch, previous = ?previous, "promoted by the cluster: this node is the warm primary");
+            if !already {
+                tracing::warn!(epoch = a.epoch, previous = ?previous, "promoted by the cluster: this node is the warm primary");
+            }
             return Ok(serde_json::json!({
                 "node": self.gate.us, "role": "primary", "epoch": a.epoch, "previous_primary": previous,
-                "takes_writes_after_ms": a.not_before_ms,
+                "takes_writes_after_ms": if already { 0 } else { a.not_before_ms }, "already_primary": already,
             }));
         }
         if self.gate.failover_on {
