@@ -1,7 +1,8 @@
 //! Replication benchmark: replicated write throughput with `local` and with `standby` acks,
 //! replication lag p50/p99 at a fixed rate, single `standby`-ack write latency, and hot-mode
 //! writes on both nodes with the time until their digests agree, each beside
-//! plain local SQLite with the same batching (WAL, synchronous=FULL) in the same run. Two nodes
+//! plain local SQLite with the same batching (WAL, synchronous=FULL) in the same run; and one
+//! writer committing batches of 1, 8 and 64 records one at a time on both sides. Two nodes
 //! in-process on loopback.
 //!
 //! cargo run -p tandem-tests --example bench_replication [-- RECORDS]
@@ -136,11 +137,7 @@ fn throughput(a: &Server, b: &Server, n: usize, offset: usize) -> (f64, f64) {
     let started = Instant::now();
     write_concurrently(a, offset..offset + n);
     let acked = started.elapsed().as_secs_f64();
-    let target = a.node().last_seq();
-    let applied = || b.replication().map(|r| r.status().peers.iter().map(|p| p.applied_seq).max().unwrap_or(0)).unwrap_or(0);
-    while applied() < target {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_replicated(a, b);
     let replicated = started.elapsed().as_secs_f64();
     println!("  {}", cpu_line(&cpu, n, started.elapsed()));
     (n as f64 / acked, n as f64 / replicated)
@@ -216,6 +213,17 @@ fn main() {
     // Single writes, local ack.
     let mut single = single_writes(&a);
     println!("single write, local ack: median {} µs, p99 {} µs", pct(&mut single, 0.5), pct(&mut single, 0.99));
+    println!("one writer, one batch at a time (each batch one commit on both sides), local ack:");
+    for (i, batch) in [1usize, 8, BATCH].into_iter().enumerate() {
+        let k = n.min(2_000 * batch);
+        let plain = n_per_s(k, plain_sqlite_upserts(&root.path().join(format!("sequential-{batch}.db")), &records[..k], batch));
+        let (acked, replicated) = sequential(&a, &b, 2_000_000 + i * 1_000_000..2_000_000 + i * 1_000_000 + k, batch);
+        println!(
+            "  batches of {batch:>2}: plain SQLite {plain:>7.0} writes/s, acknowledged {acked:>7.0} ({:.2}x), replicated {replicated:>7.0} ({:.2}x)",
+            acked / plain,
+            replicated / plain
+        );
+    }
     drop(a);
     drop(b);
 
@@ -237,6 +245,39 @@ fn main() {
     println!("standby ack: on the standby                  {replicated:>10.0} writes/s  ({:.2}x SQLite)", replicated / sqlite);
     let mut single = single_writes(&a);
     println!("single write, standby ack: median {} µs, p99 {} µs", pct(&mut single, 0.5), pct(&mut single, 0.99));
+}
+
+/// Waits until the standby `b` has applied (on its disk) the primary `a`'s last position.
+fn wait_replicated(a: &Server, b: &Server) {
+    let target = a.node().last_seq();
+    let applied = || b.replication().map(|r| r.status().peers.iter().map(|p| p.applied_seq).max().unwrap_or(0)).unwrap_or(0);
+    while applied() < target {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn n_per_s(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+/// Writes the trunks of `keys` on the primary from one writer, in batches of `batch`, each
+/// waited for before the next (each batch is one commit); returns (acked rate, replicated rate).
+fn sequential(a: &Server, b: &Server, keys: std::ops::Range<usize>, batch: usize) -> (f64, f64) {
+    let n = keys.len();
+    let node = a.node().clone();
+    let started = Instant::now();
+    a.block_on(async move {
+        let keys: Vec<usize> = keys.collect();
+        for chunk in keys.chunks(batch) {
+            let writes = chunk.iter().map(|&i| trunk(i)).collect();
+            for r in node.write_many("trunks", writes).await.expect("write_many") {
+                r.expect("write");
+            }
+        }
+    });
+    let acked = started.elapsed();
+    wait_replicated(a, b);
+    (n_per_s(n, acked), n_per_s(n, started.elapsed()))
 }
 
 /// 300 sequential single-record writes on `a`: each one's time to acknowledgement (µs).

@@ -556,7 +556,7 @@ fn prepare_batch(
     plugin: &Arc<LoadedPlugin>,
     items: Vec<WriteItem>,
     pending: Option<Arc<Pending>>,
-) -> (Vec<Result<Step, NodeError>>, Pending) {
+) -> (Vec<Result<Step, NodeError>>, Pending, Option<Session>) {
     // The batch in flight, if any, is under this one: its versions are the priors, its
     // documents what lookups see, its idempotency keys taken.
     let overlay: Arc<Overlay> = Arc::new(Mutex::new(HashMap::with_capacity(items.len())));
@@ -564,7 +564,7 @@ fn prepare_batch(
     let mut seen = Seen { pending, priors: HashMap::with_capacity(items.len()), idem: HashMap::new() };
     let mut session = match plugin.session(lookup) {
         Ok(s) => s,
-        Err(e) => return (items.iter().map(|_| Err(NodeError::Plugin(e.clone()))).collect(), Pending::default()),
+        Err(e) => return (items.iter().map(|_| Err(NodeError::Plugin(e.clone()))).collect(), Pending::default(), None),
     };
     let mut out = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
@@ -579,11 +579,9 @@ fn prepare_batch(
     }
     // What the next batch is prepared on top of while this one commits: exactly this batch's
     // versions to commit (the batch in flight under it is committed by then), moved, not copied.
-    drop(session);
-    let docs = match Arc::try_unwrap(overlay) {
-        Ok(docs) => docs.into_inner().unwrap_or_else(|e| e.into_inner()),
-        Err(shared) => shared.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-    };
+    // The session (which holds the overlay through its lookup) is handed back to be dropped
+    // once the batch is on its way: its instance's teardown is off the write's path.
+    let docs = std::mem::take(&mut *overlay.lock().unwrap_or_else(|e| e.into_inner()));
     let idem = out
         .iter()
         .filter_map(|step| match step {
@@ -591,7 +589,7 @@ fn prepare_batch(
             _ => None,
         })
         .collect();
-    (out, Pending { priors: seen.priors, docs, idem })
+    (out, Pending { priors: seen.priors, docs, idem }, Some(session))
 }
 
 fn timed<R>(comp: &ComponentState, f: impl FnOnce() -> R) -> R {
@@ -1388,10 +1386,15 @@ async fn prepare(
     let (steps, view) = if needs_no_plugin(comp, &items) {
         // Warm versions that come with their document: nothing for the plugin to do and nothing
         // to read from the store, so no hop to a plugin thread.
-        prepare_batch(ctx, comp, &plugin, items, pending)
+        let (steps, view, _) = prepare_batch(ctx, comp, &plugin, items, pending);
+        (steps, view)
     } else {
         let (job_ctx, job_comp) = (ctx.clone(), comp.clone());
-        match pool.run(move || prepare_batch(&job_ctx, &job_comp, &plugin, items, pending)).await {
+        let job = move || {
+            let (steps, view, session) = prepare_batch(&job_ctx, &job_comp, &plugin, items, pending);
+            ((steps, view), session)
+        };
+        match pool.run_then_drop(job).await {
             Ok(prepared) => prepared,
             Err(_busy) => {
                 comp.metrics.refuse("busy");

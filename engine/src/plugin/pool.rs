@@ -47,9 +47,23 @@ impl PluginPool {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.run_then_drop(move || (f(), ())).await
+    }
+
+    /// [`PluginPool::run`] for an `f` that returns its result and something to drop: the result
+    /// is sent first, and the rest dropped on the plugin thread after (e.g. a plugin session,
+    /// whose instance teardown then costs the caller no latency). The thread takes its next job
+    /// only once the drop is done.
+    pub async fn run_then_drop<R, D, F>(&self, f: F) -> Result<R, Busy>
+    where
+        F: FnOnce() -> (R, D) + Send + 'static,
+        R: Send + 'static,
+    {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = done_tx.send(f());
+            let (r, rest) = f();
+            let _ = done_tx.send(r);
+            drop(rest);
         });
         let tx = self.tx.as_ref().ok_or(Busy)?;
         match tx.try_send(job) {
