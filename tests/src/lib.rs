@@ -135,17 +135,32 @@ pub fn tandem_bin() -> PathBuf {
         }
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "-p", "tandem", "--bin", "tandem"])
-            .current_dir(&root)
-            .status()
-            .expect("run cargo build for the tandem binary");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "tandem", "--bin", "tandem"]).current_dir(&root);
+        // Not the variables cargo sets for this test's package: build scripts that read one
+        // (ring's reads CARGO_MANIFEST_DIR) would see it change from a plain `cargo build` and
+        // rebuild, with everything above them, here and again at the next plain build.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if is_package_variable(&name) {
+                build.env_remove(name.as_ref());
+            }
+        }
+        let status = build.status().expect("run cargo build for the tandem binary");
         assert!(status.success(), "cargo build -p tandem --bin tandem failed");
         let bin = target_dir().join("debug").join(format!("tandem{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.is_file(), "{} is missing after the build", bin.display());
         bin
     })
     .clone()
+}
+
+/// Whether `name` is one of the variables cargo sets for a package's tests and build scripts
+/// (not one of cargo's own settings, such as `CARGO_HOME` or `CARGO_TARGET_DIR`).
+fn is_package_variable(name: &str) -> bool {
+    ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&name)
+        || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_")
 }
 
 /// Fills the shared compile cache with every bundled plugin (once per test run), e.g. before
